@@ -1,0 +1,1 @@
+"""nswarm: a network cluster that routes calls and events to Python services."""

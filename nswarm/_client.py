@@ -1,0 +1,101 @@
+"""
+What the two SDKs share: the client end of an AMP connection, which encodes
+calls and events as JSON and turns failures into nswarm's typed errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionClosed
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from nswarm.amp_commands import Authenticate, Call, InvalidRequest, Publish, UpstreamUnavailable
+
+
+def encode(value: Any) -> bytes:
+    """JSON bytes of C{value}, or L{InvalidRequest} if it is not JSON-compatible."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise InvalidRequest(f"cannot encode {type(value).__name__} as JSON ({error}): send JSON-compatible values")
+
+
+def decode(data: bytes) -> Any:
+    """The value in JSON bytes C{data}, or L{InvalidRequest}."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidRequest(f"payload is not JSON ({error}): send it with an nswarm SDK")
+
+
+def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    return encode({"args": args, "kwargs": kwargs})
+
+
+def decode_arguments(data: bytes) -> tuple[list[Any], dict[str, Any]]:
+    value = decode(data)
+    if not (isinstance(value, dict) and isinstance(value.get("args"), list) and isinstance(value.get("kwargs"), dict)):
+        raise InvalidRequest('call arguments must be {"args": [...], "kwargs": {...}}: send them with an nswarm SDK')
+    return value["args"], value["kwargs"]
+
+
+def _connection_closed(failure: Failure, peer: str) -> Failure:
+    failure.trap(ConnectionClosed)
+    return Failure(
+        UpstreamUnavailable(
+            f"the connection to the {peer} closed before an answer came: "
+            "the request may or may not have been carried out; reconnect and retry if that is safe"
+        )
+    )
+
+
+def _detached(d: Deferred[Any]) -> Deferred[Any]:
+    """
+    A new Deferred with C{d}'s outcome. AMP drops the whole connection when a
+    callRemote Deferred ends in an unhandled failure; handing the caller a
+    separate Deferred keeps one caller's unhandled error from cutting off
+    every other call on the connection.
+    """
+    detached: Deferred[Any] = Deferred()
+    d.chainDeferred(detached)
+    return detached
+
+
+class ClientProtocol(amp.AMP):
+    """The SDK end of a connection to the master (API SDK) or a node (service SDK)."""
+
+    peer = "master"
+
+    def authenticate(self, key: bytes, name: str | None = None) -> Deferred[Any]:
+        kwargs = {"name": name} if name else {}
+        return _detached(self.callRemote(Authenticate, key=key, **kwargs))
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call C{method} on some service in the cluster; the Deferred fires with
+        its result or fails with a typed L{nswarm.amp_commands.NswarmError}.
+        """
+        try:
+            data = encode_arguments(args, kwargs)
+        except InvalidRequest:
+            return fail()
+        d = self.callRemote(Call, method=method, args=data)
+        d.addCallbacks(lambda answer: decode(answer["result"]), _connection_closed, errbackArgs=(self.peer,))
+        return _detached(d)
+
+    def publish(self, event: str, payload: Any = None) -> Deferred[None]:
+        """
+        Publish C{event} with a JSON-compatible C{payload} to every subscriber;
+        the Deferred fires once the master has handed it on.
+        """
+        try:
+            data = encode(payload)
+        except InvalidRequest:
+            return fail()
+        d = self.callRemote(Publish, event=event, payload=data)
+        d.addCallbacks(lambda _: None, _connection_closed, errbackArgs=(self.peer,))
+        return _detached(d)

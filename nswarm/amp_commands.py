@@ -1,0 +1,270 @@
+"""
+The nswarm wire protocol: every AMP command, argument type and error.
+
+Four ideas from the original design travel as typed AMP commands:
+
+- authenticate: L{Authenticate}, the first command on every connection;
+- implement: L{Implement} / L{Unimplement};
+- subscribe: L{Subscribe} / L{Unsubscribe};
+- task: L{Call} (a method call, answered) and L{Publish} (an event).
+
+Connections (client side first):
+
+    API user        -> master api server    TLS, api auth key
+    node upstream   -> master node server   mutual TLS (cluster CA), node auth key
+    service         -> node service server  UNIX socket (owner only), service auth key
+
+L{Call} and L{Publish} mean the same thing on every hop, so every hop uses the
+same class. The master and the node are relays: they forward the box they
+received (with a new C{_ask} tag) and never decode its payload, which is opaque
+bytes encoded and decoded only by the two SDKs (JSON by default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols import amp
+
+__all__ = [
+    "Authenticate",
+    "Call",
+    "Implement",
+    "Publish",
+    "Subscribe",
+    "Unimplement",
+    "Unsubscribe",
+    "Payload",
+    "NswarmError",
+    "AuthenticationFailed",
+    "NotAuthenticated",
+    "NoSuchMethod",
+    "HandlerFailed",
+    "ImplementerLost",
+    "UpstreamUnavailable",
+    "InvalidRequest",
+    "InternalError",
+    "ERRORS",
+]
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class NswarmError(Exception):
+    """
+    Base of every error nswarm reports to a caller. C{code} is its AMP error
+    code; the message says what happened and what to do.
+    """
+
+    code = b"NSWARM_ERROR"
+
+
+class AuthenticationFailed(NswarmError):
+    """The auth key was wrong: the server closes the connection."""
+
+    code = b"AUTHENTICATION_FAILED"
+
+
+class NotAuthenticated(NswarmError):
+    """A command other than Authenticate arrived first: the server closes the connection."""
+
+    code = b"NOT_AUTHENTICATED"
+
+
+class NoSuchMethod(NswarmError):
+    """No connected service implements the method that was called."""
+
+    code = b"NO_SUCH_METHOD"
+
+
+class HandlerFailed(NswarmError):
+    """
+    The service's handler raised. The message is C{"TypeName: message"} of the
+    remote exception; L{remote_type} and L{remote_message} split it.
+    """
+
+    code = b"HANDLER_FAILED"
+
+    @classmethod
+    def from_exception(cls, exception: BaseException) -> HandlerFailed:
+        return cls(f"{type(exception).__name__}: {exception}")
+
+    @property
+    def remote_type(self) -> str:
+        return str(self).partition(": ")[0]
+
+    @property
+    def remote_message(self) -> str:
+        return str(self).partition(": ")[2]
+
+
+class ImplementerLost(NswarmError):
+    """The node or service running the call disconnected before it answered."""
+
+    code = b"IMPLEMENTER_LOST"
+
+
+class UpstreamUnavailable(NswarmError):
+    """The node (or the service's node) has no connection to go through."""
+
+    code = b"UPSTREAM_UNAVAILABLE"
+
+
+class InvalidRequest(NswarmError):
+    """The request was malformed: a bad name, or arguments that cannot be decoded."""
+
+    code = b"INVALID_REQUEST"
+
+
+class InternalError(NswarmError):
+    """Something unexpected failed inside nswarm; the daemon logged the details."""
+
+    code = b"INTERNAL_ERROR"
+
+
+ERRORS: dict[bytes, type[NswarmError]] = {
+    error.code: error
+    for error in (
+        AuthenticationFailed,
+        NotAuthenticated,
+        NoSuchMethod,
+        HandlerFailed,
+        ImplementerLost,
+        UpstreamUnavailable,
+        InvalidRequest,
+        InternalError,
+    )
+}
+
+
+def _codes(*errors: type[NswarmError]) -> dict[type[Exception], bytes]:
+    return {error: error.code for error in errors}
+
+
+# -- argument types ----------------------------------------------------------
+
+CHUNK = amp.MAX_VALUE_LENGTH
+
+
+class Payload(amp.Argument):
+    """
+    Opaque bytes of any length: AMP values hold at most 65,535 bytes, so a
+    longer payload is split across the keys C{name}, C{name.1}, C{name.2}, ...
+    Relays forward all of them untouched.
+    """
+
+    def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:
+        value = objects[name.decode("ascii")]
+        if not isinstance(value, bytes):
+            raise TypeError(f"payload must be bytes, not {type(value).__name__}")
+        strings[name] = value[:CHUNK]
+        for index, start in enumerate(range(CHUNK, len(value), CHUNK), 1):
+            strings[b"%s.%d" % (name, index)] = value[start : start + CHUNK]
+
+    def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:
+        first = strings.get(name)
+        if first is None:
+            raise KeyError(name)
+        if len(first) < CHUNK:
+            objects[name.decode("ascii")] = first
+            return
+        chunks = [first]
+        index = 1
+        while (chunk := strings.get(b"%s.%d" % (name, index))) is not None:
+            chunks.append(chunk)
+            index += 1
+        objects[name.decode("ascii")] = b"".join(chunks)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+class Authenticate(amp.Command):
+    """
+    First command on every connection, from the connecting side: API user ->
+    api server, node upstream -> node server, service -> service server.
+    C{name} names the node or service in the server's logs. Anything sent
+    before it succeeds is answered L{NotAuthenticated} and the connection is
+    closed; a wrong key is answered L{AuthenticationFailed} and closed.
+    """
+
+    arguments = [(b"key", amp.String()), (b"name", amp.Unicode(optional=True))]
+    response = []
+    fatalErrors = _codes(AuthenticationFailed, NotAuthenticated)
+
+
+class Implement(amp.Command):
+    """
+    Service -> node, and node -> master: the sender now implements these
+    methods. The node aggregates its services and tells the master only of a
+    method's first implementer; re-announcing a method is harmless.
+    """
+
+    arguments = [(b"methods", amp.ListOf(amp.Unicode()))]
+    response = []
+    errors = _codes(InvalidRequest)
+    fatalErrors = _codes(NotAuthenticated)
+
+
+class Unimplement(amp.Command):
+    """Service -> node, node -> master: the sender no longer implements these methods."""
+
+    arguments = [(b"methods", amp.ListOf(amp.Unicode()))]
+    response = []
+    errors = _codes(InvalidRequest)
+    fatalErrors = _codes(NotAuthenticated)
+
+
+class Subscribe(amp.Command):
+    """Service -> node, node -> master: deliver these events to the sender."""
+
+    arguments = [(b"events", amp.ListOf(amp.Unicode()))]
+    response = []
+    errors = _codes(InvalidRequest)
+    fatalErrors = _codes(NotAuthenticated)
+
+
+class Unsubscribe(amp.Command):
+    """Service -> node, node -> master: stop delivering these events to the sender."""
+
+    arguments = [(b"events", amp.ListOf(amp.Unicode()))]
+    response = []
+    errors = _codes(InvalidRequest)
+    fatalErrors = _codes(NotAuthenticated)
+
+
+class Call(amp.Command):
+    """
+    A method call. API user or service -> master (a service's call goes via
+    its node) -> a node that implements C{method} -> one of its services that
+    implements it. C{args} and C{result} are opaque to the relays; the SDKs
+    encode them as JSON (C{{"args": [...], "kwargs": {...}}} and the return
+    value).
+    """
+
+    arguments = [(b"method", amp.Unicode()), (b"args", Payload())]
+    response = [(b"result", Payload())]
+    errors = _codes(
+        NoSuchMethod,
+        HandlerFailed,
+        ImplementerLost,
+        UpstreamUnavailable,
+        InvalidRequest,
+        InternalError,
+    )
+    fatalErrors = _codes(NotAuthenticated)
+
+
+class Publish(amp.Command):
+    """
+    An event. API user or service -> master (a service's event goes via its
+    node), answered once the master has handed it on; then master -> each
+    node with a matching subscription and node -> each matching service,
+    sent without an C{_ask} (no answer) so that fan-out never waits.
+    """
+
+    arguments = [(b"event", amp.Unicode()), (b"payload", Payload())]
+    response = []
+    errors = _codes(UpstreamUnavailable, InvalidRequest, InternalError)
+    fatalErrors = _codes(NotAuthenticated)

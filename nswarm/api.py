@@ -1,0 +1,98 @@
+"""
+The SDK for API users: connect to a master's api server, then call methods
+and publish events.
+
+    client = await connect(reactor, "master.example", key=b"...", ca="ca.pem")
+    print(await client.call("greet", "world"))
+    await client.publish("orders.created", {"id": 7})
+    await client.close()
+
+or C{await connect_from_config(reactor, "DIR/client.conf")} with the file
+C{nswarm init DIR} writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.python.failure import Failure
+
+from nswarm._client import ClientProtocol
+from nswarm.config import read_client_config, read_secret_file
+from nswarm.tls import client_options
+
+__all__ = ["APIClient", "connect", "connect_from_config"]
+
+DEFAULT_API_PORT = 6667
+
+
+class APIClient(ClientProtocol):
+    """
+    An authenticated connection to the api server. L{call} and L{publish}
+    (from L{ClientProtocol}) return Deferreds; L{close} ends the connection.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing: list[Deferred[None]] = []
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        for closing in self._closing:
+            closing.callback(None)
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; the Deferred fires once it is closed."""
+        if self.transport is None:
+            return succeed(None)
+        closing: Deferred[None] = Deferred()
+        self._closing.append(closing)
+        self.transport.loseConnection()
+        return closing
+
+
+def connect(
+    reactor: Any,
+    host: str = "localhost",
+    port: int = DEFAULT_API_PORT,
+    *,
+    key: bytes,
+    ca: str,
+    cert: str | None = None,
+    cert_key: str | None = None,
+    timeout: float = 30,
+) -> Deferred[APIClient]:
+    """
+    Connect to the api server at C{host}:C{port} over TLS (its certificate
+    must be signed by the cluster CA in PEM file C{ca} and name C{host}) and
+    authenticate with the api auth C{key}. C{cert}/C{cert_key} give a client
+    certificate if the master requires one. Fires with an L{APIClient}.
+    """
+    endpoint = SSL4ClientEndpoint(reactor, host, port, client_options(host, ca, cert, cert_key), timeout=timeout)
+    d = connectProtocol(endpoint, APIClient())
+
+    def authenticate(client: APIClient) -> Deferred[APIClient]:
+        def failed(failure: Failure) -> Failure:
+            if client.transport is not None:
+                client.transport.loseConnection()
+            return failure
+
+        return client.authenticate(key).addCallbacks(lambda _: client, failed)
+
+    return d.addCallback(authenticate)
+
+
+def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:
+    """L{connect} with the C{[api]} section of a client.conf (C{nswarm init} writes one)."""
+    config = read_client_config(source, "api")
+    return connect(
+        reactor,
+        config.get("host", "localhost"),
+        int(config.get("port", DEFAULT_API_PORT)),
+        key=read_secret_file(config["auth-key-file"]),
+        ca=config["ca"],
+        cert=config.get("cert"),
+        cert_key=config.get("cert-key"),
+    )

@@ -1,0 +1,145 @@
+"""
+Configuration: twistd options whose defaults come from INI files, secrets read
+from files, and the client configuration the SDKs read.
+"""
+
+from __future__ import annotations
+
+import configparser
+import sys
+import os
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+from twisted.python import usage
+
+
+def port(value: str) -> int:
+    """A TCP port number; 0 lets the system choose a free one."""
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value} is not a port number (0 to 65535)")
+    return number
+
+
+def positive(value: str) -> float:
+    """A number of seconds greater than zero."""
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value} is not greater than zero")
+    return number
+
+
+def file_mode(value: str) -> int:
+    """A permission mode written in octal, such as 600."""
+    mode = int(value, 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value} is not a permission mode such as 600")
+    return mode
+
+
+def path(value: str) -> str:
+    """A file path; a leading ~ is expanded."""
+    return os.path.expanduser(value)
+
+
+def _config_argument(argv: Sequence[str]) -> str | None:
+    """The value of --config/-c in C{argv}, found before the real parse."""
+    for index, arg in enumerate(argv):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+class DaemonOptions(usage.Options):
+    """
+    Options of a daemon, whose defaults are read from INI files: the
+    C{[section]} of C{/etc/nswarm-SECTION.conf}, then of
+    C{~/.nswarm-SECTION.conf}, then of the C{--config} file; each later
+    source overrides the earlier ones, and the command line overrides them
+    all. Keys in the files are the long option names.
+    """
+
+    section: ClassVar[str]
+    optParameters: ClassVar[list[list[Any]]]
+
+    def system_config_files(self) -> list[str]:
+        return [f"/etc/nswarm-{self.section}.conf", os.path.expanduser(f"~/.nswarm-{self.section}.conf")]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+
+        argv = list(sys.argv[1:] if options is None else options)
+        for source in self.system_config_files():
+            if os.path.exists(source):
+                self.load_config(source)
+        explicit = _config_argument(argv)
+        if explicit is not None:
+            if not os.path.isfile(explicit):
+                raise usage.UsageError(f"config file {explicit} does not exist: give the path of an INI file")
+            self.load_config(explicit)
+        super().parseOptions(argv)
+
+    def load_config(self, source: str) -> None:
+        """Take the values in C{source}'s section as defaults, coerced like the command line's."""
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(source, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as error:
+            raise usage.UsageError(f"cannot read config file {source}: {error}")
+        if not parser.has_section(self.section):
+            raise usage.UsageError(f"config file {source} has no [{self.section}] section")
+        coercers: dict[str, Callable[[str], Any]] = {
+            parameter[0]: parameter[4] for parameter in self.optParameters if parameter[0] != "config"
+        }
+        for key, value in parser.items(self.section):
+            if key not in coercers:
+                raise usage.UsageError(f"unknown option {key!r} in [{self.section}] of {source}")
+            try:
+                self[key] = coercers[key](value)
+            except ValueError as error:
+                raise usage.UsageError(f"bad value for {key} in {source}: {error}")
+
+    def secret(self, name: str) -> bytes:
+        """
+        The secret given as C{--NAME} or, better (it stays out of process
+        listings), as the contents of the file C{--NAME-file}.
+        """
+        value, source = self[name], self[name + "-file"]
+        if value and source:
+            raise usage.UsageError(f"give either --{name} or --{name}-file, not both")
+        if source:
+            value = read_secret_file(source)
+        if not value:
+            raise usage.UsageError(f"no {name} given: use --{name}-file FILE (nswarm init creates one)")
+        return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def read_secret_file(source: str) -> bytes:
+    """The key stored in C{source}, without surrounding white space."""
+    try:
+        key = Path(source).read_bytes().strip()
+    except OSError as error:
+        raise usage.UsageError(f"cannot read key file {source}: {error.strerror}")
+    if not key:
+        raise usage.UsageError(f"key file {source} is empty: put the auth key in it")
+    return key
+
+
+def secret_parameters(name: str, doc: str) -> list[list[Any]]:
+    """The C{--NAME} and C{--NAME-file} option pair of one secret."""
+    return [
+        [name, None, None, f"{doc} (visible in process listings: prefer --{name}-file)", str],
+        [f"{name}-file", None, None, f"File holding the {doc}", path],
+    ]
+
+
+def read_client_config(source: str, section: str) -> dict[str, str]:
+    """The C{[section]} (C{api} or C{service}) of a client.conf written by C{nswarm init}."""
+    parser = configparser.ConfigParser(interpolation=None)
+    if not parser.read(source, encoding="utf-8"):
+        raise FileNotFoundError(f"client config {source} does not exist: run 'nswarm init DIR' to create one")
+    if not parser.has_section(section):
+        raise ValueError(f"client config {source} has no [{section}] section")
+    return {key: os.path.expanduser(value) for key, value in parser.items(section)}

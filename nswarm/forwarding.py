@@ -1,0 +1,338 @@
+"""
+Box forwarding, shared by both relays (the master and the node).
+
+A relay reads only the keys it routes on (the command name and the method or
+event name), gives a forwarded request a new C{_ask} tag on the next hop,
+remembers in L{PendingCalls} which caller and tag it came from, and maps the
+answer or error box back. It never parses a L{Call} or L{Publish} into a
+Command nor builds a Deferred for it: that keeps a relay hop a few
+microseconds of CPU (see DESIGN.md, principle 2).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Iterable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from nswarm.amp_commands import (
+    Authenticate,
+    AuthenticationFailed,
+    Implement,
+    ImplementerLost,
+    InvalidRequest,
+    NotAuthenticated,
+    NswarmError,
+    Subscribe,
+    Unimplement,
+    Unsubscribe,
+)
+from nswarm.routing import PendingCalls, Registry, check_name
+
+ASK = amp.ASK
+ANSWER = amp.ANSWER
+COMMAND = amp.COMMAND
+ERROR = amp.ERROR
+
+CALL = b"Call"
+PUBLISH = b"Publish"
+AUTHENTICATE = b"Authenticate"
+
+DEFAULT_AUTH_TIMEOUT = 10.0
+
+
+def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:
+    """The AMP error box that answers request C{tag} with C{error}."""
+    return amp.AmpBox(
+        {
+            ERROR: tag,
+            amp.ERROR_CODE: error.code,
+            amp.ERROR_DESCRIPTION: str(error).encode("utf-8", "replace"),
+        }
+    )
+
+
+def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
+    """The method or event name a relay routes C{box} on, or L{InvalidRequest}."""
+    try:
+        return check_name(kind, box[key].decode("utf-8"))
+    except (KeyError, UnicodeDecodeError):
+        raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
+
+
+class Relay:
+    """
+    What the master and the node have in common: forwarding requests to a
+    chosen connection and mapping the answers back, fanning events out, and
+    failing the requests pending on a lost connection at once, and the
+    registry of what its downstream connections (the master's nodes, the
+    node's services) implement and subscribe to. Subclasses decide where
+    things go (L{route_call}, L{route_publish}) and may act on registry
+    changes (L{changed}).
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.pending: PendingCalls[RelayProtocol] = PendingCalls()
+        self.registry: Registry[RelayProtocol] = Registry()
+
+    def implement(self, peer: RelayProtocol, methods: list[str]) -> None:
+        self.log.info("{peer} implements {methods}", peer=peer.description, methods=methods)
+        self.changed(Implement, self.registry.implement(peer, methods))
+
+    def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
+        self.log.info("{peer} withdraws {methods}", peer=peer.description, methods=methods)
+        self.changed(Unimplement, self.registry.unimplement(peer, methods))
+
+    def subscribe(self, peer: RelayProtocol, events: list[str]) -> None:
+        self.log.info("{peer} subscribes to {events}", peer=peer.description, events=events)
+        self.changed(Subscribe, self.registry.subscribe(peer, events))
+
+    def unsubscribe(self, peer: RelayProtocol, events: list[str]) -> None:
+        self.log.info("{peer} unsubscribes from {events}", peer=peer.description, events=events)
+        self.changed(Unsubscribe, self.registry.unsubscribe(peer, events))
+
+    def changed(self, command: type[amp.Command], names: list[str]) -> None:
+        """
+        Hook: C{command} (L{Implement}, L{Unimplement}, L{Subscribe} or
+        L{Unsubscribe}) changed whether anybody here has C{names}.
+        """
+
+    def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
+        raise NotImplementedError
+
+    def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
+        raise NotImplementedError
+
+    def box_received(self, peer: RelayProtocol, command: bytes, box: amp.AmpBox) -> None:
+        """A routed command (L{CALL} or L{PUBLISH}) arrived from an authenticated peer."""
+        try:
+            if command == CALL:
+                self.route_call(peer, box)
+            else:
+                self.route_publish(peer, box)
+        except NswarmError as error:
+            peer.send_error(box.get(ASK), error)
+
+    def forward(self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol) -> None:
+        """Send C{caller}'s request C{box} on to C{callee} and remember where its answer goes."""
+        caller_tag = box.pop(ASK, None)
+        if caller_tag is not None:
+            tag = callee._nextTag()
+            self.pending.add(callee, tag, caller, caller_tag)
+            box[ASK] = tag
+        callee.send(box)
+
+    def answer_received(self, callee: RelayProtocol, tag: bytes, box: amp.AmpBox) -> bool:
+        """
+        Map C{callee}'s answer or error C{box} back to its caller. Return False
+        if C{tag} is not one this relay forwarded (the box is the connection's own).
+        """
+        caller = self.pending.pop(callee, tag)
+        if caller is None:
+            return False
+        peer, caller_tag = caller
+        box[ANSWER if ANSWER in box else ERROR] = caller_tag
+        peer.send(box)
+        return True
+
+    def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol]) -> int:
+        """
+        Send event C{box} to every peer without asking for an answer. The box
+        is serialised once and the same bytes written to every connection.
+        """
+        box.pop(ASK, None)
+        data = box.serialize()
+        count = 0
+        for peer in peers:
+            peer.write(data)
+            count += 1
+        return count
+
+    def peer_lost(self, peer: RelayProtocol) -> None:
+        """
+        C{peer} disconnected: withdraw what it registered, so that nothing new
+        is routed to it, and fail every request still pending on it.
+        """
+        methods, events = self.registry.remove(peer)
+        self.changed(Unimplement, methods)
+        self.changed(Unsubscribe, events)
+        what = peer.description
+        for caller, caller_tag in self.pending.lost(peer):
+            caller.send_error(
+                caller_tag,
+                ImplementerLost(f"{what} disconnected before answering: the call may or may not have run"),
+            )
+
+
+class RelayProtocol(amp.AMP):
+    """
+    One AMP connection of a relay. L{Call} and L{Publish} boxes, and answers
+    to requests the relay forwarded, go to the L{Relay} as boxes; every other
+    command is dispatched to ordinary responders. On a server connection
+    (C{auth_key} given) nothing but L{Authenticate} is accepted until it
+    succeeds, and the connection is closed if that takes longer than
+    C{auth_timeout} seconds.
+    """
+
+    log = Logger()
+    kind = "peer"
+
+    def __init__(
+        self,
+        relay: Relay,
+        clock: IReactorTime,
+        auth_key: bytes | None = None,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+    ) -> None:
+        super().__init__()
+        self.relay = relay
+        self.clock = clock
+        self._auth_key = auth_key
+        self._auth_timeout = auth_timeout
+        self._auth_timer: IDelayedCall | None = None
+        self.authenticated = auth_key is None
+        self.name = ""
+
+    @property
+    def description(self) -> str:
+        """How logs and error messages name this connection."""
+        return f"{self.kind} {self.name!r}" if self.name else self.kind
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.authenticated:
+            self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
+
+    @property
+    def address(self) -> Any:
+        """The peer's address, for logs."""
+        return self.transport.getPeer() if self.transport is not None else None
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection (at once, dropping buffered data, if C{abort})."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection() if abort else transport.loseConnection()
+
+    def _authentication_timed_out(self) -> None:
+        self._auth_timer = None
+        self.log.info("closing {peer}: no authentication within {timeout}s", peer=self.address, timeout=self._auth_timeout)
+        self.close(abort=True)
+
+    @Authenticate.responder
+    def authenticate(self, key: bytes, name: str | None = None) -> dict[str, Any]:
+        if self.authenticated or self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
+            self.log.warn("{kind} at {peer} failed to authenticate", kind=self.kind, peer=self.address)
+            raise AuthenticationFailed(f"wrong {self.kind} auth key: check the key file this client uses")
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.authenticated = True
+        self.name = name or ""
+        self.authenticated_as(self.name)
+        return {}
+
+    def authenticated_as(self, name: str) -> None:
+        """Hook: the peer has just authenticated as C{name}."""
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        command = box.get(COMMAND)
+        if not self.authenticated and command != AUTHENTICATE:
+            self._refuse(box)
+        elif command == CALL or command == PUBLISH:
+            self.relay.box_received(self, command, box)
+        elif command is not None or not self._answered(box):
+            super().ampBoxReceived(box)
+
+    def _answered(self, box: amp.AmpBox) -> bool:
+        tag = box.get(ANSWER)
+        if tag is None:
+            tag = box.get(ERROR)
+        return tag is not None and self.relay.answer_received(self, tag, box)
+
+    def _refuse(self, box: amp.AmpBox) -> None:
+        self.log.info("closing {peer}: it sent a command before authenticating", peer=self.address)
+        tag = box.get(ASK)
+        if tag is not None:
+            self.sendBox(error_box(tag, NotAuthenticated("authenticate first: send Authenticate with the auth key")))
+        self.close()
+
+    def send(self, box: amp.AmpBox) -> None:
+        """Send C{box} unless the connection is gone (its answer is then moot)."""
+        if self.transport is not None:
+            self.sendBox(box)
+
+    def write(self, data: bytes) -> None:
+        """Write an already serialised box unless the connection is gone."""
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_error(self, tag: bytes | None, error: NswarmError) -> None:
+        """Answer request C{tag} with C{error}; a request sent without a tag gets nothing."""
+        if tag is not None:
+            self.send(error_box(tag, error))
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        super().connectionLost(reason)
+        if self.authenticated:
+            self.relay.peer_lost(self)
+
+
+class Downstream(RelayProtocol):
+    """
+    A relay connection whose peer registers here what it implements and
+    subscribes to: a node at the master, a service at the node.
+    """
+
+    @Implement.responder
+    def _implement(self, methods: list[str]) -> dict[str, Any]:
+        self.relay.implement(self, methods)
+        return {}
+
+    @Unimplement.responder
+    def _unimplement(self, methods: list[str]) -> dict[str, Any]:
+        self.relay.unimplement(self, methods)
+        return {}
+
+    @Subscribe.responder
+    def _subscribe(self, events: list[str]) -> dict[str, Any]:
+        self.relay.subscribe(self, events)
+        return {}
+
+    @Unsubscribe.responder
+    def _unsubscribe(self, events: list[str]) -> dict[str, Any]:
+        self.relay.unsubscribe(self, events)
+        return {}
+
+
+class RelayFactory(Factory):
+    """Builds the connections of one relay listener (or the node's upstream)."""
+
+    def __init__(
+        self,
+        protocol: type[RelayProtocol],
+        relay: Relay,
+        clock: IReactorTime,
+        auth_key: bytes | None = None,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+    ) -> None:
+        self.relay_protocol = protocol
+        self.relay = relay
+        self.clock = clock
+        self.auth_key = auth_key
+        self.auth_timeout = auth_timeout
+
+    def buildProtocol(self, addr: Any) -> RelayProtocol:
+        proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout)
+        proto.factory = self
+        return proto

@@ -1,0 +1,1 @@
+"""The master daemon: the node server, the api server and the routing between them."""

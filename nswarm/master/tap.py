@@ -1,0 +1,118 @@
+"""twistd nswarm-master: options and the service tree of the master daemon."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from zope.interface import implementer
+
+from nswarm.config import DaemonOptions, path, port, positive, secret_parameters
+from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory
+from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
+from nswarm.tls import server_options
+
+log = Logger()
+
+
+class Options(DaemonOptions):
+    """Options of twistd nswarm-master."""
+
+    section = "master"
+    synopsis = "[options]"
+    longdesc = (
+        "Run an nswarm master: the node server (mutual TLS) that nodes connect "
+        "to and the api server (TLS) that API users connect to. Defaults come "
+        "from /etc/nswarm-master.conf, ~/.nswarm-master.conf and --config, in "
+        "that order; the command line overrides them. 'nswarm init DIR' writes "
+        "a ready master.conf."
+    )
+    optParameters = [
+        ["config", "c", None, "INI file whose [master] section gives defaults for these options", path],
+        ["interface", None, "0.0.0.0", "Address both servers listen on", str],
+        ["node-port", None, 6666, "TCP port of the node server", port],
+        ["api-port", None, 6667, "TCP port of the api server", port],
+        ["ca", None, None, "Cluster CA certificate (PEM): node certificates must be signed by it", path],
+        ["node-cert", None, None, "Certificate (PEM) the node server presents", path],
+        ["node-cert-key", None, None, "Private key (PEM) of --node-cert", path],
+        ["api-cert", None, None, "Certificate (PEM) the api server presents", path],
+        ["api-cert-key", None, None, "Private key (PEM) of --api-cert", path],
+        ["api-client-ca", None, None, "If given, API users must present a certificate signed by this CA", path],
+        *secret_parameters("node-auth-key", "key nodes authenticate with"),
+        *secret_parameters("api-auth-key", "key API users authenticate with"),
+        ["auth-timeout", None, DEFAULT_AUTH_TIMEOUT, "Seconds a connection may take to authenticate", positive],
+        ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("ca", "node-cert", "node-cert-key", "api-cert", "api-cert-key"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name} is required (nswarm init writes a master.conf with it)")
+        self.node_auth_key = self.secret("node-auth-key")
+        self.api_auth_key = self.secret("api-auth-key")
+        self.node_tls = server_options(self["node-cert"], self["node-cert-key"], client_ca=self["ca"])
+        self.api_tls = server_options(self["api-cert"], self["api-cert-key"], client_ca=self["api-client-ca"])
+
+
+class PortsFile:
+    """Writes the bound port of every server to a file once all are listening."""
+
+    def __init__(self, target: str | None, names: list[str]) -> None:
+        self.target = target
+        self.ports: dict[str, int | None] = dict.fromkeys(names)
+
+    def bound(self, name: str, number: int) -> None:
+        self.ports[name] = number
+        if self.target and None not in self.ports.values():
+            partial = self.target + ".tmp"
+            with open(partial, "w") as out:
+                out.writelines(f"{name} {number}\n" for name, number in self.ports.items())
+            os.replace(partial, self.target)
+
+
+@implementer(IStreamServerEndpoint)
+class _Announced:
+    """An endpoint that logs, and records in the ports file, where it listens."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, name: str, ports: PortsFile) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.ports = ports
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def bound(listening: IListeningPort) -> IListeningPort:
+            address: Any = listening.getHost()
+            log.info("{server} listening on {host}:{port}", server=self.name, host=address.host, port=address.port)
+            self.ports.bound(self.name.split()[0], address.port)
+            return listening
+
+        return self.endpoint.listen(factory).addCallback(bound)
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """The master: a node server and an api server sharing one L{Master}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    master = Master()
+    ports = PortsFile(options["ports-file"], ["node", "api"])
+    top = MultiService()
+    servers = [
+        ("node server", options["node-port"], options.node_tls, NodeServerProtocol, options.node_auth_key),
+        ("api server", options["api-port"], options.api_tls, ApiServerProtocol, options.api_auth_key),
+    ]
+    for name, number, tls, protocol, key in servers:
+        endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
+        factory = RelayFactory(protocol, master, reactor, key, options["auth-timeout"])
+        server = StreamServerEndpointService(_Announced(endpoint, name, ports), factory)
+        # As strports.service does: a port that cannot be bound fails the start.
+        server._raiseSynchronously = True
+        server.setName(name)
+        server.setServiceParent(top)
+    return top

@@ -1,0 +1,297 @@
+"""
+The SDK for service applications. A service is a subclass of L{Service} (an
+AMP client factory) that marks the methods it implements and the events it
+subscribes to; it connects to its node's UNIX socket, reconnecting whenever
+the node restarts:
+
+    class Greeter(Service):
+        @implement
+        def greet(self, name):
+            return f"hello {name}"
+
+        @subscribe("orders.created")
+        def order_created(self, event, order):
+            print("new order", order["id"])
+
+    if __name__ == "__main__":
+        Greeter.main()      # python greeter.py --config DIR/client.conf
+
+Handlers may return a value, a Deferred, or be C{async def}; arguments and
+results are JSON values. A handler's exception reaches the caller as
+L{nswarm.amp_commands.HandlerFailed}. A service may itself L{Service.call}
+and L{Service.publish} through its node.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, ClassVar, TypeVar, cast, overload
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from nswarm._client import ClientProtocol, decode, decode_arguments, encode
+from nswarm.amp_commands import (
+    Call,
+    HandlerFailed,
+    Implement,
+    InvalidRequest,
+    NoSuchMethod,
+    Publish,
+    Subscribe,
+    UpstreamUnavailable,
+)
+from nswarm.config import path, read_client_config, read_secret_file
+
+__all__ = ["Service", "implement", "subscribe"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def implement(name: F) -> F: ...
+@overload
+def implement(name: str | None = None) -> Callable[[F], F]: ...
+def implement(name: Any = None) -> Any:
+    """
+    Mark a method of a L{Service} subclass as the handler of the cluster
+    method C{name} (by default the function's own name). Use as C{@implement}
+    or C{@implement("orders.create")}.
+    """
+
+    def mark(function: F) -> F:
+        function.__nswarm_implements__ = name or function.__name__  # type: ignore[attr-defined]
+        return function
+
+    if callable(name):
+        function, name = name, None
+        return mark(function)
+    return mark
+
+
+def subscribe(*events: str) -> Callable[[F], F]:
+    """Mark a method of a L{Service} subclass as the handler of C{events}: C{handler(event, payload)}."""
+
+    def mark(function: F) -> F:
+        function.__nswarm_subscribes__ = events  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+class ServiceProtocol(ClientProtocol):
+    """A service's connection to its node: dispatches calls and events to the L{Service}."""
+
+    peer = "node"
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self.service = service
+
+    @Call.responder
+    def _call(self, method: str, args: bytes) -> Deferred[dict[str, bytes]]:
+        return self.service._handle_call(method, args)
+
+    @Publish.responder
+    def _event(self, event: str, payload: bytes) -> dict[str, Any]:
+        self.service._handle_event(event, payload)
+        return {}
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self.service._connection_lost(self)
+
+
+class Service(ClientFactory):
+    """
+    Base class of service applications. Subclass it, mark handlers with
+    L{implement} and L{subscribe}, then L{start} it (or run it with L{main}).
+    """
+
+    log = Logger()
+    #: The name the node logs this service by; the class name by default.
+    name: ClassVar[str | None] = None
+    #: Cluster method name -> name of the handler attribute.
+    methods: ClassVar[dict[str, str]] = {}
+    #: Event name -> names of the handler attributes.
+    events: ClassVar[dict[str, list[str]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.methods = dict(cls.methods)
+        cls.events = {event: list(handlers) for event, handlers in cls.events.items()}
+        for attribute, value in vars(cls).items():
+            method = getattr(value, "__nswarm_implements__", None)
+            if method is not None:
+                cls.methods[method] = attribute
+            for event in getattr(value, "__nswarm_subscribes__", ()):
+                cls.events.setdefault(event, []).append(attribute)
+
+    def __init__(self) -> None:
+        self.connection: ServiceProtocol | None = None
+        self.client_service: ClientService | None = None
+
+    @property
+    def service_name(self) -> str:
+        return self.name or type(self).__name__
+
+    def buildProtocol(self, addr: Any) -> ServiceProtocol:
+        proto = ServiceProtocol(self)
+        proto.factory = self
+        return proto
+
+    # -- running -------------------------------------------------------------
+
+    def start(self, reactor: Any, socket: str, key: bytes, max_delay: float = 5.0) -> ClientService:
+        """
+        Connect to the node's service server at UNIX socket C{socket} with the
+        service auth C{key}, register, and keep reconnecting (with backoff, at
+        most C{max_delay} seconds apart) whenever the connection is lost.
+        C{self.client_service.whenConnected()} fires once registered.
+        """
+        self.client_service = ClientService(
+            UNIXClientEndpoint(reactor, socket),
+            self,
+            retryPolicy=backoffPolicy(maxDelay=max_delay),
+            clock=reactor,
+            prepareConnection=lambda proto: self._register(cast(ServiceProtocol, proto), key),
+        )
+        self.client_service.startService()
+        return self.client_service
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect from the node and stop reconnecting."""
+        if self.client_service is None:
+            return succeed(None)
+        return self.client_service.stopService()
+
+    def _register(self, proto: ServiceProtocol, key: bytes) -> Deferred[None]:
+        def registered(_: object) -> None:
+            self.connection = proto
+            self.log.info(
+                "service {name!r} registered {methods} and {events}",
+                name=self.service_name,
+                methods=sorted(self.methods),
+                events=sorted(self.events),
+            )
+
+        def failed(failure: Failure) -> Failure:
+            self.log.error(
+                "service {name!r} could not register with its node: {error} "
+                "(check the socket path and the service auth key); retrying",
+                name=self.service_name,
+                error=failure.getErrorMessage(),
+            )
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+            return failure
+
+        d: Deferred[Any] = proto.authenticate(key, self.service_name)
+        if self.methods:
+            d.addCallback(lambda _: proto.callRemote(Implement, methods=list(self.methods)))
+        if self.events:
+            d.addCallback(lambda _: proto.callRemote(Subscribe, events=list(self.events)))
+        return d.addCallbacks(registered, failed)
+
+    def _connection_lost(self, proto: ServiceProtocol) -> None:
+        if self.connection is proto:
+            self.connection = None
+
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        """
+        Run this service until interrupted, logging to standard output:
+        C{python my_service.py --config DIR/client.conf}, or C{--socket} and
+        C{--auth-key-file} instead of C{--config}.
+        """
+        options = RunOptions()
+        try:
+            options.parseOptions(sys.argv[1:] if argv is None else argv)
+        except (usage.UsageError, OSError, ValueError) as error:
+            raise SystemExit(f"{sys.argv[0]}: {error}\n{options}")
+        from twisted.internet import reactor
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+        service = cls()
+        reactor.callWhenRunning(service.start, reactor, options.socket, options.key)
+        reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+        reactor.run()
+
+    # -- calls and events ----------------------------------------------------
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Call C{method} on some service in the cluster, through this service's node."""
+        if self.connection is None:
+            return fail(self._not_connected())
+        return self.connection.call(method, *args, **kwargs)
+
+    def publish(self, event: str, payload: Any = None) -> Deferred[None]:
+        """Publish C{event} with a JSON-compatible C{payload}, through this service's node."""
+        if self.connection is None:
+            return fail(self._not_connected())
+        return self.connection.publish(event, payload)
+
+    def _not_connected(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"service {self.service_name!r} is not connected to its node: "
+            "check that the node runs; the service keeps reconnecting"
+        )
+
+    def _handle_call(self, method: str, args: bytes) -> Deferred[dict[str, bytes]]:
+        attribute = self.methods.get(method)
+        if attribute is None:
+            raise NoSuchMethod(f"service {self.service_name!r} does not implement {method!r}: retry the call")
+        positional, keywords = decode_arguments(args)
+
+        def result(value: Any) -> dict[str, bytes]:
+            try:
+                return {"result": encode(value)}
+            except InvalidRequest:
+                raise HandlerFailed(
+                    f"InvalidResult: {method} returned a {type(value).__name__}, "
+                    "which is not JSON-compatible: return JSON-compatible values"
+                )
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(HandlerFailed):
+                return failure
+            self.log.failure("handler of {method!r} raised", failure, method=method)
+            return Failure(HandlerFailed.from_exception(cast(BaseException, failure.value)))
+
+        return maybeDeferred(getattr(self, attribute), *positional, **keywords).addCallback(result).addErrback(failed)
+
+    def _handle_event(self, event: str, payload: bytes) -> None:
+        try:
+            value = decode(payload)
+        except InvalidRequest:
+            self.log.warn("dropped event {event!r}: its payload is not JSON", event=event)
+            return
+        def failed(failure: Failure, handler: str) -> None:
+            self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
+
+        for attribute in self.events.get(event, ()):
+            maybeDeferred(getattr(self, attribute), event, value).addErrback(failed, attribute)
+
+
+class RunOptions(usage.Options):
+    """Options of L{Service.main}."""
+
+    optParameters = [
+        ["config", "c", None, "client.conf whose [service] section gives the socket and key file", path],
+        ["socket", None, None, "UNIX socket of the node's service server", path],
+        ["auth-key-file", None, None, "File holding the service auth key", path],
+    ]
+
+    def postOptions(self) -> None:
+        settings = read_client_config(self["config"], "service") if self["config"] else {}
+        socket = self["socket"] or settings.get("socket")
+        key_file = self["auth-key-file"] or settings.get("auth-key-file")
+        if not socket or not key_file:
+            raise usage.UsageError("give --config DIR/client.conf, or --socket and --auth-key-file")
+        self.socket: str = socket
+        self.key = read_secret_file(key_file)

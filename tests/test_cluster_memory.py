@@ -1,0 +1,290 @@
+"""
+Tier 1: the whole path of a call and of an event, API user -> master -> node
+-> service and back, with real nswarm protocols connected in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+
+from nswarm.amp_commands import (
+    HandlerFailed,
+    ImplementerLost,
+    InvalidRequest,
+    NoSuchMethod,
+    UpstreamUnavailable,
+)
+from nswarm.service import Service, implement, subscribe
+
+from .support import Cluster, disconnect, failure_of, result_of
+
+
+class Greeter(Service):
+    """A service with a plain, a Deferred and an async handler, and one event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_seen: list[tuple[str, Any]] = []
+        self.hanging: list[Deferred[Any]] = []
+
+    @implement
+    def greet(self, name: str, punctuation: str = "!") -> str:
+        return f"hello {name}{punctuation}"
+
+    @implement("math.add")
+    def add(self, a: int, b: int) -> Deferred[int]:
+        return succeed(a + b)
+
+    @implement
+    async def shout(self, text: str) -> str:
+        return text.upper()
+
+    @implement
+    def fail(self) -> None:
+        raise ValueError("bad value")
+
+    @implement
+    def unencodable(self) -> object:
+        return object()
+
+    @implement
+    def hang(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.hanging.append(d)
+        return d
+
+    @subscribe("orders.created")
+    def order_created(self, event: str, payload: Any) -> None:
+        self.events_seen.append((event, payload))
+
+
+class Counter(Service):
+    """A second kind of service, implementing 'whoami' like several others."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+        self.events_seen: list[Any] = []
+
+    @implement
+    def whoami(self) -> str:
+        return self.label
+
+    @subscribe("orders.created", "orders.cancelled")
+    def order_event(self, event: str, payload: Any) -> None:
+        self.events_seen.append((event, payload))
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    return Cluster()
+
+
+def test_call_travels_to_the_service_and_back(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    assert result_of(cluster.run(api.call("greet", "world"))) == "hello world!"
+    assert result_of(cluster.run(api.call("greet", "you", punctuation="?"))) == "hello you?"
+    assert result_of(cluster.run(api.call("math.add", 2, 3))) == 5
+    assert result_of(cluster.run(api.call("shout", "hi"))) == "HI"
+
+
+def test_many_outstanding_calls_each_get_their_own_answer(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    calls = [api.call("math.add", i, 1000) for i in range(200)]
+    cluster.flush()
+    assert [result_of(d) for d in calls] == [i + 1000 for i in range(200)]
+    assert len(cluster.master.pending) == 0 and len(node.pending) == 0
+
+
+def test_unknown_method_fails_at_once(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    failure = failure_of(cluster.run(api.call("nobody.implements.this")))
+    assert failure.check(NoSuchMethod)
+    assert "nobody.implements.this" in str(failure.value)
+
+
+def test_handler_exception_arrives_typed_with_remote_type_and_message(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    failure = failure_of(cluster.run(api.call("fail")))
+    assert failure.check(HandlerFailed)
+    assert failure.value.remote_type == "ValueError"
+    assert failure.value.remote_message == "bad value"
+    # The connection survives: the next call works.
+    assert result_of(cluster.run(api.call("greet", "again"))) == "hello again!"
+
+
+def test_wrong_arguments_and_unencodable_results_are_handler_failures(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    assert failure_of(cluster.run(api.call("greet"))).value.remote_type == "TypeError"
+    assert failure_of(cluster.run(api.call("unencodable"))).value.remote_type == "InvalidResult"
+
+
+def test_unencodable_arguments_fail_locally(cluster: Cluster) -> None:
+    cluster.add_node("node-1")
+    api, _ = cluster.add_api()
+    assert failure_of(api.call("greet", object())).check(InvalidRequest)
+
+
+def test_invalid_method_name_is_refused_by_the_master(cluster: Cluster) -> None:
+    cluster.add_node("node-1")
+    api, _ = cluster.add_api()
+    assert failure_of(cluster.run(api.call(" padded "))).check(InvalidRequest)
+    assert failure_of(cluster.run(api.call(""))).check(InvalidRequest)
+
+
+def test_calls_round_robin_over_nodes_and_over_services(cluster: Cluster) -> None:
+    node_a, _, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    cluster.add_service(node_a, Counter("a1"))
+    cluster.add_service(node_a, Counter("a2"))
+    cluster.add_service(node_b, Counter("b1"))
+    api, _ = cluster.add_api()
+    answers = [result_of(cluster.run(api.call("whoami"))) for _ in range(8)]
+    # The master alternates nodes; node a alternates its two services.
+    assert answers == ["a1", "b1", "a2", "b1", "a1", "b1", "a2", "b1"]
+
+
+def test_event_reaches_every_matching_service_once(cluster: Cluster) -> None:
+    node_a, upstream_a, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    node_c, _, _ = cluster.add_node("c")
+    greeter, a1, a2, b1 = Greeter(), Counter("a1"), Counter("a2"), Counter("b1")
+    cluster.add_service(node_a, greeter)
+    cluster.add_service(node_a, a1)
+    cluster.add_service(node_a, a2)
+    cluster.add_service(node_b, b1)
+    bystander = Greeter()
+    cluster.add_service(node_c, bystander)
+    api, _ = cluster.add_api()
+    result_of(cluster.run(api.publish("orders.cancelled", {"id": 7})))
+    assert a1.events_seen == a2.events_seen == b1.events_seen == [("orders.cancelled", {"id": 7})]
+    assert greeter.events_seen == bystander.events_seen == []
+    result_of(cluster.run(api.publish("orders.created", [1, 2])))
+    assert greeter.events_seen == bystander.events_seen == [("orders.created", [1, 2])]
+    assert a1.events_seen[-1] == ("orders.created", [1, 2])
+
+
+def test_event_with_no_subscriber_is_accepted(cluster: Cluster) -> None:
+    cluster.add_node("a")
+    api, _ = cluster.add_api()
+    assert result_of(cluster.run(api.publish("nobody.listens", None))) is None
+
+
+def test_a_service_calls_and_publishes_through_its_node(cluster: Cluster) -> None:
+    node_a, _, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    caller = Counter("caller")
+    cluster.add_service(node_a, caller)
+    listener = Greeter()
+    cluster.add_service(node_b, listener)
+    assert result_of(cluster.run(caller.call("greet", "from a service"))) == "hello from a service!"
+    result_of(cluster.run(caller.publish("orders.created", {"by": "service"})))
+    assert listener.events_seen == [("orders.created", {"by": "service"})]
+    # Its own node's subscribers hear its events too.
+    result_of(cluster.run(caller.publish("orders.cancelled", 1)))
+    assert caller.events_seen == [("orders.created", {"by": "service"}), ("orders.cancelled", 1)]
+
+
+def test_registrations_are_aggregated_and_withdrawn(cluster: Cluster) -> None:
+    node, _, node_conn = cluster.add_node("a")
+    first, second = Counter("1"), Counter("2")
+    first_proto, _ = cluster.add_service(node, first)
+    second_proto, _ = cluster.add_service(node, second)
+    assert cluster.master.registry.choose("whoami") is node_conn
+    disconnect(first_proto, cluster)
+    assert cluster.master.registry.methods() == ["whoami"]
+    disconnect(second_proto, cluster)
+    assert cluster.master.registry.methods() == []
+    assert cluster.master.registry.events() == []
+    api, _ = cluster.add_api()
+    assert failure_of(cluster.run(api.call("whoami"))).check(NoSuchMethod)
+
+
+def test_node_loss_withdraws_its_methods(cluster: Cluster) -> None:
+    node, upstream, _ = cluster.add_node("a")
+    cluster.add_service(node, Counter("1"))
+    disconnect(upstream, cluster)
+    assert cluster.master.registry.methods() == []
+
+
+def test_reconnected_node_registers_a_full_snapshot(cluster: Cluster) -> None:
+    node, upstream, _ = cluster.add_node("a")
+    cluster.add_service(node, Counter("1"))
+    disconnect(upstream, cluster)
+    assert node.upstream is None
+    from nswarm.master.master import NodeServerProtocol
+    from nswarm.node.node import UpstreamProtocol
+    from nswarm.node.tap import authenticate_upstream
+
+    from .support import NODE_KEY
+
+    again = UpstreamProtocol(node, cluster.clock)
+    cluster._connect(NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), again)
+    result_of(cluster.run(authenticate_upstream(node, NODE_KEY)(again)))
+    assert cluster.master.registry.methods() == ["whoami"]
+    assert sorted(cluster.master.registry.events()) == ["orders.cancelled", "orders.created"]
+
+
+def test_call_pending_on_a_lost_service_fails_at_once(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    proto, _ = cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call("hang"))
+    assert greeter.hanging and not pending.called
+    disconnect(proto, cluster)
+    failure = failure_of(pending)
+    assert failure.check(ImplementerLost)
+    assert "Greeter" in str(failure.value)
+    assert len(cluster.master.pending) == 0 and len(node.pending) == 0
+
+
+def test_call_pending_on_a_lost_node_fails_at_once(cluster: Cluster) -> None:
+    node, upstream, _ = cluster.add_node("a")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call("hang"))
+    disconnect(upstream, cluster)
+    failure = failure_of(pending)
+    assert failure.check(ImplementerLost)
+    assert "'a'" in str(failure.value)
+
+
+def test_service_call_fails_at_once_while_the_node_has_no_upstream(cluster: Cluster) -> None:
+    node, upstream, _ = cluster.add_node("a")
+    caller = Counter("c")
+    cluster.add_service(node, caller)
+    disconnect(upstream, cluster)
+    assert failure_of(cluster.run(caller.call("whoami"))).check(UpstreamUnavailable)
+    assert failure_of(cluster.run(caller.publish("orders.created", 1))).check(UpstreamUnavailable)
+
+
+def test_service_not_connected_fails_at_once() -> None:
+    assert failure_of(Counter("x").call("whoami")).check(UpstreamUnavailable)
+
+
+def test_late_answer_after_the_caller_left_is_dropped(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    other, _ = cluster.add_api()
+    cluster.run(api.call("hang"))
+    disconnect(api, cluster)
+    greeter.hanging[0].callback("late")
+    cluster.flush()
+    assert len(cluster.master.pending) == 0
+    assert result_of(cluster.run(other.call("greet", "still here"))) == "hello still here!"
