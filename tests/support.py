@@ -31,6 +31,16 @@ def connect(server: Any, client: Any) -> IOPump:
     return pump
 
 
+def detach(d: Deferred[Any]) -> Deferred[Any]:
+    """
+    Handle a raw callRemote Deferred at once (AMP drops the connection when
+    one ends in an unhandled failure) and return a new one with its outcome.
+    """
+    detached: Deferred[Any] = Deferred()
+    d.chainDeferred(detached)
+    return detached
+
+
 def result_of(d: Deferred[Any]) -> Any:
     """The result a Deferred has already fired with (raising its failure)."""
     results: list[Any] = []

@@ -1,0 +1,107 @@
+"""Tier 1: nothing but Authenticate is accepted before authentication, on every server."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+
+from nswarm.amp_commands import (
+    Authenticate,
+    AuthenticationFailed,
+    Call,
+    Implement,
+    NotAuthenticated,
+    Publish,
+)
+from nswarm.forwarding import RelayProtocol
+from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
+from nswarm.node.node import Node, ServiceServerProtocol
+
+from .support import connect, detach, failure_of, result_of
+
+KEY = b"the-right-key-0123456789"
+
+SERVERS: dict[str, Callable[[Clock], RelayProtocol]] = {
+    "api server": lambda clock: ApiServerProtocol(Master(), clock, KEY, 5.0),
+    "node server": lambda clock: NodeServerProtocol(Master(), clock, KEY, 5.0),
+    "service server": lambda clock: ServiceServerProtocol(Node("n"), clock, KEY, 5.0),
+}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def pair(request: Any) -> tuple[amp.AMP, RelayProtocol, Any, Clock]:
+    clock = Clock()
+    server = SERVERS[request.param](clock)
+    client = amp.AMP()
+    pump = connect(server, client)
+    return client, server, pump, clock
+
+
+@pytest.mark.parametrize(
+    "command, arguments",
+    [
+        (Call, {"method": "echo", "args": b"{}"}),
+        (Publish, {"event": "e", "payload": b"null"}),
+        (Implement, {"methods": ["echo"]}),
+    ],
+)
+def test_command_before_authentication_is_refused_and_closed(pair: Any, command: Any, arguments: Any) -> None:
+    client, server, pump, _ = pair
+    d = detach(client.callRemote(command, **arguments))
+    pump.flush()
+    assert failure_of(d).check(NotAuthenticated)
+    assert client.transport is None and server.transport is None
+
+
+def test_wrong_key_is_refused_and_closed(pair: Any) -> None:
+    client, server, pump, _ = pair
+    d = detach(client.callRemote(Authenticate, key=b"the-wrong-key-0123456789"))
+    pump.flush()
+    assert failure_of(d).check(AuthenticationFailed)
+    assert server.transport is None and not server.authenticated
+
+
+def test_right_key_authenticates_once(pair: Any) -> None:
+    client, server, pump, _ = pair
+    d = detach(client.callRemote(Authenticate, key=KEY, name="me"))
+    pump.flush()
+    assert result_of(d) == {}
+    assert server.authenticated and server.name == "me"
+    again = detach(client.callRemote(Authenticate, key=KEY))
+    pump.flush()
+    assert failure_of(again).check(AuthenticationFailed)
+
+
+def test_unauthenticated_connection_is_closed_after_the_timeout(pair: Any) -> None:
+    client, server, pump, clock = pair
+    clock.advance(4.9)
+    pump.flush()
+    assert server.transport is not None
+    clock.advance(0.2)
+    pump.flush()
+    assert server.transport is None
+
+
+def test_authenticated_connection_outlives_the_timeout(pair: Any) -> None:
+    client, server, pump, clock = pair
+    client.callRemote(Authenticate, key=KEY)
+    pump.flush()
+    clock.advance(60)
+    pump.flush()
+    assert server.transport is not None and not clock.getDelayedCalls()
+
+
+def test_api_users_cannot_register_methods() -> None:
+    clock = Clock()
+    master = Master()
+    server = ApiServerProtocol(master, clock, KEY)
+    client = amp.AMP()
+    pump = connect(server, client)
+    client.callRemote(Authenticate, key=KEY)
+    d = detach(client.callRemote(Implement, methods=["steal"]))
+    pump.flush()
+    assert failure_of(d).check(amp.UnhandledCommand, amp.RemoteAmpError)
+    assert master.registry.methods() == []

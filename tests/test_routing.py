@@ -1,0 +1,104 @@
+"""Tier 1: the pure routing core, called directly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nswarm.amp_commands import InvalidRequest
+from nswarm.routing import PendingCalls, Registry, check_name
+
+
+def test_round_robin_over_implementers_in_registration_order() -> None:
+    registry: Registry[str] = Registry()
+    registry.implement("a", ["echo"])
+    registry.implement("b", ["echo"])
+    registry.implement("c", ["echo", "other"])
+    assert [registry.choose("echo") for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+    assert registry.choose("other") == "c"
+    assert registry.choose("missing") is None
+
+
+def test_implement_reports_first_and_unimplement_reports_last_implementer() -> None:
+    registry: Registry[str] = Registry()
+    assert registry.implement("a", ["x", "y"]) == ["x", "y"]
+    assert registry.implement("b", ["x", "z"]) == ["z"]
+    assert registry.implement("b", ["x"]) == []
+    assert registry.unimplement("a", ["x"]) == []
+    assert registry.unimplement("b", ["x"]) == ["x"]
+    assert registry.unimplement("b", ["never-registered"]) == []
+    assert sorted(registry.methods()) == ["y", "z"]
+
+
+def test_remove_withdraws_everything_a_peer_registered() -> None:
+    registry: Registry[str] = Registry()
+    registry.implement("a", ["x", "shared"])
+    registry.implement("b", ["shared"])
+    registry.subscribe("a", ["e1", "e2"])
+    registry.subscribe("b", ["e2"])
+    methods, events = registry.remove("a")
+    assert sorted(methods) == ["x"] and events == ["e1"]
+    assert registry.choose("shared") == "b"
+    assert registry.subscribers("e2") == ["b"]
+    assert registry.subscribers("e1") == []
+    assert registry.remove("a") == ([], [])
+
+
+def test_invalid_names_are_refused_without_registering_anything() -> None:
+    registry: Registry[str] = Registry()
+    for bad in ["", " x", "x ", "a\nb", "x" * 256]:
+        with pytest.raises(InvalidRequest):
+            registry.implement("a", ["good", bad])
+    assert registry.methods() == []
+    assert check_name("method", "orders.create") == "orders.create"
+
+
+def test_pending_calls_map_answers_back_and_fail_on_loss() -> None:
+    pending: PendingCalls[str] = PendingCalls()
+    pending.add("node", b"1", "api", b"a")
+    pending.add("node", b"2", "api", b"b")
+    pending.add("other", b"1", "api", b"c")
+    assert pending.pop("node", b"1") == ("api", b"a")
+    assert pending.pop("node", b"1") is None
+    assert pending.pop("nobody", b"1") is None
+    assert len(pending) == 2
+    assert pending.lost("node") == [("api", b"b")]
+    assert pending.lost("node") == []
+    assert len(pending) == 1
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["implement", "unimplement", "remove"]),
+        st.sampled_from(["p1", "p2", "p3"]),
+        st.lists(st.sampled_from(["m1", "m2", "m3"]), max_size=3),
+    ),
+    max_size=40,
+)
+
+
+@given(operations)
+def test_registry_agrees_with_a_simple_model(ops: list[tuple[str, str, list[str]]]) -> None:
+    """After any sequence of registrations, the registry matches a set-based model,
+    and the reported first/last changes are exactly the model's changes."""
+    registry: Registry[str] = Registry()
+    model: dict[str, set[str]] = {}
+    for op, peer, names in ops:
+        before = {name for names_ in model.values() for name in names_}
+        if op == "implement":
+            changed = registry.implement(peer, names)
+            model.setdefault(peer, set()).update(names)
+        elif op == "unimplement":
+            changed = registry.unimplement(peer, names)
+            model.get(peer, set()).difference_update(names)
+        else:
+            changed, _ = registry.remove(peer)
+            model.pop(peer, None)
+        after = {name for names_ in model.values() for name in names_}
+        assert set(changed) == before ^ after
+        assert sorted(registry.methods()) == sorted(after)
+    for method in ["m1", "m2", "m3"]:
+        implementers = {peer for peer, names in model.items() if method in names}
+        chosen = {registry.choose(method) for _ in range(max(1, len(implementers)))}
+        assert chosen == (implementers or {None})
