@@ -207,6 +207,8 @@ class RelayProtocol(amp.AMP):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if isinstance(self.factory, RelayFactory):
+            self.factory.connections.add(self)
         if not self.authenticated:
             self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
 
@@ -283,6 +285,8 @@ class RelayProtocol(amp.AMP):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        if isinstance(self.factory, RelayFactory):
+            self.factory.connections.discard(self)
         super().connectionLost(reason)
         if self.authenticated:
             self.relay.peer_lost(self)
@@ -331,6 +335,8 @@ class RelayFactory(Factory):
         self.clock = clock
         self.auth_key = auth_key
         self.auth_timeout = auth_timeout
+        #: The connections this factory built that are open now.
+        self.connections: set[RelayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> RelayProtocol:
         proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout)

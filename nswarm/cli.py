@@ -1,0 +1,256 @@
+"""
+The C{nswarm} command line.
+
+C{nswarm init DIR} writes a ready cluster configuration (see
+L{nswarm.pki.init_cluster}): a private CA, certificates, authentication keys
+and the C{master.conf}, C{node.conf} and C{client.conf} files that
+C{twistd nswarm-master}, C{twistd nswarm-node} and the SDKs read.
+"""
+
+from __future__ import annotations
+
+import getopt
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+from twisted.python import usage
+
+from nswarm.pki import InitError, init_cluster
+
+__all__ = ["InitOptions", "Options", "main"]
+
+PROGRAM = "nswarm"
+
+
+def _port(what: str) -> Callable[[str], int]:
+    """A coerce callable for a TCP port option, with a sentence on error."""
+
+    def coerce(value: str) -> int:
+        try:
+            port = int(value)
+        except ValueError:
+            raise usage.UsageError(
+                f"The {what} must be a whole number, not {value!r}."
+            ) from None
+        if not 1 <= port <= 65535:
+            raise usage.UsageError(
+                f"The {what} must be between 1 and 65535, not {port}."
+            )
+        return port
+
+    coerce.coerceDoc = "A TCP port, 1 to 65535."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _host(value: str) -> str:
+    """Check a host name or address: one non-empty ASCII word."""
+    host = value.strip()
+    if not host or not host.isascii() or any(c.isspace() for c in host):
+        raise usage.UsageError(
+            f"A host must be a DNS name or an IP address, not {value!r}."
+        )
+    return host
+
+
+def _node_name(value: str) -> str:
+    """Check a node name: it goes in a certificate and a conf file."""
+    name = value.strip()
+    if (
+        not name
+        or len(name) > 64
+        or not name.isascii()
+        or any(c.isspace() for c in name)
+    ):
+        raise usage.UsageError(
+            "The node name must be 1 to 64 ASCII characters without spaces,"
+            f" not {value!r}."
+        )
+    return name
+
+
+class _Options(usage.Options):
+    """Shared behaviour of the C{nswarm} option parsers."""
+
+    def opt_version(self) -> None:
+        """Display the nswarm version and exit."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"{PROGRAM} {version('nswarm')}")
+        except PackageNotFoundError:
+            print(f"{PROGRAM} (not installed)")
+        sys.exit(0)
+
+
+class InitOptions(_Options):
+    """Options of C{nswarm init DIR}."""
+
+    longdesc = (
+        "Create DIR (if missing) and write into it a private certificate"
+        " authority, TLS certificates and keys for the master, one node and the"
+        " API user, three random authentication keys, and master.conf,"
+        " node.conf and client.conf. Refuses to touch a directory that already"
+        " holds any of these files unless --force is given."
+    )
+
+    optFlags = [
+        ["force", "f", "Overwrite the files of an existing configuration."],
+    ]
+
+    optParameters = [
+        [
+            "master-host",
+            None,
+            "localhost",
+            "The name or address nodes and API clients use to reach the master"
+            " (also put in the master certificate).",
+            _host,
+        ],
+        ["node-port", None, 6666, "The master's port for nodes.", _port("node port")],
+        ["api-port", None, 6667, "The master's port for API clients.", _port("api port")],
+        ["node-name", None, "node-1", "The name of the first node.", _node_name],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["hosts"] = []
+
+    def getSynopsis(self) -> str:
+        return f"Usage: {PROGRAM} init [options] DIR"
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse like Twisted does, but also accept options after DIR
+        (C{nswarm init DIR --force}): GNU-style reordering first.
+        """
+        argv = sys.argv[1:] if options is None else options
+        try:
+            opts, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        reordered: list[str] = []
+        for name, value in opts:
+            reordered.append(name)
+            if self._takes_value(name):
+                reordered.append(value)
+        super().parseOptions(reordered + ["--", *args])
+
+    def _takes_value(self, option: str) -> bool:
+        if option.startswith("--"):
+            return option[2:] + "=" in self.longOpt
+        return option[1:2] + ":" in self.shortOpt
+
+    def opt_host(self, host: str) -> None:
+        """An extra DNS name or IP address for the master certificate (repeatable)."""
+        self["hosts"].append(_host(host))
+
+    def parseArgs(self, *args: str) -> None:
+        if len(args) != 1 or not args[0]:
+            raise usage.UsageError(
+                f"Give exactly one directory: {PROGRAM} init [options] DIR."
+            )
+        self["directory"] = args[0]
+
+    def postOptions(self) -> None:
+        if self["node-port"] == self["api-port"]:
+            raise usage.UsageError(
+                f"The node port and the api port must differ (both are"
+                f" {self['node-port']})."
+            )
+
+
+class Options(_Options):
+    """Options of the C{nswarm} command: a subcommand and its options."""
+
+    synopsis = f"Usage: {PROGRAM} [options] COMMAND [command options]"
+    longdesc = f"Run '{PROGRAM} COMMAND --help' for the options of a command."
+
+    subCommands = [
+        ["init", None, InitOptions, "Create a ready cluster configuration in DIR."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("Please give a command.")
+
+
+def _quote(path: Path) -> str:
+    """Quote a path for a shell command line the user may copy."""
+    return shlex.quote(str(path))
+
+
+def _run_init(options: InitOptions, out: TextIO) -> None:
+    """Write the configuration and tell the user how to start the cluster."""
+    paths = init_cluster(
+        options["directory"],
+        hosts=options["hosts"],
+        master_host=options["master-host"],
+        node_port=options["node-port"],
+        api_port=options["api-port"],
+        node_name=options["node-name"],
+        force=bool(options["force"]),
+    )
+    directory = paths[0].parent
+    print(f"Wrote a cluster configuration in {directory}:", file=out)
+    print(
+        f"  master.conf  the master (node port {options['node-port']},"
+        f" api port {options['api-port']})",
+        file=out,
+    )
+    print(
+        f"  node.conf    node {options['node-name']!r}, upstream"
+        f" {options['master-host']}:{options['node-port']}",
+        file=out,
+    )
+    print("  client.conf  for the API and service SDKs", file=out)
+    print(
+        "  plus the CA, certificates, keys and auth keys"
+        " (private files are mode 0600; keep ca.key secret).",
+        file=out,
+    )
+    print("Start the cluster (each in its own terminal):", file=out)
+    print(
+        f"  twistd -n --pidfile {_quote(directory / 'master.pid')} nswarm-master"
+        f" --config {_quote(directory / 'master.conf')}",
+        file=out,
+    )
+    print(
+        f"  twistd -n --pidfile {_quote(directory / 'node.pid')} nswarm-node"
+        f" --config {_quote(directory / 'node.conf')}",
+        file=out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the C{nswarm} command with C{argv} (default: C{sys.argv[1:]}) and
+    return the exit status: 0 on success, 1 when the command fails, 2 for a
+    usage error.
+    """
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        print(f"{PROGRAM}: {e}", file=sys.stderr)
+        print(getattr(options, "subOptions", options), file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help and --version exit from inside parseOptions
+        return e.code if isinstance(e.code, int) else 0
+
+    if options.subCommand == "init":
+        try:
+            _run_init(options.subOptions, sys.stdout)
+        except InitError as e:
+            print(f"{PROGRAM} init: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"{PROGRAM} init: cannot write the configuration: {e}", file=sys.stderr)
+            return 1
+        return 0
+    raise AssertionError(f"unhandled command {options.subCommand!r}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
