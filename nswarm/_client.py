@@ -6,10 +6,13 @@ calls and events as JSON and turns failures into nswarm's typed errors.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -41,6 +44,50 @@ def decode_arguments(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     if not (isinstance(value, dict) and isinstance(value.get("args"), list) and isinstance(value.get("kwargs"), dict)):
         raise InvalidRequest('call arguments must be {"args": [...], "kwargs": {...}}: send them with an nswarm SDK')
     return value["args"], value["kwargs"]
+
+
+def reconnecting(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint,
+    factory: IProtocolFactory,
+    prepare: Callable[[Any], Deferred[Any]],
+    what: str,
+    max_delay: float,
+) -> ClientService:
+    """
+    A ClientService that keeps a connection up, running C{prepare} (which
+    authenticates and registers) on each new connection, with exponential
+    backoff and jitter between attempts.
+
+    A failed C{prepare} is logged, closes the connection and counts as a
+    failed attempt. It does not fail ClientService's prepareConnection:
+    ClientService has no state transition for a connection that closes after
+    its preparation failed, and would log a spurious traceback.
+    """
+    log = Logger(namespace="nswarm.reconnecting")
+    backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_delay)
+    failures = 0
+
+    def prepared(protocol: Any) -> Deferred[None]:
+        def succeeded(_: object) -> None:
+            nonlocal failures
+            failures = 0
+
+        def failed(failure: Failure) -> None:
+            nonlocal failures
+            failures += 1
+            log.error("{what} could not connect: {error}; retrying", what=what, error=failure.getErrorMessage())
+            protocol.transport.loseConnection()
+
+        return maybeDeferred(prepare, protocol).addCallbacks(succeeded, failed)
+
+    return ClientService(
+        endpoint,
+        factory,
+        retryPolicy=lambda attempt: backoff(max(attempt, failures)),
+        clock=reactor,
+        prepareConnection=prepared,
+    )
 
 
 def _connection_closed(failure: Failure, peer: str) -> Failure:

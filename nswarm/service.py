@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, ClassVar, TypeVar, cast, overload
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
@@ -35,7 +35,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from nswarm._client import ClientProtocol, decode, decode_arguments, encode
+from nswarm._client import ClientProtocol, decode, decode_arguments, encode, reconnecting
 from nswarm.amp_commands import (
     Call,
     HandlerFailed,
@@ -102,6 +102,13 @@ class ServiceProtocol(ClientProtocol):
         self.service._handle_event(event, payload)
         return {}
 
+    def registered(self) -> None:
+        """This connection is registered with the node: calls may go through it."""
+        self.service.connection = self
+        waiting, self.service._waiting = self.service._waiting, []
+        for ready in waiting:
+            ready.callback(None)
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
         self.service._connection_lost(self)
@@ -116,25 +123,35 @@ class Service(ClientFactory):
     log = Logger()
     #: The name the node logs this service by; the class name by default.
     name: ClassVar[str | None] = None
-    #: Cluster method name -> name of the handler attribute.
-    methods: ClassVar[dict[str, str]] = {}
+    #: Cluster method name -> name of the handler attribute (filled in from
+    #: the decorators; prefixed so that a subclass's own attributes never clash).
+    nswarm_methods: ClassVar[dict[str, str]] = {}
     #: Event name -> names of the handler attributes.
-    events: ClassVar[dict[str, list[str]]] = {}
+    nswarm_events: ClassVar[dict[str, list[str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.methods = dict(cls.methods)
-        cls.events = {event: list(handlers) for event, handlers in cls.events.items()}
+        cls.nswarm_methods = dict(cls.nswarm_methods)
+        cls.nswarm_events = {event: list(handlers) for event, handlers in cls.nswarm_events.items()}
         for attribute, value in vars(cls).items():
             method = getattr(value, "__nswarm_implements__", None)
             if method is not None:
-                cls.methods[method] = attribute
+                cls.nswarm_methods[method] = attribute
             for event in getattr(value, "__nswarm_subscribes__", ()):
-                cls.events.setdefault(event, []).append(attribute)
+                cls.nswarm_events.setdefault(event, []).append(attribute)
 
     def __init__(self) -> None:
         self.connection: ServiceProtocol | None = None
         self.client_service: ClientService | None = None
+        self._waiting: list[Deferred[None]] = []
+
+    def ready(self) -> Deferred[None]:
+        """Fires once this service is connected to its node and registered."""
+        if self.connection is not None:
+            return succeed(None)
+        ready: Deferred[None] = Deferred()
+        self._waiting.append(ready)
+        return ready
 
     @property
     def service_name(self) -> str:
@@ -152,14 +169,15 @@ class Service(ClientFactory):
         Connect to the node's service server at UNIX socket C{socket} with the
         service auth C{key}, register, and keep reconnecting (with backoff, at
         most C{max_delay} seconds apart) whenever the connection is lost.
-        C{self.client_service.whenConnected()} fires once registered.
+        L{ready} fires once registered.
         """
-        self.client_service = ClientService(
+        self.client_service = reconnecting(
+            reactor,
             UNIXClientEndpoint(reactor, socket),
             self,
-            retryPolicy=backoffPolicy(maxDelay=max_delay),
-            clock=reactor,
-            prepareConnection=lambda proto: self._register(cast(ServiceProtocol, proto), key),
+            lambda proto: self._register(proto, key),
+            f"service {self.service_name!r} (check the socket path and the service auth key)",
+            max_delay,
         )
         self.client_service.startService()
         return self.client_service
@@ -172,31 +190,21 @@ class Service(ClientFactory):
 
     def _register(self, proto: ServiceProtocol, key: bytes) -> Deferred[None]:
         def registered(_: object) -> None:
-            self.connection = proto
+            # ClientService hands us a proxy: the protocol records itself.
+            proto.registered()
             self.log.info(
                 "service {name!r} registered {methods} and {events}",
                 name=self.service_name,
-                methods=sorted(self.methods),
-                events=sorted(self.events),
+                methods=sorted(self.nswarm_methods),
+                events=sorted(self.nswarm_events),
             )
-
-        def failed(failure: Failure) -> Failure:
-            self.log.error(
-                "service {name!r} could not register with its node: {error} "
-                "(check the socket path and the service auth key); retrying",
-                name=self.service_name,
-                error=failure.getErrorMessage(),
-            )
-            if proto.transport is not None:
-                proto.transport.loseConnection()
-            return failure
 
         d: Deferred[Any] = proto.authenticate(key, self.service_name)
-        if self.methods:
-            d.addCallback(lambda _: proto.callRemote(Implement, methods=list(self.methods)))
-        if self.events:
-            d.addCallback(lambda _: proto.callRemote(Subscribe, events=list(self.events)))
-        return d.addCallbacks(registered, failed)
+        if self.nswarm_methods:
+            d.addCallback(lambda _: proto.callRemote(Implement, methods=list(self.nswarm_methods)))
+        if self.nswarm_events:
+            d.addCallback(lambda _: proto.callRemote(Subscribe, events=list(self.nswarm_events)))
+        return d.addCallback(registered)
 
     def _connection_lost(self, proto: ServiceProtocol) -> None:
         if self.connection is proto:
@@ -243,7 +251,7 @@ class Service(ClientFactory):
         )
 
     def _handle_call(self, method: str, args: bytes) -> Deferred[dict[str, bytes]]:
-        attribute = self.methods.get(method)
+        attribute = self.nswarm_methods.get(method)
         if attribute is None:
             raise NoSuchMethod(f"service {self.service_name!r} does not implement {method!r}: retry the call")
         positional, keywords = decode_arguments(args)
@@ -274,7 +282,7 @@ class Service(ClientFactory):
         def failed(failure: Failure, handler: str) -> None:
             self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
 
-        for attribute in self.events.get(event, ()):
+        for attribute in self.nswarm_events.get(event, ()):
             maybeDeferred(getattr(self, attribute), event, value).addErrback(failed, attribute)
 
 

@@ -61,6 +61,16 @@ def failure_of(d: Deferred[Any]) -> Any:
     return results[0]
 
 
+class Proxy:
+    """Stands in for ClientService's protocol proxy, which prepareConnection receives."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+
 class Cluster:
     """A master with nodes, services and API users, all in memory."""
 
@@ -86,7 +96,7 @@ class Cluster:
         server = NodeServerProtocol(self.master, self.clock, NODE_KEY)
         upstream = UpstreamProtocol(node, self.clock)
         self._connect(server, upstream)
-        d = authenticate_upstream(node, NODE_KEY)(upstream)
+        d = authenticate_upstream(node, NODE_KEY)(Proxy(upstream))
         self.flush()
         result_of(d)
         return node, upstream, server
@@ -96,7 +106,7 @@ class Cluster:
         server = ServiceServerProtocol(node, self.clock, SERVICE_KEY)
         proto = service.buildProtocol(None)
         self._connect(server, proto)
-        d = service._register(proto, SERVICE_KEY)
+        d = service._register(Proxy(proto), SERVICE_KEY)
         self.flush()
         result_of(d)
         return proto, server

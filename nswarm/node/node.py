@@ -98,3 +98,8 @@ class UpstreamProtocol(RelayProtocol):
     """The node's connection to the master's node server."""
 
     kind = "master"
+    relay: Node
+
+    def became_upstream(self) -> Deferred[Any]:
+        """This connection has authenticated: make it the node's upstream."""
+        return self.relay.upstream_connected(self)

@@ -6,17 +6,17 @@ import os
 import socket
 from typing import Any
 
-from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
 from nswarm.config import DaemonOptions, file_mode, path, port, positive, secret_parameters
-from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayProtocol
+from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
 
@@ -69,21 +69,11 @@ def authenticate_upstream(node: Node, key: bytes) -> Any:
     connection (ClientService then reconnects after a backoff).
     """
 
-    def prepare(upstream: RelayProtocol) -> Deferred[Any]:
-        def failed(failure: Failure) -> Failure:
-            log.error(
-                "node {name!r} could not authenticate with the master: {error} "
-                "(check upstream-auth-key-file, node-cert and ca); retrying",
-                name=node.name,
-                error=failure.getErrorMessage(),
-            )
-            if upstream.transport is not None:
-                upstream.transport.loseConnection()
-            return failure
-
+    def prepare(upstream: UpstreamProtocol) -> Deferred[Any]:
         d = upstream.callRemote(Authenticate, key=key, name=node.name)
-        d.addCallback(lambda _: node.upstream_connected(upstream))
-        return d.addErrback(failed)
+        # ClientService hands us a proxy of the protocol: let the protocol
+        # itself tell the node it is the upstream, so identity checks hold.
+        return d.addCallback(lambda _: upstream.became_upstream())
 
     return prepare
 
@@ -95,12 +85,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     node = Node(options["name"])
     top = MultiService()
 
-    upstream = ClientService(
+    upstream = reconnecting(
+        reactor,
         SSL4ClientEndpoint(reactor, options["upstream-host"], options["upstream-port"], options.upstream_tls),
         RelayFactory(UpstreamProtocol, node, reactor),
-        retryPolicy=backoffPolicy(maxDelay=options["reconnect-max-delay"]),
-        clock=reactor,
-        prepareConnection=authenticate_upstream(node, options.upstream_auth_key),
+        authenticate_upstream(node, options.upstream_auth_key),
+        f"node {node.name!r} (check upstream-host, upstream-port, upstream-auth-key-file, node-cert and ca)",
+        options["reconnect-max-delay"],
     )
     upstream.setName("upstream")
     upstream.setServiceParent(top)

@@ -1,0 +1,236 @@
+"""
+Tier 2: one real reactor, real loopback TLS and a real UNIX socket: the
+master and node services from their taps, a service and an API user.
+Every test closes what it opened and checks the reactor is clean.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.task import deferLater
+from twisted.protocols import amp
+from OpenSSL.SSL import Error as TLSError
+
+from nswarm import api
+from nswarm.amp_commands import Authenticate, AuthenticationFailed, Call, HandlerFailed, NotAuthenticated
+from nswarm.config import read_secret_file
+from nswarm.master import tap as master_tap
+from nswarm.node import tap as node_tap
+from nswarm.pki import init_cluster
+from nswarm.service import Service, implement, subscribe
+from nswarm.tls import client_options
+
+reactor: Any = global_reactor
+BOUND = 10.0
+
+
+async def wait_until(predicate: Callable[[], Any], what: str, bound: float = BOUND) -> None:
+    """Wait for C{predicate} to hold, checking every 10 ms, for at most C{bound} seconds."""
+    deadline = reactor.seconds() + bound
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class Echo(Service):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: Deferred[Any] = Deferred()
+
+    @implement
+    def echo(self, value: Any) -> Any:
+        return value
+
+    @implement
+    def boom(self) -> None:
+        raise KeyError("nope")
+
+    @subscribe("ticks")
+    def tick(self, event: str, payload: Any) -> None:
+        self.events.callback((event, payload))
+
+
+class Cluster:
+    """A master and a node started from their taps on the real reactor."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ports_file = directory / "ports"
+        options = master_tap.Options()
+        options.parseOptions(
+            ["--config", str(directory / "master.conf"), "--interface", "127.0.0.1",
+             "--node-port", "0", "--api-port", "0", "--ports-file", str(self.ports_file)]
+        )
+        self.master_service = master_tap.makeService(options, reactor)
+        self.master_service.privilegedStartService()
+        self.master_service.startService()
+        self.ports = dict(line.split() for line in self.ports_file.read_text().splitlines())
+        self.master = self.master_service.getServiceNamed("node server").factory.relay
+        self.socket = directory / "sock" / "node.sock"
+        options = node_tap.Options()
+        options.parseOptions(
+            ["--config", str(directory / "node.conf"), "--upstream-port", self.ports["node"],
+             "--service-socket", str(self.socket), "--name", "loopback"]
+        )
+        self.node_service = node_tap.makeService(options, reactor)
+        self.node_service.privilegedStartService()
+        self.node_service.startService()
+        self.factories = [
+            self.master_service.getServiceNamed("node server").factory,
+            self.master_service.getServiceNamed("api server").factory,
+            self.node_service.getServiceNamed("service server").factory,
+        ]
+
+    def key(self, name: str) -> bytes:
+        return read_secret_file(str(self.directory / name))
+
+    async def api(self, **kwargs: Any) -> api.APIClient:
+        return await api.connect(
+            reactor, "localhost", int(self.ports["api"]),
+            key=self.key("api-auth.key"), ca=str(self.directory / "ca.pem"), **kwargs,
+        )
+
+    async def stop(self) -> None:
+        await self.node_service.stopService()
+        await self.master_service.stopService()
+        for factory in self.factories:
+            for connection in list(factory.connections):
+                connection.close()
+        await wait_until(lambda: not any(f.connections for f in self.factories), "connections to close")
+
+
+@pytest.fixture
+def cluster_dir() -> Any:
+    # A short path: UNIX socket paths are limited to about 100 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="nswarm-t2-"))
+    init_cluster(directory)
+    yield directory
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(directory)
+
+
+@pytest.fixture
+def clean_reactor() -> Any:
+    """Fail the test if it leaves sockets or timers behind (the reactor's own wakers aside)."""
+
+    def selectables() -> set[Any]:
+        return {s for s in reactor.getReaders() + reactor.getWriters() if "Waker" not in type(s).__name__}
+
+    before = selectables()
+    yield
+    assert selectables() <= before, f"left open: {selectables() - before}"
+    assert not [call for call in reactor.getDelayedCalls() if call.active()], reactor.getDelayedCalls()
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(cluster_dir: Path, clean_reactor: None) -> AsyncIterator[Cluster]:
+    running = Cluster(cluster_dir)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def start_echo(cluster: Cluster) -> Echo:
+    service = Echo()
+    service.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
+    await service.ready()
+    await cluster.node_service.getServiceNamed("upstream").whenConnected()
+    await wait_until(lambda: cluster.master.registry.choose("echo"), "the master to learn of echo")
+    return service
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_and_event_over_tls_and_a_unix_socket(cluster: Cluster) -> None:
+    service = await start_echo(cluster)
+    client = await cluster.api()
+    try:
+        assert await client.call("echo", {"nested": [1, "two", None]}) == {"nested": [1, "two", None]}
+        big = "x" * 300_000
+        assert await client.call("echo", big) == big
+        with pytest.raises(HandlerFailed) as raised:
+            await client.call("boom")
+        assert raised.value.remote_type == "KeyError"
+        await client.publish("ticks", 42)
+        assert await service.events == ("ticks", 42)
+    finally:
+        await client.close()
+        await service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_socket_is_owner_only(cluster: Cluster) -> None:
+    mode = cluster.socket.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(cluster.socket.parent.stat().st_mode) == 0o700
+
+
+async def raw_node_connection(cluster: Cluster, directory: Path) -> amp.AMP:
+    """A bare AMP connection to the node server presenting C{directory}'s node certificate."""
+    tls = client_options("localhost", str(cluster.directory / "ca.pem"),
+                         str(directory / "node.pem"), str(directory / "node.key"))
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports["node"]), tls)
+    return await connectProtocol(endpoint, amp.AMP())
+
+
+async def closed(connection: amp.AMP) -> None:
+    await wait_until(lambda: connection.transport is None, "the connection to close")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_node_key_is_refused(cluster: Cluster) -> None:
+    connection = await raw_node_connection(cluster, cluster.directory)
+    with pytest.raises(AuthenticationFailed):
+        await connection.callRemote(Authenticate, key=b"not-the-node-key", name="intruder")
+    await closed(connection)
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_certificate_from_another_ca_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    init_cluster(other)
+    connection = await raw_node_connection(cluster, other)
+    with pytest.raises((TLSError, ConnectionClosed)):
+        await connection.callRemote(Authenticate, key=cluster.key("node-auth.key"), name="stranger")
+    await closed(connection)
+    assert all(c.name == "loopback" for c in cluster.factories[0].connections)
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_before_authentication_is_refused_over_tls(cluster: Cluster) -> None:
+    tls = client_options("localhost", str(cluster.directory / "ca.pem"))
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports["api"]), tls)
+    connection = await connectProtocol(endpoint, amp.AMP())
+    with pytest.raises(NotAuthenticated):
+        await connection.callRemote(Call, method="echo", args=b'{"args":[],"kwargs":{}}')
+    await closed(connection)
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_client_must_trust_the_master(cluster: Cluster, tmp_path: Path) -> None:
+    """An API user whose CA did not sign the master's certificate does not connect."""
+    other = tmp_path / "other"
+    init_cluster(other)
+    with pytest.raises((TLSError, ConnectionClosed)):
+        client = await api.connect(
+            reactor, "localhost", int(cluster.ports["api"]),
+            key=cluster.key("api-auth.key"), ca=str(other / "ca.pem"),
+        )
+        await client.close()
