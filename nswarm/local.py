@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 
+import nswarm
+
 if TYPE_CHECKING:
     from nswarm.api import APIClient
 
@@ -194,9 +196,11 @@ def _master_view(master_log: str, node: str) -> tuple[set[str], set[str]]:
 def _child_environment() -> dict[str, str]:
     """Our environment, unbuffered, with PYTHONPATH made absolute (children run in the cluster directory)."""
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    if environment.get("PYTHONPATH"):
-        entries = environment["PYTHONPATH"].split(os.pathsep)
-        environment["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry) for entry in entries if entry)
+    # The children import this same nswarm (and find its twistd plugins),
+    # whether it is installed or run from a source tree.
+    entries = [str(Path(nswarm.__file__).resolve().parent.parent)]
+    entries += environment.get("PYTHONPATH", "").split(os.pathsep)
+    environment["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry) for entry in entries if entry)
     return environment
 
 

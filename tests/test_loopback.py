@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from OpenSSL.SSL import Error as TLSError
 
@@ -151,7 +152,6 @@ async def start_echo(cluster: Cluster) -> Echo:
     service = Echo()
     service.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
     await service.ready()
-    await cluster.node_service.getServiceNamed("upstream").whenConnected()
     await wait_until(lambda: cluster.master.registry.choose("echo"), "the master to learn of echo")
     return service
 
@@ -234,3 +234,56 @@ async def test_api_client_must_trust_the_master(cluster: Cluster, tmp_path: Path
             key=cluster.key("api-auth.key"), ca=str(other / "ca.pem"),
         )
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_reconnects_when_its_node_restarts(cluster: Cluster) -> None:
+    service = await start_echo(cluster)
+    try:
+        await cluster.node_service.stopService()
+        for connection in list(cluster.factories[2].connections):
+            connection.close()
+        await wait_until(lambda: service.connection is None, "the service to notice")
+        assert cluster.master.registry.methods() == []
+        # A new node process would make a new service tree on the same socket.
+        options = node_tap.Options()
+        options.parseOptions(
+            ["--config", str(cluster.directory / "node.conf"), "--upstream-port", cluster.ports["node"],
+             "--service-socket", str(cluster.socket), "--name", "loopback"]
+        )
+        cluster.node_service = node_tap.makeService(options, reactor)
+        cluster.node_service.privilegedStartService()
+        cluster.node_service.startService()
+        cluster.factories[2] = cluster.node_service.getServiceNamed("service server").factory
+        await service.ready()
+        await wait_until(lambda: cluster.master.registry.choose("echo"), "the master to learn of echo again")
+        client = await cluster.api()
+        try:
+            assert await client.call("echo", "back") == "back"
+        finally:
+            await client.close()
+    finally:
+        await service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_with_a_wrong_key_is_refused_and_the_node_stays_up(cluster: Cluster) -> None:
+    refusals: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "nswarm.reconnecting":
+            refusals.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    intruder = Echo()
+    try:
+        intruder.start(reactor, str(cluster.socket), b"not-the-service-key")
+        await wait_until(lambda: refusals, "the refusal")
+        assert "wrong service auth key" in refusals[0]["error"]
+        assert intruder.connection is None
+        assert "echo" not in cluster.master.registry.methods()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await intruder.stop()
+    service = await start_echo(cluster)
+    await service.stop()
