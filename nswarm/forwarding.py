@@ -25,6 +25,7 @@ from nswarm.amp_commands import (
     AuthenticationFailed,
     Implement,
     ImplementerLost,
+    InternalError,
     InvalidRequest,
     NotAuthenticated,
     NswarmError,
@@ -119,6 +120,11 @@ class Relay:
                 self.route_publish(peer, box)
         except NswarmError as error:
             peer.send_error(box.get(ASK), error)
+        except Exception:
+            # A bug here must cost one request, not the connection and every
+            # other request on it.
+            self.log.failure("routing a {command} from {peer} failed", command=command, peer=peer.description)
+            peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
 
     def forward(self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol) -> None:
         """Send C{caller}'s request C{box} on to C{callee} and remember where its answer goes."""

@@ -288,3 +288,16 @@ def test_late_answer_after_the_caller_left_is_dropped(cluster: Cluster) -> None:
     cluster.flush()
     assert len(cluster.master.pending) == 0
     assert result_of(cluster.run(other.call("greet", "still here"))) == "hello still here!"
+
+
+def test_a_routing_bug_costs_one_request_not_the_connection(cluster: Cluster, monkeypatch: Any) -> None:
+    from nswarm.amp_commands import InternalError
+
+    node, _, _ = cluster.add_node("a")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    real = cluster.master.registry.choose
+    monkeypatch.setattr(cluster.master.registry, "choose", lambda method: 1 / 0)
+    assert failure_of(cluster.run(api.call("greet", "x"))).check(InternalError)
+    monkeypatch.setattr(cluster.master.registry, "choose", real)
+    assert result_of(cluster.run(api.call("greet", "y"))) == "hello y!"
