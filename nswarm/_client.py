@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from nswarm._boxes import FastBoxParsing
 from nswarm.amp_commands import Authenticate, Call, InvalidRequest, Publish, UpstreamUnavailable
 
 
@@ -112,7 +113,7 @@ def _detached(d: Deferred[Any]) -> Deferred[Any]:
     return detached
 
 
-class ClientProtocol(amp.AMP):
+class ClientProtocol(FastBoxParsing, amp.AMP):
     """The SDK end of a connection to the master (API SDK) or a node (service SDK)."""
 
     peer = "master"

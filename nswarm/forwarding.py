@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from nswarm._boxes import FastBoxParsing
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
@@ -177,7 +178,7 @@ class Relay:
             )
 
 
-class RelayProtocol(amp.AMP):
+class RelayProtocol(FastBoxParsing, amp.AMP):
     """
     One AMP connection of a relay. L{Call} and L{Publish} boxes, and answers
     to requests the relay forwarded, go to the L{Relay} as boxes; every other

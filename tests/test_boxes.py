@@ -1,0 +1,71 @@
+"""Tier 1: the fast box parser reads exactly what Twisted's parser reads, however the bytes are split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
+from twisted.protocols import amp
+
+from nswarm._boxes import FastBoxParsing
+
+keys = st.binary(min_size=1, max_size=255)
+values = st.binary(max_size=70_000).map(lambda v: v[:65535])
+boxes = st.lists(st.dictionaries(keys, values, min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+class Recorder(amp.BinaryBoxProtocol):
+    def __init__(self) -> None:
+        self.boxes: list[dict[bytes, bytes]] = []
+        super().__init__(self)
+
+    def startReceivingBoxes(self, sender: Any) -> None:
+        pass
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        self.boxes.append(dict(box))
+
+    def stopReceivingBoxes(self, reason: Any) -> None:
+        pass
+
+
+class FastRecorder(FastBoxParsing, Recorder):
+    pass
+
+
+def feed(protocol: Recorder, data: bytes, cuts: list[int]) -> list[dict[bytes, bytes]]:
+    protocol.makeConnection(StringTransport())
+    previous = 0
+    for cut in sorted(cut % (len(data) + 1) for cut in cuts) + [len(data)]:
+        protocol.dataReceived(data[previous:cut])
+        previous = cut
+    return protocol.boxes
+
+
+@settings(max_examples=150)
+@given(boxes, st.lists(st.integers(min_value=0), max_size=20))
+def test_fast_parser_agrees_with_twisted(sent: list[dict[bytes, bytes]], cuts: list[int]) -> None:
+    data = b"".join(amp.AmpBox(box).serialize() for box in sent)
+    assert feed(FastRecorder(), data, cuts) == feed(Recorder(), data, []) == sent
+
+
+def test_overlong_key_closes_the_connection_like_twisted() -> None:
+    protocol = FastRecorder()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"\x01\x00" + b"k" * 256)
+    assert transport.disconnecting and protocol._keyLengthLimitExceeded
+
+
+def test_parsing_stops_once_the_receiver_closes_the_connection() -> None:
+    class Closing(FastRecorder):
+        def ampBoxReceived(self, box: amp.AmpBox) -> None:
+            super().ampBoxReceived(box)
+            self.transport.loseConnection()
+
+    protocol = Closing()
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(amp.AmpBox(a=b"1").serialize() + amp.AmpBox(b=b"2").serialize())
+    assert protocol.boxes == [{b"a": b"1"}]
