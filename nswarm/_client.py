@@ -37,7 +37,10 @@ def decode(data: bytes) -> Any:
 
 
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return encode({"args": args, "kwargs": kwargs})
+    try:
+        return json.dumps({"args": args, "kwargs": kwargs}, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise InvalidRequest(f"cannot encode the call's arguments as JSON ({error}): pass JSON-compatible values")
 
 
 def decode_arguments(data: bytes) -> tuple[list[Any], dict[str, Any]]:
@@ -122,7 +125,7 @@ class ClientProtocol(FastBoxParsing, amp.AMP):
         kwargs = {"name": name} if name else {}
         return _detached(self.callRemote(Authenticate, key=key, **kwargs))
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         Call C{method} on some service in the cluster; the Deferred fires with
         its result or fails with a typed L{nswarm.amp_commands.NswarmError}.

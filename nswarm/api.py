@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
 from nswarm._client import ClientProtocol
-from nswarm.config import read_client_config, read_secret_file
+from nswarm.config import ConfigError, read_client_config, read_secret_file, require
 from nswarm.tls import client_options
 
 __all__ = ["APIClient", "connect", "connect_from_config"]
@@ -70,7 +70,11 @@ def connect(
     authenticate with the api auth C{key}. C{cert}/C{cert_key} give a client
     certificate if the master requires one. Fires with an L{APIClient}.
     """
-    endpoint = SSL4ClientEndpoint(reactor, host, port, client_options(host, ca, cert, cert_key), timeout=timeout)
+    try:
+        tls = client_options(host, ca, cert, cert_key)
+    except ConfigError:
+        return fail()
+    endpoint = SSL4ClientEndpoint(reactor, host, port, tls, timeout=timeout)
     d = connectProtocol(endpoint, APIClient())
 
     def authenticate(client: APIClient) -> Deferred[APIClient]:
@@ -86,13 +90,19 @@ def connect(
 
 def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:
     """L{connect} with the C{[api]} section of a client.conf (C{nswarm init} writes one)."""
-    config = read_client_config(source, "api")
+    try:
+        config = read_client_config(source, "api")
+        key = read_secret_file(require(config, "auth-key-file", source, "api"))
+        ca = require(config, "ca", source, "api")
+        port = int(config.get("port", DEFAULT_API_PORT))
+    except ValueError:
+        return fail()
     return connect(
         reactor,
         config.get("host", "localhost"),
-        int(config.get("port", DEFAULT_API_PORT)),
-        key=read_secret_file(config["auth-key-file"]),
-        ca=config["ca"],
+        port,
+        key=key,
+        ca=ca,
         cert=config.get("cert"),
         cert_key=config.get("cert-key"),
     )

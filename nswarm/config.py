@@ -43,14 +43,8 @@ def path(value: str) -> str:
     return os.path.expanduser(value)
 
 
-def _config_argument(argv: Sequence[str]) -> str | None:
-    """The value of --config/-c in C{argv}, found before the real parse."""
-    for index, arg in enumerate(argv):
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("--config="):
-            return arg.partition("=")[2]
-    return None
+class ConfigError(ValueError):
+    """A configuration or key file is missing or malformed; the message says which and how to fix it."""
 
 
 class DaemonOptions(usage.Options):
@@ -65,21 +59,37 @@ class DaemonOptions(usage.Options):
     section: ClassVar[str]
     optParameters: ClassVar[list[list[Any]]]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # usage.Options does not coerce defaults: do it here, so that a
+        # default like "~/.nswarm/node.sock" or "600" arrives as the
+        # command line's value would.
+        for name, _, default, _, coerce in self.optParameters:
+            if isinstance(default, str):
+                self[name] = coerce(default)
+
     def system_config_files(self) -> list[str]:
         return [f"/etc/nswarm-{self.section}.conf", os.path.expanduser(f"~/.nswarm-{self.section}.conf")]
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
-
         argv = list(sys.argv[1:] if options is None else options)
+        # A first parse, with the same parser, finds --config however it
+        # was spelt (-cFILE, --conf=FILE, ...) before the files are read.
+        probe = type(self)()
+        probe.postOptions = lambda: None  # type: ignore[method-assign]
+        usage.Options.parseOptions(probe, argv)
         for source in self.system_config_files():
             if os.path.exists(source):
                 self.load_config(source)
-        explicit = _config_argument(argv)
+        explicit = probe["config"]
         if explicit is not None:
             if not os.path.isfile(explicit):
                 raise usage.UsageError(f"config file {explicit} does not exist: give the path of an INI file")
             self.load_config(explicit)
-        super().parseOptions(argv)
+        try:
+            super().parseOptions(argv)
+        except ConfigError as error:
+            raise usage.UsageError(str(error))
 
     def load_config(self, source: str) -> None:
         """Take the values in C{source}'s section as defaults, coerced like the command line's."""
@@ -121,9 +131,9 @@ def read_secret_file(source: str) -> bytes:
     try:
         key = Path(source).read_bytes().strip()
     except OSError as error:
-        raise usage.UsageError(f"cannot read key file {source}: {error.strerror}")
+        raise ConfigError(f"cannot read key file {source}: {error.strerror}")
     if not key:
-        raise usage.UsageError(f"key file {source} is empty: put the auth key in it")
+        raise ConfigError(f"key file {source} is empty: put the auth key in it")
     return key
 
 
@@ -138,8 +148,20 @@ def secret_parameters(name: str, doc: str) -> list[list[Any]]:
 def read_client_config(source: str, section: str) -> dict[str, str]:
     """The C{[section]} (C{api} or C{service}) of a client.conf written by C{nswarm init}."""
     parser = configparser.ConfigParser(interpolation=None)
-    if not parser.read(source, encoding="utf-8"):
-        raise FileNotFoundError(f"client config {source} does not exist: run 'nswarm init DIR' to create one")
+    try:
+        found = parser.read(source, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read client config {source}: {error}")
+    if not found:
+        raise ConfigError(f"client config {source} does not exist: run 'nswarm init DIR' to create one")
     if not parser.has_section(section):
-        raise ValueError(f"client config {source} has no [{section}] section")
+        raise ConfigError(f"client config {source} has no [{section}] section")
     return {key: os.path.expanduser(value) for key, value in parser.items(section)}
+
+
+def require(settings: dict[str, str], key: str, source: str, section: str) -> str:
+    """C{settings[key]}, or a L{ConfigError} naming the missing key."""
+    value = settings.get(key)
+    if not value:
+        raise ConfigError(f"{source} has no {key} in its [{section}] section: add it (nswarm init writes one)")
+    return value

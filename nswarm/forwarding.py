@@ -67,6 +67,10 @@ def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
         raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
 
 
+# How the logs say what a registration command does (nswarm.local reads these lines).
+_VERBS = {Implement: "implements", Unimplement: "withdraws", Subscribe: "subscribes to", Unsubscribe: "unsubscribes from"}
+
+
 class Relay:
     """
     What the master and the node have in common: forwarding requests to a
@@ -85,20 +89,23 @@ class Relay:
         self.registry: Registry[RelayProtocol] = Registry()
 
     def implement(self, peer: RelayProtocol, methods: list[str]) -> None:
-        self.log.info("{peer} implements {methods}", peer=peer.description, methods=methods)
-        self.changed(Implement, self.registry.implement(peer, methods))
+        self._registration(peer, Implement, methods, self.registry.implement(peer, methods))
 
     def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
-        self.log.info("{peer} withdraws {methods}", peer=peer.description, methods=methods)
-        self.changed(Unimplement, self.registry.unimplement(peer, methods))
+        self._registration(peer, Unimplement, methods, self.registry.unimplement(peer, methods))
 
     def subscribe(self, peer: RelayProtocol, events: list[str]) -> None:
-        self.log.info("{peer} subscribes to {events}", peer=peer.description, events=events)
-        self.changed(Subscribe, self.registry.subscribe(peer, events))
+        self._registration(peer, Subscribe, events, self.registry.subscribe(peer, events))
 
     def unsubscribe(self, peer: RelayProtocol, events: list[str]) -> None:
-        self.log.info("{peer} unsubscribes from {events}", peer=peer.description, events=events)
-        self.changed(Unsubscribe, self.registry.unsubscribe(peer, events))
+        self._registration(peer, Unsubscribe, events, self.registry.unsubscribe(peer, events))
+
+    def _registration(
+        self, peer: RelayProtocol, command: type[amp.Command], names: list[str], changed: list[str]
+    ) -> None:
+        if names:
+            self.log.info("{peer} {verb} {names}", peer=peer.description, verb=_VERBS[command], names=names)
+        self.changed(command, changed)
 
     def changed(self, command: type[amp.Command], names: list[str]) -> None:
         """
@@ -124,7 +131,9 @@ class Relay:
         except Exception:
             # A bug here must cost one request, not the connection and every
             # other request on it.
-            self.log.failure("routing a {command} from {peer} failed", command=command, peer=peer.description)
+            self.log.failure(
+                "routing a {command} from {peer} failed", command=command.decode("ascii"), peer=peer.description
+            )
             peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
 
     def forward(self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol) -> None:
@@ -168,6 +177,7 @@ class Relay:
         is routed to it, and fail every request still pending on it.
         """
         methods, events = self.registry.remove(peer)
+        self.log.info("{peer} disconnected", peer=peer.description)
         self.changed(Unimplement, methods)
         self.changed(Unsubscribe, events)
         what = peer.description
@@ -237,7 +247,9 @@ class RelayProtocol(FastBoxParsing, amp.AMP):
 
     @Authenticate.responder
     def authenticate(self, key: bytes, name: str | None = None) -> dict[str, Any]:
-        if self.authenticated or self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
+        if self.authenticated or self._auth_key is None:
+            raise AuthenticationFailed("this connection is already authenticated: send Authenticate once")
+        if not hmac.compare_digest(key, self._auth_key):
             self.log.warn("{kind} at {peer} failed to authenticate", kind=self.kind, peer=self.address)
             raise AuthenticationFailed(f"wrong {self.kind} auth key: check the key file this client uses")
         if self._auth_timer is not None:
@@ -245,11 +257,8 @@ class RelayProtocol(FastBoxParsing, amp.AMP):
             self._auth_timer = None
         self.authenticated = True
         self.name = name or ""
-        self.authenticated_as(self.name)
+        self.log.info("{peer} connected from {address}", peer=self.description, address=self.address)
         return {}
-
-    def authenticated_as(self, name: str) -> None:
-        """Hook: the peer has just authenticated as C{name}."""
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         command = box.get(COMMAND)

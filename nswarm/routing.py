@@ -54,6 +54,7 @@ class _Index(Generic[P]):
 
     def discard(self, peer: P, names: Iterable[str]) -> list[str]:
         """Withdraw C{names} for C{peer}; return the names nobody has any more."""
+        names = [check_name(self.kind, name) for name in names]
         mine = self.names.get(peer, set())
         gone = []
         for name in names:

@@ -135,9 +135,15 @@ class Service(ClientFactory):
         cls.nswarm_events = {event: list(handlers) for event, handlers in cls.nswarm_events.items()}
         for attribute, value in vars(cls).items():
             method = getattr(value, "__nswarm_implements__", None)
+            events = getattr(value, "__nswarm_subscribes__", ())
+            if (method is not None or events) and hasattr(Service, attribute):
+                raise TypeError(
+                    f"{cls.__name__}.{attribute} would replace Service.{attribute}: "
+                    f"give the handler another name (use @implement({attribute!r}) to keep the method name)"
+                )
             if method is not None:
                 cls.nswarm_methods[method] = attribute
-            for event in getattr(value, "__nswarm_subscribes__", ()):
+            for event in events:
                 cls.nswarm_events.setdefault(event, []).append(attribute)
 
     def __init__(self) -> None:
@@ -232,7 +238,7 @@ class Service(ClientFactory):
 
     # -- calls and events ----------------------------------------------------
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Call C{method} on some service in the cluster, through this service's node."""
         if self.connection is None:
             return fail(self._not_connected())

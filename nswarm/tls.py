@@ -6,14 +6,14 @@ from pathlib import Path
 
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.python import usage
+from nswarm.config import ConfigError
 
 
 def _read(source: str, what: str) -> bytes:
     try:
         return Path(source).read_bytes()
     except OSError as error:
-        raise usage.UsageError(f"cannot read the {what} {source}: {error.strerror}")
+        raise ConfigError(f"cannot read the {what} {source}: {error.strerror}")
 
 
 def certificate(source: str) -> ssl.Certificate:
@@ -26,7 +26,7 @@ def private_certificate(cert: str, key: str) -> ssl.PrivateCertificate:
     try:
         return ssl.PrivateCertificate.loadPEM(_read(cert, "certificate") + b"\n" + _read(key, "private key"))
     except Exception as error:
-        raise usage.UsageError(f"{cert} and {key} are not a PEM certificate and its key: {error}")
+        raise ConfigError(f"{cert} and {key} are not a PEM certificate and its key: {error}")
 
 
 def server_options(cert: str, key: str, client_ca: str | None = None) -> ssl.CertificateOptions:

@@ -105,3 +105,11 @@ def test_api_users_cannot_register_methods() -> None:
     pump.flush()
     assert failure_of(d).check(amp.UnhandledCommand, amp.RemoteAmpError)
     assert master.registry.methods() == []
+
+
+def test_a_second_authenticate_is_told_so(pair: Any) -> None:
+    client, server, pump, _ = pair
+    client.callRemote(Authenticate, key=KEY)
+    again = detach(client.callRemote(Authenticate, key=KEY))
+    pump.flush()
+    assert "already authenticated" in str(failure_of(again).value)

@@ -301,3 +301,31 @@ def test_a_routing_bug_costs_one_request_not_the_connection(cluster: Cluster, mo
     assert failure_of(cluster.run(api.call("greet", "x"))).check(InternalError)
     monkeypatch.setattr(cluster.master.registry, "choose", real)
     assert result_of(cluster.run(api.call("greet", "y"))) == "hello y!"
+
+
+def test_handlers_cannot_replace_the_sdk_s_own_methods() -> None:
+    with pytest.raises(TypeError, match="would replace Service.start"):
+
+        class Clumsy(Service):
+            @implement
+            def start(self) -> None: ...
+
+
+def test_a_keyword_argument_may_be_called_method(cluster: Cluster) -> None:
+    class Router(Service):
+        @implement
+        def route(self, method: str) -> str:
+            return method
+
+    node, _, _ = cluster.add_node("a")
+    cluster.add_service(node, Router())
+    api, _ = cluster.add_api()
+    assert result_of(cluster.run(api.call("route", method="POST"))) == "POST"
+
+
+def test_connect_from_a_missing_config_fails_the_deferred(tmp_path: Any) -> None:
+    from nswarm.api import connect_from_config
+    from nswarm.config import ConfigError
+
+    d = connect_from_config(object(), str(tmp_path / "absent.conf"))
+    assert failure_of(d).check(ConfigError)

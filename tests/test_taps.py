@@ -166,3 +166,16 @@ def test_node_socket_mode_is_octal(cluster_dir: Path) -> None:
     assert options["service-socket-mode"] == 0o660
     with pytest.raises(usage.UsageError):
         parse(node_tap.Options(), "--config", str(cluster_dir / "node.conf"), "--service-socket-mode", "999")
+
+
+@pytest.mark.parametrize("spelling", [["-c{}"], ["--conf={}"], ["--conf", "{}"]])
+def test_config_file_is_found_however_the_option_is_spelt(cluster_dir: Path, spelling: list[str]) -> None:
+    argv = [part.format(cluster_dir / "master.conf") for part in spelling]
+    assert parse(master_tap.Options(), *argv)["ca"] == str(cluster_dir / "ca.pem")
+
+
+def test_defaults_arrive_coerced_like_command_line_values(tmp_path: Path) -> None:
+    options = node_tap.Options()
+    assert options["service-socket"] == str(tmp_path / ".nswarm" / "node.sock")
+    assert options["service-socket-mode"] == 0o600 and options["upstream-port"] == 6666
+    assert "[default: 600]" in str(options)

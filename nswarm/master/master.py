@@ -37,9 +37,6 @@ class NodeServerProtocol(Downstream):
 
     kind = "node"
 
-    def authenticated_as(self, name: str) -> None:
-        self.log.info("node {name!r} connected from {peer}", name=name, peer=self.address)
-
 
 class ApiServerProtocol(RelayProtocol):
     """An API user's connection to the master's api server: it may call and publish."""

@@ -37,8 +37,8 @@ class Options(DaemonOptions):
     optParameters = [
         ["config", "c", None, "INI file whose [master] section gives defaults for these options", path],
         ["interface", None, "0.0.0.0", "Address both servers listen on", str],
-        ["node-port", None, 6666, "TCP port of the node server", port],
-        ["api-port", None, 6667, "TCP port of the api server", port],
+        ["node-port", None, "6666", "TCP port of the node server", port],
+        ["api-port", None, "6667", "TCP port of the api server", port],
         ["ca", None, None, "Cluster CA certificate (PEM): node certificates must be signed by it", path],
         ["node-cert", None, None, "Certificate (PEM) the node server presents", path],
         ["node-cert-key", None, None, "Private key (PEM) of --node-cert", path],
@@ -47,7 +47,7 @@ class Options(DaemonOptions):
         ["api-client-ca", None, None, "If given, API users must present a certificate signed by this CA", path],
         *secret_parameters("node-auth-key", "key nodes authenticate with"),
         *secret_parameters("api-auth-key", "key API users authenticate with"),
-        ["auth-timeout", None, DEFAULT_AUTH_TIMEOUT, "Seconds a connection may take to authenticate", positive],
+        ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
     ]
 

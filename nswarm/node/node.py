@@ -90,9 +90,6 @@ class ServiceServerProtocol(Downstream):
 
     kind = "service"
 
-    def authenticated_as(self, name: str) -> None:
-        self.log.info("service {name!r} connected", name=name)
-
 
 class UpstreamProtocol(RelayProtocol):
     """The node's connection to the master's node server."""

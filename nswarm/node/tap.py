@@ -39,16 +39,16 @@ class Options(DaemonOptions):
         ["config", "c", None, "INI file whose [node] section gives defaults for these options", path],
         ["name", None, socket.gethostname(), "Name of this node in the master's logs", str],
         ["upstream-host", None, "localhost", "Host name of the master (must match its certificate)", str],
-        ["upstream-port", None, 6666, "Port of the master's node server", port],
+        ["upstream-port", None, "6666", "Port of the master's node server", port],
         ["ca", None, None, "Cluster CA certificate (PEM): the master's certificate must be signed by it", path],
         ["node-cert", None, None, "Certificate (PEM) this node presents to the master", path],
         ["node-cert-key", None, None, "Private key (PEM) of --node-cert", path],
         *secret_parameters("upstream-auth-key", "key this node authenticates to the master with"),
         ["service-socket", None, "~/.nswarm/node.sock", "UNIX socket path of the service server", path],
-        ["service-socket-mode", None, 0o600, "Permissions of the service socket, in octal", file_mode],
+        ["service-socket-mode", None, "600", "Permissions of the service socket, in octal", file_mode],
         *secret_parameters("service-auth-key", "key services authenticate with"),
-        ["auth-timeout", None, DEFAULT_AUTH_TIMEOUT, "Seconds a service may take to authenticate", positive],
-        ["reconnect-max-delay", None, 30.0, "Longest wait, in seconds, between reconnection attempts", positive],
+        ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
+        ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
     ]
 
     def postOptions(self) -> None:
@@ -97,7 +97,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     upstream.setServiceParent(top)
 
     socket_path = options["service-socket"]
-    os.makedirs(os.path.dirname(os.path.abspath(socket_path)), mode=0o700, exist_ok=True)
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_mode & 0o077:
+        log.warn(
+            "the service socket's directory {directory} is open to other users: "
+            "make it owner-only (chmod 700) so that nobody else can reach the socket while it is created",
+            directory=directory,
+        )
     services = StreamServerEndpointService(
         UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True),
         RelayFactory(ServiceServerProtocol, node, reactor, options.service_auth_key, options["auth-timeout"]),
