@@ -1,24 +1,43 @@
 """
-A faster AMP box parser, wire-compatible with Twisted's.
+A faster AMP box parser and serialiser, wire-compatible with Twisted's.
 
 Twisted's BinaryBoxProtocol reads every key and every value through
 Int16StringReceiver, one method dispatch per string (stringReceived, then
-proto_key / proto_value looked up by name). L{FastBoxParsing} replaces its
+proto_key / proto_value looked up by name). L{FastBoxes} replaces its
 dataReceived with one loop over the buffer that does the same work inline.
 It consumes each complete key or value at once, like the stock parser, so a
-large value split over many reads is copied only once.
+large value split over many reads is copied only once. Its sendBox writes
+boxes with L{serialize}, which skips the stock serialiser's sorting and
+per-key struct calls. (The protocols using it never switch protocols or
+start TLS inside AMP, which the stock sendBox also handles.)
 """
 
 from __future__ import annotations
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import ITransport
 from twisted.protocols import amp
 
 MAX_KEY_LENGTH = amp.MAX_KEY_LENGTH
+MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
+_END = b"\x00\x00"
 
 
-class FastBoxParsing:
-    """Mix in before L{amp.AMP}: parses incoming bytes into boxes in one loop."""
+def serialize(box: dict[bytes, bytes]) -> bytes:
+    """The wire bytes of C{box}, or L{amp.TooLong} if a key or value is too long for AMP."""
+    parts: list[bytes] = []
+    for key, value in box.items():
+        if len(key) > MAX_KEY_LENGTH:
+            raise amp.TooLong(True, True, key, None)
+        if len(value) > MAX_VALUE_LENGTH:
+            raise amp.TooLong(False, True, value, key)
+        parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
+    parts.append(_END)
+    return b"".join(parts)
+
+
+class FastBoxes:
+    """Mix in before L{amp.AMP}: parses incoming bytes into boxes in one loop, and serialises boxes quickly."""
 
     boxReceiver: amp.IBoxReceiver
     transport: ITransport | None
@@ -63,3 +82,8 @@ class FastBoxParsing:
         self._unparsed = buffer[offset:]
         self._box = box
         self._key = key
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        if self.transport is None:
+            raise ConnectionLost()
+        self.transport.write(serialize(box))

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import FastBoxParsing
+from nswarm._boxes import FastBoxes
 from nswarm.amp_commands import Authenticate, Call, InvalidRequest, Publish, UpstreamUnavailable
 
 
@@ -116,7 +116,7 @@ def _detached(d: Deferred[Any]) -> Deferred[Any]:
     return detached
 
 
-class ClientProtocol(FastBoxParsing, amp.AMP):
+class ClientProtocol(FastBoxes, amp.AMP):
     """The SDK end of a connection to the master (API SDK) or a node (service SDK)."""
 
     peer = "master"

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import FastBoxParsing
+from nswarm._boxes import FastBoxes, serialize
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
@@ -164,7 +164,7 @@ class Relay:
         is serialised once and the same bytes written to every connection.
         """
         box.pop(ASK, None)
-        data = box.serialize()
+        data = serialize(box)
         count = 0
         for peer in peers:
             peer.write(data)
@@ -188,7 +188,7 @@ class Relay:
             )
 
 
-class RelayProtocol(FastBoxParsing, amp.AMP):
+class RelayProtocol(FastBoxes, amp.AMP):
     """
     One AMP connection of a relay. L{Call} and L{Publish} boxes, and answers
     to requests the relay forwarded, go to the L{Relay} as boxes; every other

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 
-from nswarm._boxes import FastBoxParsing
+from nswarm._boxes import FastBoxes, serialize
 
 keys = st.binary(min_size=1, max_size=255)
 values = st.binary(max_size=70_000).map(lambda v: v[:65535])
@@ -31,7 +31,7 @@ class Recorder(amp.BinaryBoxProtocol):
         pass
 
 
-class FastRecorder(FastBoxParsing, Recorder):
+class FastRecorder(FastBoxes, Recorder):
     pass
 
 
@@ -69,3 +69,19 @@ def test_parsing_stops_once_the_receiver_closes_the_connection() -> None:
     protocol.makeConnection(StringTransport())
     protocol.dataReceived(amp.AmpBox(a=b"1").serialize() + amp.AmpBox(b=b"2").serialize())
     assert protocol.boxes == [{b"a": b"1"}]
+
+
+@settings(max_examples=100)
+@given(st.dictionaries(keys, values, max_size=6))
+def test_serialize_reads_back_as_the_same_box(box: dict[bytes, bytes]) -> None:
+    [parsed] = amp.parseString(serialize(box)) if box else [{}]
+    assert dict(parsed) == box
+
+
+def test_serialize_refuses_what_amp_cannot_carry() -> None:
+    import pytest
+
+    with pytest.raises(amp.TooLong):
+        serialize({b"k" * 256: b""})
+    with pytest.raises(amp.TooLong):
+        serialize({b"k": b"v" * 65536})
