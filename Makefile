@@ -22,6 +22,9 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
 test: $(VENV)/.installed
 	$(PY) -m mypy
 	$(PY) -m pytest -q

@@ -1,0 +1,622 @@
+"""
+nswarm benchmarks (issue 3): the whole path of a real cluster against the
+floor of stock Twisted AMP, measured in the same run.
+
+    python bench/run.py            # full counts (make bench)
+    python bench/run.py --quick    # 10x smaller counts, a fast check
+
+It starts, in child processes: the floors (an AMP echo server over TLS and 10
+AMP event receivers, see bench/floors.py) and a cluster with LocalCluster
+(master and node under twistd, the echo service, 10 subscriber services).
+Then, for each workload, it runs the floor and the cluster in turn, prints a
+table of figures, ratios to the floor and CPU% of each process, and appends
+one JSON line per workload to bench/results.jsonl. docs/benchmarks.md says
+how to read it. Every process started here is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from floors import Count, Echo, Event, connect_echo, connect_receiver
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import LoopingCall, deferLater, react
+from twisted.protocols import amp
+
+from nswarm.api import APIClient
+from nswarm.local import ClusterError, LocalCluster
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results.jsonl"
+SUBSCRIBERS = 10
+EVENT = "bench.event"
+#: Publishes the W4 publisher keeps unanswered at once (the master answers once it has handed an event on).
+PUBLISH_WINDOW = 100
+#: W4 gives up waiting for deliveries after this long without progress: what is missing then is lost.
+STALL = 5.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Workload:
+    name: str
+    what: str
+    payload: int  # bytes
+    outstanding: int
+    count: int
+    warmup: int
+    limit: float  # seconds the floor and the cluster run may take together
+
+
+def workloads(quick: bool) -> list[Workload]:
+    scale = 10 if quick else 1
+    return [
+        Workload("W1", "echo 64 B, 1 outstanding", 64, 1, 5000 // scale, 500 // scale, 120),
+        Workload("W2", "echo 64 B, 100 outstanding", 64, 100, 50_000 // scale, 0, 240),
+        Workload("W3", "echo 32 KiB, 16 outstanding", 32 * 1024, 16, 5000 // scale, 0, 240),
+        Workload(
+            "W4", f"publish 64 B to {SUBSCRIBERS} subscribers", 64, PUBLISH_WINDOW, 20_000 // scale, 200 // scale, 240
+        ),
+    ]
+
+
+# -- progress and CPU ----------------------------------------------------------
+
+
+class Progress:
+    """The live progress line, rewritten on stderr twice a second while a run goes on."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.label = ""
+        self.done = 0
+        self.total = 0
+        self.started = 0.0
+        self.loop = LoopingCall(self.show)
+        self.loop.clock = reactor
+
+    def begin(self, label: str, total: int) -> None:
+        self.label, self.done, self.total, self.started = label, 0, total, time.perf_counter()
+        if not self.loop.running:
+            self.loop.start(0.5)
+
+    def show(self) -> None:
+        if self.label:
+            elapsed = time.perf_counter() - self.started
+            sys.stderr.write(f"\r\x1b[K  {self.label}: {self.done}/{self.total}  {elapsed:5.1f} s")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        self.show()
+        sys.stderr.write("\n")
+        self.label = ""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of process C{pid}, in seconds (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS  # fields 14 and 15 of stat(5)
+
+
+class CPUWindow:
+    """CPU% of named processes over a window: C{with CPUWindow(pids) as window: ...; window.percent}."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.percent: dict[str, float] = {}
+
+    def __enter__(self) -> CPUWindow:
+        self.before = {name: [cpu_seconds(pid) or 0.0 for pid in pids] for name, pids in self.pids.items()}
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        wall = time.perf_counter() - self.start
+        for name, pids in self.pids.items():
+            used = sum((cpu_seconds(pid) or before) - before for pid, before in zip(pids, self.before[name]))
+            self.percent[name] = round(100 * used / wall, 1) if wall > 0 else 0.0
+
+
+# -- drivers -------------------------------------------------------------------
+
+
+Figures = tuple[dict[str, float], dict[str, float]]  # a workload's figures, and CPU% per process
+Measured = tuple[Figures, Figures]  # the floor's, then nswarm's
+
+
+@dataclass
+class Run:
+    elapsed: float
+    latencies: list[float] = field(default_factory=list)
+
+
+def closed_loop(
+    call: Callable[[], Deferred[Any]], total: int, outstanding: int, progress: Progress | None, latencies: bool = False
+) -> Deferred[Run]:
+    """
+    Keep C{outstanding} calls in flight until C{total} have been answered;
+    fires with the elapsed time (and each call's latency if asked), or with
+    the first failure.
+    """
+    done: Deferred[Run] = Deferred()
+    issued = completed = 0
+    measured: list[float] = []
+    start = time.perf_counter()
+
+    def launch() -> None:
+        nonlocal issued
+        issued += 1
+        call().addCallbacks(finished, failed, callbackArgs=(time.perf_counter(),))
+
+    def finished(_: object, sent: float) -> None:
+        nonlocal completed
+        now = time.perf_counter()
+        if latencies:
+            measured.append(now - sent)
+        completed += 1
+        if progress is not None:
+            progress.done = completed
+        if completed == total and not done.called:
+            done.callback(Run(now - start, measured))
+        elif issued < total and not done.called:
+            launch()
+
+    def failed(failure: Any) -> None:
+        if not done.called:
+            done.errback(failure)
+
+    for _ in range(min(outstanding, total)):
+        launch()
+    return done
+
+
+def echo_figures(workload: Workload, run: Run) -> dict[str, float]:
+    calls = workload.count / run.elapsed
+    figures: dict[str, float] = {"calls/s": round(calls)}
+    if run.latencies:
+        ordered = sorted(run.latencies)
+        figures["p50 µs"] = round(statistics.median(ordered) * 1e6, 1)
+        figures["p99 µs"] = round(ordered[int(len(ordered) * 0.99) - 1] * 1e6, 1)
+    if workload.payload > 1024:
+        figures["MB/s"] = round(calls * workload.payload / 1e6, 1)
+    return figures
+
+
+async def run_echo(
+    workload: Workload, call: Callable[[], Deferred[Any]], label: str, progress: Progress, pids: dict[str, list[int]]
+) -> Figures:
+    if workload.warmup:
+        progress.begin(f"{label} warm-up", workload.warmup)
+        await closed_loop(call, workload.warmup, workload.outstanding, progress)
+    progress.begin(label, workload.count)
+    with CPUWindow(pids) as window:
+        run = await closed_loop(
+            call, workload.count, workload.outstanding, progress, latencies=workload.outstanding == 1
+        )
+    progress.end()
+    return echo_figures(workload, run), window.percent
+
+
+async def fan_out(
+    reactor: Any,
+    workload: Workload,
+    publish: Callable[[], Deferred[Any] | None],
+    answered: bool,
+    counts: Callable[[], Deferred[list[tuple[int, float]]]],
+    label: str,
+    progress: Progress,
+    pids: dict[str, list[int]],
+) -> Figures:
+    """
+    W4 on either side. C{publish} sends one event: with C{answered} it
+    returns a Deferred that fires once the sender has handed it on, without
+    it nothing (C{requiresAnswer=False}). C{counts} asks every receiver how
+    many events it got and when the last came. Deliveries/s is the total
+    deliveries over the time from the first publish to the last delivery.
+    """
+    receivers = len(await counts())
+
+    async def send(total: int) -> tuple[float, int]:
+        """Publish C{total} events; return when the first went out and the receivers' count before it."""
+        before = sum(count for count, _ in await counts())
+        first = time.monotonic()
+        if answered:
+            # The master answers each publish once handed on: a closed loop of PUBLISH_WINDOW outstanding.
+            await closed_loop(publish, total, PUBLISH_WINDOW, progress)  # type: ignore[arg-type]
+        else:
+            # Unanswered (requiresAnswer=False): send in slices so the reactor stays responsive.
+            while progress.done < total:
+                for _ in range(min(1000, total - progress.done)):
+                    publish()
+                progress.done += min(1000, total - progress.done)
+                await deferLater(reactor, 0, lambda: None)
+        return first, before
+
+    async def delivered(before: int, total: int) -> tuple[int, float]:
+        """Wait until C{total} more deliveries, or none for L{STALL} seconds; return the count and last time."""
+        got, last, stalled_since, previous = 0, 0.0, time.monotonic(), -1
+        while True:
+            answers = await counts()
+            got = sum(count for count, _ in answers) - before
+            last = max(when for _, when in answers)
+            progress.done = got
+            if got >= total:
+                return got, last
+            if got != previous:
+                previous, stalled_since = got, time.monotonic()
+            elif time.monotonic() - stalled_since > STALL:
+                return got, last
+            await deferLater(reactor, 0.05, lambda: None)
+
+    if workload.warmup:
+        progress.begin(f"{label} warm-up events published", workload.warmup)
+        first, before = await send(workload.warmup)
+        progress.begin(f"{label} warm-up deliveries", workload.warmup * receivers)
+        await delivered(before, workload.warmup * receivers)
+    expected = workload.count * receivers
+    with CPUWindow(pids) as window:
+        progress.begin(f"{label} events published", workload.count)
+        first, before = await send(workload.count)
+        progress.begin(f"{label} deliveries", expected)
+        got, last = await delivered(before, expected)
+    progress.end()
+    return {"deliveries/s": round(got / (last - first)) if last > first else 0, "lost": expected - got}, window.percent
+
+
+# -- the two sides -------------------------------------------------------------
+
+
+@dataclass
+class Children:
+    """Floor processes started here (the cluster's own are LocalCluster's)."""
+
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, directory: Path, name: str, *args: str, timeout: float = 30) -> tuple[subprocess.Popen[bytes], str]:
+        """Run C{floors.py ARGS --ready-file F}; return the process and the contents of F once written."""
+        ready = directory / f"{name}.ready"
+        environment = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        )
+        with open(directory / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(BENCH / "floors.py"), *args, "--ready-file", str(ready)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"floor process {name} did not start: see {directory / f'{name}.log'}")
+            time.sleep(0.01)
+        return process, ready.read_text()
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@dataclass
+class Setup:
+    cluster: LocalCluster
+    ca: str
+    echo_port: int
+    echo_pid: int
+    receiver_sockets: list[str]
+    receiver_pids: list[int]
+
+
+@dataclass
+class Sides:
+    """The connections the harness drives, and which processes to watch on each side."""
+
+    echo: amp.AMP  # to the floor echo server
+    receivers: list[amp.AMP]  # to the floor receivers
+    api: APIClient  # to the cluster's master
+    subscribers: list[str]  # names of the cluster's subscriber services
+    floor_pids: dict[str, list[int]]
+    fan_out_pids: dict[str, list[int]]
+    cluster_pids: dict[str, list[int]]
+    w4_pids: dict[str, list[int]]
+
+    @classmethod
+    async def connect(cls, reactor: Any, setup: Setup) -> Sides:
+        echo = await connect_echo(reactor, setup.echo_port, setup.ca)
+        receivers = await gatherResults([connect_receiver(reactor, socket) for socket in setup.receiver_sockets])
+        api = await setup.cluster.connect_api(reactor)
+        pid = {process.name: [process.pid] for process in setup.cluster.processes}
+        me = [os.getpid()]
+        subscribers = [f"sub-{index}" for index in range(1, SUBSCRIBERS + 1)]
+        return cls(
+            echo,
+            receivers,
+            api,
+            subscribers,
+            floor_pids={"harness": me, "echo-server": [setup.echo_pid]},
+            fan_out_pids={"harness": me, f"receivers x{len(receivers)}": setup.receiver_pids},
+            cluster_pids={"harness": me, "master": pid["master"], "node": pid["node-1"], "echo": pid["echo"]},
+            w4_pids={
+                "harness": me,
+                "master": pid["master"],
+                "node": pid["node-1"],
+                f"subscribers x{len(subscribers)}": [pid[name][0] for name in subscribers],
+            },
+        )
+
+    async def close(self) -> None:
+        for connection in [self.echo, *self.receivers]:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        await self.api.close()
+
+    # Each returns the figures and the CPU% of the floor and of nswarm.
+
+    async def echo_workload(self, reactor: Any, workload: Workload, progress: Progress) -> Measured:
+        payload = b"x" * workload.payload
+        text = "x" * workload.payload
+        floor = await run_echo(
+            workload,
+            lambda: self.echo.callRemote(Echo, payload=payload),
+            f"{workload.name} floor",
+            progress,
+            self.floor_pids,
+        )
+        ours = await run_echo(
+            workload, lambda: self.api.call("echo", text), f"{workload.name} nswarm", progress, self.cluster_pids
+        )
+        return floor, ours
+
+    async def fan_out_workload(self, reactor: Any, workload: Workload, progress: Progress) -> Measured:
+        payload = b"x" * workload.payload
+        text = "x" * workload.payload
+
+        def send_bare() -> None:
+            for receiver in self.receivers:
+                receiver.callRemote(Event, payload=payload)
+
+        def bare_counts() -> Deferred[list[tuple[int, float]]]:
+            return gatherResults([receiver.callRemote(Count).addCallback(_count) for receiver in self.receivers])
+
+        def cluster_counts() -> Deferred[list[tuple[int, float]]]:
+            return gatherResults(
+                [self.api.call(f"bench.count.{name}").addCallback(_count) for name in self.subscribers]
+            )
+
+        floor = await fan_out(reactor, workload, send_bare, False, bare_counts, "W4 floor", progress, self.fan_out_pids)
+        ours = await fan_out(
+            reactor,
+            workload,
+            lambda: self.api.publish(EVENT, text),
+            True,
+            cluster_counts,
+            "W4 nswarm",
+            progress,
+            self.w4_pids,
+        )
+        return floor, ours
+
+
+def _count(answer: dict[str, Any]) -> tuple[int, float]:
+    return answer["count"], answer["last"]
+
+
+async def run_workload(
+    reactor: Any, sides: Sides, workload: Workload, progress: Progress, quick: bool, limit: float | None = None
+) -> dict[str, Any]:
+    """Run C{workload} on the floor then on nswarm, within its time limit; return its JSON record."""
+    record: dict[str, Any] = {
+        "workload": workload.name,
+        "what": workload.what,
+        "quick": quick,
+        "count": workload.count,
+        "outstanding": workload.outstanding,
+    }
+    run = sides.fan_out_workload if workload.name == "W4" else sides.echo_workload
+    try:
+        measured = await ensureDeferred(run(reactor, workload, progress)).addTimeout(limit or workload.limit, reactor)
+    except Exception as error:  # a failed or timed-out workload is reported; the others still run
+        progress.end()
+        record["error"] = f"{type(error).__name__}: {error}"
+        print(f"  {workload.name} failed: {record['error']}", file=sys.stderr)
+    else:
+        (record["floor"], record["floor_cpu"]), (record["nswarm"], record["nswarm_cpu"]) = measured
+        record["ratio"] = {
+            key: round(value / record["floor"][key], 2)
+            for key, value in record["nswarm"].items()
+            if record["floor"].get(key)
+        }
+    record["hardware"] = hardware()
+    record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return record
+
+
+async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Run every workload chosen, appending its record to C{rows} and to L{RESULTS}; print the table."""
+    progress = Progress(reactor)
+    sides = await Sides.connect(reactor, setup)
+    try:
+        for workload in workloads(options.quick):
+            if not options.only or workload.name in options.only:
+                record = await run_workload(reactor, sides, workload, progress, options.quick, options.limit)
+                with open(RESULTS, "a") as results:
+                    results.write(json.dumps(record) + "\n")
+                rows.append(record)
+    finally:
+        if progress.loop.running:
+            progress.loop.stop()
+        await sides.close()
+    print_table(rows, options.quick)
+
+
+# -- output --------------------------------------------------------------------
+
+TARGETS = {
+    ("W1", "p50 µs"): "<= 2.5x",
+    ("W2", "calls/s"): ">= 0.7x",
+    ("W3", "calls/s"): ">= 0.35x",
+    ("W4", "deliveries/s"): ">= 0.8x",
+    ("W4", "lost"): "0",
+}
+
+
+_hardware: dict[str, Any] = {}
+
+
+def hardware() -> dict[str, Any]:
+    """nproc, CPU model, Python version and (measured once, before the run) the effective cores."""
+    if _hardware:
+        return _hardware
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    _hardware.update(nproc=os.cpu_count(), cpu=model, python=platform.python_version(), cores=effective_cores())
+    return _hardware
+
+
+SPIN = (
+    "import time\n"
+    "wall, cpu = time.perf_counter(), time.process_time()\n"
+    "while time.perf_counter() - wall < 1: pass\n"
+    "print((time.process_time() - cpu) / (time.perf_counter() - wall))\n"
+)
+
+
+def effective_cores() -> float:
+    """
+    How many cores this run really gets: the CPU time one busy-looping
+    process per CPU obtains in parallel for a second, summed. On a shared or
+    throttled machine it is less than nproc, and every process of a workload
+    competes for it.
+    """
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", SPIN], stdout=subprocess.PIPE, text=True)
+        for _ in range(os.cpu_count() or 1)
+    ]
+    return round(sum(float(spinner.communicate(timeout=30)[0]) for spinner in spinners), 2)
+
+
+def print_table(rows: list[dict[str, Any]], quick: bool) -> None:
+    info = hardware()
+    print(
+        f"\nnswarm benchmark ({'quick' if quick else 'full'} run; {info['nproc']} CPUs ({info['cores']} "
+        f"effective), {info['cpu']}, Python {info['python']})"
+    )
+    print(f"{'':4} {'figure':14} {'floor':>12} {'nswarm':>12} {'ratio':>7}  target")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['workload']:4} FAILED: {row['error']}")
+            continue
+        for key, value in row["nswarm"].items():
+            floor = row["floor"].get(key, "")
+            ratio = row["ratio"].get(key)
+            target = TARGETS.get((row["workload"], key), "")
+            print(
+                f"{row['workload']:4} {key:14} {floor:>12} {value:>12} "
+                f"{(f'{ratio:.2f}x' if ratio is not None else ''):>7}  {target}"
+            )
+    print("\nCPU% over each measured window (100% = one core)")
+    for row in rows:
+        if "error" in row:
+            continue
+        for side in ("floor", "nswarm"):
+            usage = ", ".join(f"{name} {percent:.0f}%" for name, percent in row[f"{side}_cpu"].items())
+            print(f"{row['workload']:4} {side:7} {usage}")
+    print(f"\none JSON line per workload appended to {RESULTS}")
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="nswarm against one-hop AMP, in one run (issue 3)")
+    parser.add_argument("--quick", action="store_true", help="10x smaller counts: a fast check")
+    parser.add_argument("--only", nargs="*", metavar="W", help="run only these workloads (W1 W2 W3 W4)")
+    parser.add_argument("--limit", type=float, help="seconds each workload may take (default: its own limit)")
+    options = parser.parse_args()
+    # SIGTERM before the reactor runs (it installs its own handler) unwinds too, stopping every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A short directory: UNIX socket paths are limited to about 100 bytes.
+    with tempfile.TemporaryDirectory(prefix="nsb-", dir="/tmp") as name, LocalCluster(name) as cluster:
+        directory = Path(name)
+        children = Children()
+        try:
+            print(f"starting the floors and a cluster in {directory}", file=sys.stderr)
+            print(f"hardware: {hardware()}", file=sys.stderr)
+            cluster.init()
+            echo, port = children.start(
+                directory,
+                "floor-echo",
+                "echo-server",
+                "--cert",
+                str(directory / "master.pem"),
+                "--key",
+                str(directory / "master.key"),
+            )
+            receivers = [
+                children.start(
+                    directory, f"floor-rx-{index}", "receiver", "--socket", str(directory / f"rx{index}.sock")
+                )
+                for index in range(1, SUBSCRIBERS + 1)
+            ]
+            cluster.start_master()
+            cluster.start_node("node-1")
+            cluster.start_service(BENCH / "echo_service.py", name="echo")
+            for index in range(1, SUBSCRIBERS + 1):
+                cluster.start_service(BENCH / "subscriber.py", "--bench-name", f"sub-{index}", name=f"sub-{index}")
+            setup = Setup(
+                cluster,
+                str(directory / "ca.pem"),
+                int(port),
+                echo.pid,
+                [socket for _, socket in receivers],
+                [process.pid for process, _ in receivers],
+            )
+            rows: list[dict[str, Any]] = []
+            try:
+                react(lambda reactor: ensureDeferred(benchmark(reactor, setup, options, rows)))
+            except SystemExit as exit:  # react always exits; fail if a workload did
+                failed = [row["workload"] for row in rows if "error" in row]
+                if exit.code or not failed:
+                    raise
+                raise SystemExit(f"bench failed: {', '.join(failed)} did not complete")
+        except ClusterError as error:
+            raise SystemExit(f"bench failed: {error}")
+        finally:
+            children.stop()
+
+
+if __name__ == "__main__":
+    main()
