@@ -87,3 +87,8 @@ class FastBoxes:
         if self.transport is None:
             raise ConnectionLost()
         self.transport.write(serialize(box))
+
+    def send(self, box: amp.AmpBox) -> None:
+        """Send C{box} unless the connection is gone (an answer is then moot)."""
+        if self.transport is not None:
+            self.transport.write(serialize(box))

@@ -10,14 +10,24 @@ from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm._boxes import FastBoxes
-from nswarm.amp_commands import Authenticate, Call, InvalidRequest, Publish, UpstreamUnavailable
+from nswarm.amp_commands import (
+    Authenticate,
+    InvalidRequest,
+    UpstreamUnavailable,
+    get_payload,
+    put_payload,
+    remote_error,
+)
+
+
+ASK, ANSWER, COMMAND, ERROR = amp.ASK, amp.ANSWER, amp.COMMAND, amp.ERROR
+CALL, PUBLISH = b"Call", b"Publish"
 
 
 def encode(value: Any) -> bytes:
@@ -94,16 +104,6 @@ def reconnecting(
     )
 
 
-def _connection_closed(failure: Failure, peer: str) -> Failure:
-    failure.trap(ConnectionClosed)
-    return Failure(
-        UpstreamUnavailable(
-            f"the connection to the {peer} closed before an answer came: "
-            "the request may or may not have been carried out; reconnect and retry if that is safe"
-        )
-    )
-
-
 def _detached(d: Deferred[Any]) -> Deferred[Any]:
     """
     A new Deferred with C{d}'s outcome. AMP drops the whole connection when a
@@ -117,9 +117,18 @@ def _detached(d: Deferred[Any]) -> Deferred[Any]:
 
 
 class ClientProtocol(FastBoxes, amp.AMP):
-    """The SDK end of a connection to the master (API SDK) or a node (service SDK)."""
+    """
+    The SDK end of a connection to the master (API SDK) or a node (service
+    SDK). Calls and events are sent as boxes built here, and their answers
+    are matched by tag here, without AMP's Command and Deferred machinery
+    per request: the SDK ends are where most of a call's CPU goes.
+    """
 
     peer = "master"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._requests: dict[bytes, tuple[Deferred[Any], Callable[[amp.AmpBox], Any]]] = {}
 
     def authenticate(self, key: bytes, name: str | None = None) -> Deferred[Any]:
         kwargs = {"name": name} if name else {}
@@ -134,9 +143,9 @@ class ClientProtocol(FastBoxes, amp.AMP):
             data = encode_arguments(args, kwargs)
         except InvalidRequest:
             return fail()
-        d = self.callRemote(Call, method=method, args=data)
-        d.addCallbacks(lambda answer: decode(answer["result"]), _connection_closed, errbackArgs=(self.peer,))
-        return _detached(d)
+        box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8")})
+        put_payload(box, b"args", data)
+        return self._request(box, _call_result)
 
     def publish(self, event: str, payload: Any = None) -> Deferred[None]:
         """
@@ -147,6 +156,61 @@ class ClientProtocol(FastBoxes, amp.AMP):
             data = encode(payload)
         except InvalidRequest:
             return fail()
-        d = self.callRemote(Publish, event=event, payload=data)
-        d.addCallbacks(lambda _: None, _connection_closed, errbackArgs=(self.peer,))
-        return _detached(d)
+        box = amp.AmpBox({COMMAND: PUBLISH, b"event": event.encode("utf-8")})
+        put_payload(box, b"payload", data)
+        return self._request(box, _nothing)
+
+    def _request(self, box: amp.AmpBox, parse: Callable[[amp.AmpBox], Any]) -> Deferred[Any]:
+        if self.transport is None:
+            return fail(self._lost())
+        tag = self._nextTag()
+        box[ASK] = tag
+        try:
+            self.sendBox(box)
+        except amp.TooLong as error:
+            return fail(InvalidRequest(f"a name is too long for AMP ({error}): use names of at most 255 characters"))
+        d: Deferred[Any] = Deferred()
+        self._requests[tag] = (d, parse)
+        return d
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        tag = box.get(ANSWER)
+        if tag is None:
+            tag = box.get(ERROR)
+        request = self._requests.pop(tag, None) if tag is not None else None
+        if request is None:
+            super().ampBoxReceived(box)
+            return
+        d, parse = request
+        if d.called:  # the caller gave up (cancelled): the answer is moot
+            return
+        if ANSWER in box:
+            try:
+                result = parse(box)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+        else:
+            d.errback(remote_error(box))
+
+    def _lost(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"the connection to the {self.peer} closed before an answer came: "
+            "the request may or may not have been carried out; reconnect and retry if that is safe"
+        )
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        requests, self._requests = self._requests, {}
+        super().connectionLost(reason)
+        for d, _ in requests.values():
+            if not d.called:
+                d.errback(self._lost())
+
+
+def _call_result(box: amp.AmpBox) -> Any:
+    return decode(get_payload(box, b"result"))
+
+
+def _nothing(box: amp.AmpBox) -> None:
+    return None

@@ -177,6 +177,45 @@ class Payload(amp.Argument):
         objects[name.decode("ascii")] = b"".join(chunks)
 
 
+def put_payload(box: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """Store C{value} in C{box} under C{name} as L{Payload} does."""
+    Payload().toBox(name, box, {name.decode("ascii"): value}, None)
+
+
+def get_payload(box: dict[bytes, bytes], name: bytes) -> bytes:
+    """The L{Payload} C{name} of C{box}, or L{InvalidRequest} if it is missing."""
+    if len(box.get(name, b"")) < CHUNK:
+        try:
+            return box[name]
+        except KeyError:
+            raise InvalidRequest(f"the box has no {name.decode('ascii')!r}: send it with an nswarm SDK")
+    objects: dict[str, Any] = {}
+    Payload().fromBox(name, box, objects, None)
+    return objects[name.decode("ascii")]
+
+
+def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:
+    """The AMP error box that answers request C{tag} with C{error}."""
+    return amp.AmpBox(
+        {
+            amp.ERROR: tag,
+            amp.ERROR_CODE: error.code,
+            amp.ERROR_DESCRIPTION: str(error).encode("utf-8", "replace"),
+        }
+    )
+
+
+def remote_error(box: dict[bytes, bytes]) -> Exception:
+    """The exception an error box carries: an L{NswarmError} for nswarm's own codes."""
+    code = box.get(amp.ERROR_CODE, amp.UNKNOWN_ERROR_CODE)
+    description = box.get(amp.ERROR_DESCRIPTION, b"").decode("utf-8", "replace")
+    if code in ERRORS:
+        return ERRORS[code](description)
+    if code in amp.PROTOCOL_ERRORS:
+        return amp.PROTOCOL_ERRORS[code](code, description)
+    return amp.RemoteAmpError(code, description)
+
+
 # -- commands ----------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from nswarm.amp_commands import (
     Subscribe,
     Unimplement,
     Unsubscribe,
+    error_box,
 )
 from nswarm.routing import PendingCalls, Registry, check_name
 
@@ -46,17 +47,6 @@ PUBLISH = b"Publish"
 AUTHENTICATE = b"Authenticate"
 
 DEFAULT_AUTH_TIMEOUT = 10.0
-
-
-def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:
-    """The AMP error box that answers request C{tag} with C{error}."""
-    return amp.AmpBox(
-        {
-            ERROR: tag,
-            amp.ERROR_CODE: error.code,
-            amp.ERROR_DESCRIPTION: str(error).encode("utf-8", "replace"),
-        }
-    )
 
 
 def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
@@ -281,11 +271,6 @@ class RelayProtocol(FastBoxes, amp.AMP):
         if tag is not None:
             self.sendBox(error_box(tag, NotAuthenticated("authenticate first: send Authenticate with the auth key")))
         self.close()
-
-    def send(self, box: amp.AmpBox) -> None:
-        """Send C{box} unless the connection is gone (its answer is then moot)."""
-        if self.transport is not None:
-            self.sendBox(box)
 
     def write(self, data: bytes) -> None:
         """Write an already serialised box unless the connection is gone."""

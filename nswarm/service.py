@@ -25,6 +25,7 @@ and L{Service.publish} through its node.
 from __future__ import annotations
 
 import sys
+from inspect import iscoroutine
 from typing import Any, Callable, ClassVar, TypeVar, cast, overload
 
 from twisted.application.internet import ClientService
@@ -32,19 +33,33 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.protocols import amp
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from nswarm._client import ClientProtocol, decode, decode_arguments, encode, reconnecting
+from nswarm._client import (
+    ANSWER,
+    ASK,
+    CALL,
+    COMMAND,
+    PUBLISH,
+    ClientProtocol,
+    decode,
+    decode_arguments,
+    encode,
+    reconnecting,
+)
 from nswarm.amp_commands import (
-    Call,
     HandlerFailed,
     Implement,
     InvalidRequest,
     NoSuchMethod,
-    Publish,
+    NswarmError,
     Subscribe,
     UpstreamUnavailable,
+    error_box,
+    get_payload,
+    put_payload,
 )
 from nswarm.config import path, read_client_config, read_secret_file
 
@@ -93,14 +108,17 @@ class ServiceProtocol(ClientProtocol):
         super().__init__()
         self.service = service
 
-    @Call.responder
-    def _call(self, method: str, args: bytes) -> Deferred[dict[str, bytes]]:
-        return self.service._handle_call(method, args)
-
-    @Publish.responder
-    def _event(self, event: str, payload: bytes) -> dict[str, Any]:
-        self.service._handle_event(event, payload)
-        return {}
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        # Calls and events are dispatched straight from their boxes (the
+        # handler is looked up by name; no Command object, and no Deferred
+        # when the handler answers at once).
+        command = box.get(COMMAND)
+        if command == CALL:
+            self.service._call_received(self, box)
+        elif command == PUBLISH:
+            self.service._event_received(self, box)
+        else:
+            super().ampBoxReceived(box)
 
     def registered(self) -> None:
         """This connection is registered with the node: calls may go through it."""
@@ -256,35 +274,67 @@ class Service(ClientFactory):
             "check that the node runs; the service keeps reconnecting"
         )
 
-    def _handle_call(self, method: str, args: bytes) -> Deferred[dict[str, bytes]]:
-        attribute = self.nswarm_methods.get(method)
-        if attribute is None:
-            raise NoSuchMethod(f"service {self.service_name!r} does not implement {method!r}: retry the call")
-        positional, keywords = decode_arguments(args)
+    def _call_received(self, proto: ServiceProtocol, box: amp.AmpBox) -> None:
+        """Run the handler a Call box asks for and send its answer (if the box asks for one)."""
+        tag = box.get(ASK)
+        method = "?"
 
-        def result(value: Any) -> dict[str, bytes]:
+        def answer(value: Any) -> None:
+            if tag is None:
+                return
             try:
-                return {"result": encode(value)}
+                data = encode(value)
             except InvalidRequest:
-                raise HandlerFailed(
+                proto.send(error_box(tag, HandlerFailed(
                     f"InvalidResult: {method} returned a {type(value).__name__}, "
                     "which is not JSON-compatible: return JSON-compatible values"
-                )
+                )))
+                return
+            reply = amp.AmpBox({ANSWER: tag})
+            put_payload(reply, b"result", data)
+            proto.send(reply)
 
-        def failed(failure: Failure) -> Failure:
-            if failure.check(HandlerFailed):
-                return failure
+        def failed(failure: Failure) -> None:
             self.log.failure("handler of {method!r} raised", failure, method=method)
-            return Failure(HandlerFailed.from_exception(cast(BaseException, failure.value)))
+            if tag is not None:
+                proto.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
 
-        return maybeDeferred(getattr(self, attribute), *positional, **keywords).addCallback(result).addErrback(failed)
-
-    def _handle_event(self, event: str, payload: bytes) -> None:
         try:
-            value = decode(payload)
-        except InvalidRequest:
-            self.log.warn("dropped event {event!r}: its payload is not JSON", event=event)
+            method = box[b"method"].decode("utf-8")
+            attribute = self.nswarm_methods.get(method)
+            if attribute is None:
+                raise NoSuchMethod(f"service {self.service_name!r} does not implement {method!r}: retry the call")
+            positional, keywords = decode_arguments(get_payload(box, b"args"))
+        except (NswarmError, KeyError, UnicodeDecodeError) as error:
+            if tag is not None:
+                proto.send(error_box(tag, error if isinstance(error, NswarmError) else InvalidRequest(
+                    "the call has no UTF-8 method name: send it with an nswarm SDK"
+                )))
             return
+        try:
+            result = getattr(self, attribute)(*positional, **keywords)
+        except Exception:
+            failed(Failure())
+            return
+        if iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            result.addCallbacks(answer, failed)
+        else:
+            answer(result)
+
+    def _event_received(self, proto: ServiceProtocol, box: amp.AmpBox) -> None:
+        """Run every handler of the event in a Publish box."""
+        tag = box.get(ASK)
+        if tag is not None:
+            proto.send(amp.AmpBox({ANSWER: tag}))
+        try:
+            event = box[b"event"].decode("utf-8")
+            value = decode(get_payload(box, b"payload"))
+        except (NswarmError, KeyError, UnicodeDecodeError):
+            self.log.warn("dropped an event that is not valid: it was not sent by an nswarm SDK")
+            return
+
         def failed(failure: Failure, handler: str) -> None:
             self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
 

@@ -329,3 +329,39 @@ def test_connect_from_a_missing_config_fails_the_deferred(tmp_path: Any) -> None
 
     d = connect_from_config(object(), str(tmp_path / "absent.conf"))
     assert failure_of(d).check(ConfigError)
+
+
+def test_a_cancelled_call_ignores_its_late_answer(cluster: Cluster) -> None:
+    from twisted.internet.defer import CancelledError
+
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call("hang"))
+    pending.cancel()
+    assert failure_of(pending).check(CancelledError)
+    greeter.hanging[0].callback("late")
+    cluster.flush()
+    assert result_of(cluster.run(api.call("greet", "next"))) == "hello next!"
+
+
+def test_a_service_answers_a_malformed_call_box_with_a_typed_error() -> None:
+    from twisted.protocols import amp
+
+    from nswarm.amp_commands import remote_error
+
+    from .support import connect
+
+    server = amp.AMP()
+    greeter = Greeter()
+    proto = greeter.buildProtocol(None)
+    pump = connect(server, proto)
+    answers: list[amp.AmpBox] = []
+    server.ampBoxReceived = answers.append  # type: ignore[method-assign]
+    server.sendBox(amp.AmpBox({b"_command": b"Call", b"_ask": b"1", b"method": b"\xff"}))
+    server.sendBox(amp.AmpBox({b"_command": b"Call", b"_ask": b"2", b"method": b"greet", b"args": b"not json"}))
+    server.sendBox(amp.AmpBox({b"_command": b"Call", b"_ask": b"3", b"method": b"greet"}))
+    pump.flush()
+    assert [type(remote_error(box)) for box in answers] == [InvalidRequest] * 3
+    assert proto.transport is not None
