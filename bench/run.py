@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -332,6 +333,7 @@ class Setup:
     echo_pid: int
     receiver_sockets: list[str]
     receiver_pids: list[int]
+    children: Children | None = None  # S1's simulated nodes join these, so that they are always stopped
 
 
 @dataclass
@@ -469,11 +471,248 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
                 with open(RESULTS, "a") as results:
                     results.write(json.dumps(record) + "\n")
                 rows.append(record)
+        if not options.only or "S1" in options.only:
+            record = await run_scale(reactor, setup, sides, progress, options)
+            with open(RESULTS, "a") as results:
+                results.write(json.dumps(record) + "\n")
+            rows.append(record)
     finally:
         if progress.loop.running:
             progress.loop.stop()
         await sides.close()
     print_table(rows, options.quick)
+
+
+# -- S1: a master with 1000 nodes ----------------------------------------------
+
+WORKLOADS = ["W1", "W2", "W3", "W4", "S1"]
+#: Nodes S1 simulates, and the processes (bench/scale.py) that share them.
+S1_NODES = 1000
+S1_PROCESSES = 4
+#: Bound on the time from starting the simulated nodes until all have registered.
+S1_REGISTER_LIMIT = 180.0
+S1_LIMIT = 420.0  # the whole of S1: two W2 runs and the registration
+
+
+def raise_fd_limit() -> None:
+    """
+    Lift our soft limit on open files to the hard one: the master (a child,
+    which inherits it) holds one descriptor per node, S1 connects 1000.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (peak RSS) of process C{pid}, in MB (10^6 bytes), from /proc/PID/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = round(int(value.split()[0]) * 1024 / 1e6, 1)
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def start_simulated_nodes(
+    reactor: Any, setup: Setup, nodes: int, progress: Progress, processes: list[subprocess.Popen[bytes]]
+) -> list[dict[str, Any]]:
+    """
+    Start bench/scale.py in L{S1_PROCESSES} processes sharing C{nodes}
+    simulated nodes, appending each to C{processes} (the caller stops them);
+    wait (at most L{S1_REGISTER_LIMIT} s) until each has printed that all its
+    nodes are registered; return their reports.
+    """
+    cluster = setup.cluster
+    directory = cluster.directory
+    environment = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    outputs: list[Path] = []
+    share, extra = divmod(nodes, S1_PROCESSES)
+    first = 0
+    for number in range(S1_PROCESSES):
+        count = share + (number < extra)
+        output = directory / f"sim-{number}.out"
+        output.unlink(missing_ok=True)
+        with open(output, "wb") as out, open(directory / f"sim-{number}.log", "ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH / "scale.py"),
+                    "--port",
+                    str(cluster.node_port),
+                    "--ca",
+                    str(directory / "ca.pem"),
+                    "--cert",
+                    str(directory / "node.pem"),
+                    "--key",
+                    str(directory / "node.key"),
+                    "--auth-key-file",
+                    str(directory / "node-auth.key"),
+                    "--count",
+                    str(count),
+                    "--first",
+                    str(first),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=log,
+                env=environment,
+                start_new_session=True,
+            )
+        processes.append(process)
+        if setup.children is not None:
+            setup.children.processes.append(process)
+        outputs.append(output)
+        first += count
+    reports: list[dict[str, Any] | None] = [None] * len(processes)
+    deadline = time.monotonic() + S1_REGISTER_LIMIT
+    progress.begin("S1 simulated processes registered", len(processes))
+    while None in reports:
+        for number, (process, output) in enumerate(zip(processes, outputs)):
+            if reports[number] is None:
+                line = output.read_text().partition("\n")[0] if output.exists() else ""
+                if line:
+                    reports[number] = json.loads(line)
+                    if "error" in reports[number]:  # type: ignore[operator]
+                        raise ClusterError(f"simulated nodes (sim-{number}) failed: {reports[number]['error']}")  # type: ignore[index]
+                elif process.poll() is not None:
+                    raise ClusterError(
+                        f"simulated nodes (sim-{number}) exited with status {process.returncode}: "
+                        f"see {directory / f'sim-{number}.log'}"
+                    )
+        progress.done = sum(report is not None for report in reports)
+        if time.monotonic() > deadline and None in reports:
+            raise ClusterError(f"the simulated nodes did not all register within {S1_REGISTER_LIMIT:g}s")
+        await deferLater(reactor, 0.05, lambda: None)
+    progress.end()
+    return [report for report in reports if report is not None]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM each, then SIGKILL what has not exited within 10 s; return their exit statuses."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return [process.returncode for process in processes]
+
+
+async def run_scale(
+    reactor: Any, setup: Setup, sides: Sides, progress: Progress, options: argparse.Namespace
+) -> dict[str, Any]:
+    """
+    S1: the master's RSS before and after C{--s1-nodes} simulated nodes
+    register, the time they take, and W2 through the real node without and
+    then with them connected. Returns its JSON record.
+    """
+    nodes = options.s1_nodes
+    w2 = next(workload for workload in workloads(options.quick) if workload.name == "W2")
+    record: dict[str, Any] = {
+        "workload": "S1",
+        "what": f"master with {nodes} nodes x 10 methods; W2 without (floor) and with them (nswarm)",
+        "quick": options.quick,
+        "count": w2.count,
+        "outstanding": w2.outstanding,
+        "nodes": nodes,
+    }
+    master = setup.cluster.master
+    assert master is not None
+    text = "x" * w2.payload
+    processes: list[subprocess.Popen[bytes]] = []
+
+    async def measure() -> None:
+        rss_before, _ = rss_mb(master.pid)
+        progress.begin("S1 W2 warm-up", w2.count // 10)  # the connections are cold when S1 runs alone
+        await closed_loop(lambda: sides.api.call("echo", text), w2.count // 10, w2.outstanding, progress)
+        without, without_cpu = await run_echo(
+            w2, lambda: sides.api.call("echo", text), "S1 W2 without", progress, sides.cluster_pids
+        )
+        log_offset = master.log_size()
+        started = time.monotonic()
+        with CPUWindow({"master": [master.pid]}) as window:
+            reports = await start_simulated_nodes(reactor, setup, nodes, progress, processes)
+        ready = time.monotonic()
+        # The simulated nodes' CPU% over the same window: they started in it, from zero.
+        sims_cpu = sum(cpu_seconds(process.pid) or 0.0 for process in processes)
+        registered = sum(report["nodes"] for report in reports)
+        if registered != nodes:
+            raise ClusterError(f"only {registered} of {nodes} simulated nodes registered")
+        first = min(report["first_attempt"] for report in reports)
+        last = max(report["last_registered"] for report in reports)
+        rss_after, _ = rss_mb(master.pid)
+        # Cross-check with the master's own account: one "implements" line per simulated node.
+        logged = sum(
+            1 for line in master.read_log(log_offset).splitlines() if "'sim-" in line and " implements " in line
+        )
+        sim_cpu = {f"sims x{len(processes)}": [process.pid for process in processes]}
+        with_cpu_pids = {**sides.cluster_pids, **sim_cpu}
+        with_nodes, with_cpu = await run_echo(
+            w2, lambda: sides.api.call("echo", text), f"S1 W2 with {nodes}", progress, with_cpu_pids
+        )
+        _, rss_peak = rss_mb(master.pid)
+        # W2 without them once more, once the master has seen them all go: the "without" figure is the
+        # mean of the runs before and after, so a drift in the machine's load does not favour one side.
+        log_offset = master.log_size()
+        codes = stop_processes(processes)
+        gone = 0
+        for _ in range(int(S1_REGISTER_LIMIT / 0.05)):
+            lines = master.read_log(log_offset).splitlines()
+            gone = sum(1 for line in lines if "'sim-" in line and line.endswith(" disconnected"))
+            if gone >= nodes:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        after, _ = await run_echo(
+            w2, lambda: sides.api.call("echo", text), "S1 W2 without, after", progress, sides.cluster_pids
+        )
+        record["floor"] = {
+            "RSS MB": rss_before,
+            "W2 calls/s": round((without["calls/s"] + after["calls/s"]) / 2),
+        }
+        record["nswarm"] = {
+            "RSS MB": rss_after,
+            "register s": round(last - first, 2),
+            "W2 calls/s": with_nodes["calls/s"],
+        }
+        record["floor_cpu"] = without_cpu
+        record["nswarm_cpu"] = with_cpu
+        record["register_cpu"] = {
+            "master": window.percent["master"],
+            f"sims x{len(processes)}": round(100 * sims_cpu / (ready - started), 1),
+        }
+        record["register"] = {
+            "processes": reports,
+            "harness_seconds": round(ready - started, 2),
+            "master_logged_implements": logged,
+            "master_peak_rss_mb": rss_peak,
+            "simulator_exit_codes": codes,
+            "master_logged_disconnects": gone,
+        }
+        record["w2_without"] = {"before": without["calls/s"], "after": after["calls/s"]}
+
+    try:
+        await ensureDeferred(measure()).addTimeout(options.limit or S1_LIMIT, reactor)
+    except Exception as error:  # reported like any failed workload
+        progress.end()
+        record["error"] = f"{type(error).__name__}: {error}"
+        print(f"  S1 failed: {record['error']}", file=sys.stderr)
+    else:
+        record["ratio"] = {
+            key: round(value / record["floor"][key], 2)
+            for key, value in record["nswarm"].items()
+            if record["floor"].get(key)
+        }
+    finally:
+        stop_processes(processes)
+    record["hardware"] = hardware()
+    record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return record
 
 
 # -- output --------------------------------------------------------------------
@@ -484,6 +723,8 @@ TARGETS = {
     ("W3", "calls/s"): ">= 0.35x",
     ("W4", "deliveries/s"): ">= 0.8x",
     ("W4", "lost"): "0",
+    ("S1", "RSS MB"): "<= 150 MB",
+    ("S1", "W2 calls/s"): ">= 0.9x",
 }
 
 
@@ -551,7 +792,9 @@ def print_table(rows: list[dict[str, Any]], quick: bool) -> None:
     for row in rows:
         if "error" in row:
             continue
-        for side in ("floor", "nswarm"):
+        for side in ("floor", "nswarm", "register"):
+            if f"{side}_cpu" not in row:
+                continue
             usage = ", ".join(f"{name} {percent:.0f}%" for name, percent in row[f"{side}_cpu"].items())
             print(f"{row['workload']:4} {side:7} {usage}")
     print(f"\none JSON line per workload appended to {RESULTS}")
@@ -563,11 +806,17 @@ def print_table(rows: list[dict[str, Any]], quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="nswarm against one-hop AMP, in one run (issue 3)")
     parser.add_argument("--quick", action="store_true", help="10x smaller counts: a fast check")
-    parser.add_argument("--only", nargs="*", metavar="W", help="run only these workloads (W1 W2 W3 W4)")
+    parser.add_argument(
+        "--only", nargs="*", metavar="W", choices=WORKLOADS, help=f"run only these workloads ({' '.join(WORKLOADS)})"
+    )
+    parser.add_argument(
+        "--s1-nodes", type=int, default=S1_NODES, help=f"simulated nodes in S1 (default {S1_NODES})"
+    )
     parser.add_argument("--limit", type=float, help="seconds each workload may take (default: its own limit)")
     options = parser.parse_args()
     # SIGTERM before the reactor runs (it installs its own handler) unwinds too, stopping every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    raise_fd_limit()
     # A short directory: UNIX socket paths are limited to about 100 bytes.
     with tempfile.TemporaryDirectory(prefix="nsb-", dir="/tmp") as name, LocalCluster(name) as cluster:
         directory = Path(name)
@@ -603,6 +852,7 @@ def main() -> None:
                 echo.pid,
                 [socket for _, socket in receivers],
                 [process.pid for process, _ in receivers],
+                children,
             )
             rows: list[dict[str, Any]] = []
             try:

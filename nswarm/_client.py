@@ -27,7 +27,7 @@ from nswarm.amp_commands import (
 
 
 ASK, ANSWER, COMMAND, ERROR = amp.ASK, amp.ANSWER, amp.COMMAND, amp.ERROR
-CALL, PUBLISH = b"Call", b"Publish"
+CALL, PUBLISH, CANCEL = b"Call", b"Publish", b"Cancel"
 
 
 def encode(value: Any) -> bytes:
@@ -125,6 +125,8 @@ class ClientProtocol(FastBoxes, amp.AMP):
     """
 
     peer = "master"
+    #: Seconds a call may take when the caller gives no timeout.
+    timeout = 30.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,11 +141,20 @@ class ClientProtocol(FastBoxes, amp.AMP):
         Call C{method} on some service in the cluster; the Deferred fires with
         its result or fails with a typed L{nswarm.amp_commands.NswarmError}.
         """
+        return self.call_with_timeout(self.timeout, method, *args, **kwargs)
+
+    def call_with_timeout(self, timeout: float, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        L{call} with a deadline C{timeout} seconds away: past it the call
+        fails with L{nswarm.amp_commands.DeadlineExceeded} and is cancelled
+        all the way to its handler. Cancelling the returned Deferred cancels
+        the call the same way.
+        """
         try:
             data = encode_arguments(args, kwargs)
         except InvalidRequest:
             return fail()
-        box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8")})
+        box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8"), b"timeout": repr(float(timeout)).encode()})
         put_payload(box, b"args", data)
         return self._request(box, _call_result)
 
@@ -169,7 +180,7 @@ class ClientProtocol(FastBoxes, amp.AMP):
             self.sendBox(box)
         except amp.TooLong as error:
             return fail(InvalidRequest(f"a name is too long for AMP ({error}): use names of at most 255 characters"))
-        d: Deferred[Any] = Deferred()
+        d: Deferred[Any] = Deferred(lambda _: self.send(amp.AmpBox({COMMAND: CANCEL, b"id": tag})))
         self._requests[tag] = (d, parse)
         return d
 

@@ -6,7 +6,8 @@ Four ideas from the original design travel as typed AMP commands:
 - authenticate: L{Authenticate}, the first command on every connection;
 - implement: L{Implement} / L{Unimplement};
 - subscribe: L{Subscribe} / L{Unsubscribe};
-- task: L{Call} (a method call, answered) and L{Publish} (an event).
+- task: L{Call} (a method call, answered), L{Cancel} (of a call) and
+  L{Publish} (an event).
 
 Connections (client side first):
 
@@ -43,7 +44,10 @@ __all__ = [
     "ImplementerLost",
     "UpstreamUnavailable",
     "InvalidRequest",
+    "DeadlineExceeded",
+    "Cancelled",
     "InternalError",
+    "Cancel",
     "ERRORS",
 ]
 
@@ -117,6 +121,18 @@ class InvalidRequest(NswarmError):
     code = b"INVALID_REQUEST"
 
 
+class DeadlineExceeded(NswarmError):
+    """The call's deadline passed before it was answered; it was cancelled downstream."""
+
+    code = b"DEADLINE_EXCEEDED"
+
+
+class Cancelled(NswarmError):
+    """The caller cancelled the call; it was cancelled downstream."""
+
+    code = b"CANCELLED"
+
+
 class InternalError(NswarmError):
     """Something unexpected failed inside nswarm; the daemon logged the details."""
 
@@ -133,6 +149,8 @@ ERRORS: dict[bytes, type[NswarmError]] = {
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        DeadlineExceeded,
+        Cancelled,
         InternalError,
     )
 }
@@ -279,10 +297,12 @@ class Call(amp.Command):
     its node) -> a node that implements C{method} -> one of its services that
     implements it. C{args} and C{result} are opaque to the relays; the SDKs
     encode them as JSON (C{{"args": [...], "kwargs": {...}}} and the return
-    value).
+    value). C{timeout} is the time left, in seconds, before the call's
+    deadline (default 30): each relay answers L{DeadlineExceeded} when it
+    passes and sends L{Cancel} on, and forwards the call with the time left.
     """
 
-    arguments = [(b"method", amp.Unicode()), (b"args", Payload())]
+    arguments = [(b"method", amp.Unicode()), (b"args", Payload()), (b"timeout", amp.Float(optional=True))]
     response = [(b"result", Payload())]
     errors = _codes(
         NoSuchMethod,
@@ -290,9 +310,23 @@ class Call(amp.Command):
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        DeadlineExceeded,
+        Cancelled,
         InternalError,
     )
     fatalErrors = _codes(NotAuthenticated)
+
+
+class Cancel(amp.Command):
+    """
+    Cancel the L{Call} sent on this connection with C{_ask} tag C{id}: from
+    the caller towards the handler, hop by hop (API user or service ->
+    master -> node -> service), sent without an answer. A relay answers the
+    cancelled call L{Cancelled}; the service cancels the handler's Deferred.
+    """
+
+    arguments = [(b"id", amp.String())]
+    requiresAnswer = False
 
 
 class Publish(amp.Command):

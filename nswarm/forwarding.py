@@ -24,6 +24,8 @@ from nswarm._boxes import FastBoxes, serialize
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
+    Cancelled,
+    DeadlineExceeded,
     Implement,
     ImplementerLost,
     InternalError,
@@ -44,9 +46,36 @@ ERROR = amp.ERROR
 
 CALL = b"Call"
 PUBLISH = b"Publish"
+CANCEL = b"Cancel"
 AUTHENTICATE = b"Authenticate"
+TIMEOUT = b"timeout"
 
 DEFAULT_AUTH_TIMEOUT = 10.0
+#: A call's deadline when its caller gives none, and the longest allowed, in seconds.
+DEFAULT_CALL_TIMEOUT = 30.0
+MAX_CALL_TIMEOUT = 24 * 3600.0
+#: How often a relay with calls in flight looks for passed deadlines.
+SWEEP_INTERVAL = 0.05
+
+
+def time_left(box: amp.AmpBox) -> float:
+    """
+    The seconds left before the deadline of the request in C{box}; a box
+    without one gets the default, which is written into it for the next hops.
+    """
+    raw = box.get(TIMEOUT)
+    if raw is None:
+        box[TIMEOUT] = repr(DEFAULT_CALL_TIMEOUT).encode("ascii")
+        return DEFAULT_CALL_TIMEOUT
+    try:
+        left = float(raw)
+    except ValueError:
+        raise InvalidRequest("the call's timeout is not a number: send seconds, such as 5.0")
+    if not 0 < left <= MAX_CALL_TIMEOUT:
+        if left <= 0:
+            raise DeadlineExceeded("the call's deadline had passed when it reached this relay")
+        raise InvalidRequest(f"the call's timeout must be at most {MAX_CALL_TIMEOUT:g} seconds")
+    return left
 
 
 def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
@@ -74,9 +103,11 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
         self.pending: PendingCalls[RelayProtocol] = PendingCalls()
         self.registry: Registry[RelayProtocol] = Registry()
+        self._sweeper: IDelayedCall | None = None
 
     def implement(self, peer: RelayProtocol, methods: list[str]) -> None:
         self._registration(peer, Implement, methods, self.registry.implement(peer, methods))
@@ -110,12 +141,14 @@ class Relay:
         raise NotImplementedError
 
     def box_received(self, peer: RelayProtocol, command: bytes, box: amp.AmpBox) -> None:
-        """A routed command (L{CALL} or L{PUBLISH}) arrived from an authenticated peer."""
+        """A routed command (L{CALL}, L{PUBLISH} or L{CANCEL}) arrived from an authenticated peer."""
         try:
             if command == CALL:
                 self.route_call(peer, box)
-            else:
+            elif command == PUBLISH:
                 self.route_publish(peer, box)
+            else:
+                self.cancel_received(peer, box.get(b"id", b""))
         except NswarmError as error:
             peer.send_error(box.get(ASK), error)
         except Exception:
@@ -127,25 +160,57 @@ class Relay:
             peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
 
     def forward(self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol) -> None:
-        """Send C{caller}'s request C{box} on to C{callee} and remember where its answer goes."""
-        caller_tag = box.pop(ASK, None)
-        if caller_tag is not None:
+        """
+        Send C{caller}'s request C{box} on to C{callee} and remember where its
+        answer goes, and until when it may take.
+        """
+        if ASK in box:
+            expires = self.clock.seconds() + time_left(box)
+            caller_tag = box[ASK]
             tag = callee._nextTag()
-            self.pending.add(callee, tag, caller, caller_tag)
+            self.pending.add(callee, tag, caller, caller_tag, expires)
             box[ASK] = tag
+            if self._sweeper is None:
+                self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
         callee.send(box)
+
+    def _sweep(self) -> None:
+        """Answer L{DeadlineExceeded} to every request past its deadline, and cancel it downstream."""
+        self._sweeper = None
+        for request in self.pending.expired(self.clock.seconds()):
+            request.caller.send_error(
+                request.caller_tag,
+                DeadlineExceeded(f"{request.callee.description} did not answer before the deadline: it was cancelled"),
+            )
+            request.callee.send_cancel(request.tag)
+        if len(self.pending):
+            self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
+
+    def stop(self) -> None:
+        """Stop looking for passed deadlines (nothing is in flight, or the daemon is stopping)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def cancel_received(self, caller: RelayProtocol, caller_tag: bytes) -> None:
+        """C{caller} cancelled its request C{caller_tag}: cancel it downstream and answer L{Cancelled}."""
+        request = self.pending.cancel(caller, caller_tag)
+        if request is not None:
+            request.callee.send_cancel(request.tag)
+            caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
 
     def answer_received(self, callee: RelayProtocol, tag: bytes, box: amp.AmpBox) -> bool:
         """
         Map C{callee}'s answer or error C{box} back to its caller. Return False
         if C{tag} is not one this relay forwarded (the box is the connection's own).
         """
-        caller = self.pending.pop(callee, tag)
-        if caller is None:
+        request = self.pending.pop(callee, tag)
+        if request is None:
             return False
-        peer, caller_tag = caller
-        box[ANSWER if ANSWER in box else ERROR] = caller_tag
-        peer.send(box)
+        box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
+        request.caller.send(box)
+        if not len(self.pending):
+            self.stop()
         return True
 
     def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol]) -> int:
@@ -171,11 +236,14 @@ class Relay:
         self.changed(Unimplement, methods)
         self.changed(Unsubscribe, events)
         what = peer.description
-        for caller, caller_tag in self.pending.lost(peer):
-            caller.send_error(
-                caller_tag,
+        answered_by, asked_by = self.pending.lost(peer)
+        for request in answered_by:
+            request.caller.send_error(
+                request.caller_tag,
                 ImplementerLost(f"{what} disconnected before answering: the call may or may not have run"),
             )
+        for request in asked_by:
+            request.callee.send_cancel(request.tag)
 
 
 class RelayProtocol(FastBoxes, amp.AMP):
@@ -254,16 +322,24 @@ class RelayProtocol(FastBoxes, amp.AMP):
         command = box.get(COMMAND)
         if not self.authenticated and command != AUTHENTICATE:
             self._refuse(box)
-        elif command == CALL or command == PUBLISH:
+        elif command == CALL or command == PUBLISH or command == CANCEL:
             self.relay.box_received(self, command, box)
-        elif command is not None or not self._answered(box):
+        elif command is not None:
             super().ampBoxReceived(box)
+        else:
+            tag = box.get(ANSWER)
+            if tag is None:
+                tag = box.get(ERROR)
+            if tag is not None and self.relay.answer_received(self, tag, box):
+                return
+            if tag in self._outstandingRequests:
+                super().ampBoxReceived(box)
+            # Anything else is a late answer to a call that timed out or was
+            # cancelled: dropped quietly, the connection carries on.
 
-    def _answered(self, box: amp.AmpBox) -> bool:
-        tag = box.get(ANSWER)
-        if tag is None:
-            tag = box.get(ERROR)
-        return tag is not None and self.relay.answer_received(self, tag, box)
+    def send_cancel(self, tag: bytes) -> None:
+        """Cancel the request this relay sent here as C{tag}."""
+        self.send(amp.AmpBox({COMMAND: CANCEL, b"id": tag}))
 
     def _refuse(self, box: amp.AmpBox) -> None:
         self.log.info("closing {peer}: it sent a command before authenticating", peer=self.address)

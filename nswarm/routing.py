@@ -7,7 +7,7 @@ hashable object (the relays use their connections).
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 from nswarm.amp_commands import InvalidRequest
 
@@ -113,14 +113,26 @@ class Registry(Generic[P]):
         methods = self.unimplement(peer, list(self._methods.names.get(peer, ())))
         return methods, self._events.remove(peer)
 
-    def choose(self, method: str) -> P | None:
-        """The implementer of C{method} whose turn it is, or None if there is none."""
+    def choose(self, method: str, load: Callable[[P], int] = lambda peer: 0) -> P | None:
+        """
+        The implementer of C{method} with the least C{load} (calls in
+        flight), ties broken round robin; None if there is none.
+        """
         peers = self._methods.peers.get(method)
         if not peers:
             return None
-        turn = self._turn.get(method, 0) % len(peers)
-        self._turn[method] = turn + 1
-        return peers[turn]
+        count = len(peers)
+        start = self._turn.get(method, 0) % count
+        best, best_load = start, load(peers[start])
+        for step in range(1, count):
+            if not best_load:
+                break
+            index = (start + step) % count
+            current = load(peers[index])
+            if current < best_load:
+                best, best_load = index, current
+        self._turn[method] = best + 1
+        return peers[best]
 
     def subscribers(self, event: str) -> list[P]:
         """The peers subscribed to C{event}."""
@@ -135,29 +147,78 @@ class Registry(Generic[P]):
         return list(self._events.peers)
 
 
+class Request(Generic[P]):
+    """A request a relay forwarded: where it went, where it came from, and when it expires."""
+
+    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires")
+
+    def __init__(self, callee: P, tag: bytes, caller: P, caller_tag: bytes, expires: float) -> None:
+        self.callee = callee
+        self.tag = tag
+        self.caller = caller
+        self.caller_tag = caller_tag
+        self.expires = expires
+
+
 class PendingCalls(Generic[P]):
     """
-    Requests a relay forwarded and that are not answered yet: for each callee
-    connection and the tag the relay gave the request there, the caller and
-    the caller's own tag, so that the answer can be mapped back.
+    Requests a relay forwarded and that are not answered yet, found by the
+    callee and the tag the relay gave the request there (to map an answer
+    back), and by the caller and the caller's own tag (to cancel).
     """
 
     def __init__(self) -> None:
-        self._by_callee: dict[P, dict[bytes, tuple[P, bytes]]] = {}
+        self._by_callee: dict[P, dict[bytes, Request[P]]] = {}
+        self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
+        self._count = 0
 
-    def add(self, callee: P, tag: bytes, caller: P, caller_tag: bytes) -> None:
-        self._by_callee.setdefault(callee, {})[tag] = (caller, caller_tag)
+    def add(self, callee: P, tag: bytes, caller: P, caller_tag: bytes, expires: float) -> None:
+        request = Request(callee, tag, caller, caller_tag, expires)
+        self._by_callee.setdefault(callee, {})[tag] = request
+        self._by_caller.setdefault(caller, {})[caller_tag] = request
+        self._count += 1
 
-    def pop(self, callee: P, tag: bytes) -> tuple[P, bytes] | None:
-        """The caller and caller tag that C{callee}'s answer C{tag} is for, if any."""
+    def _forget(self, request: Request[P]) -> Request[P]:
+        by_caller = self._by_caller[request.caller]
+        del by_caller[request.caller_tag]
+        if not by_caller:
+            del self._by_caller[request.caller]
+        by_callee = self._by_callee.get(request.callee)
+        if by_callee is not None:
+            by_callee.pop(request.tag, None)
+        self._count -= 1
+        return request
+
+    def pop(self, callee: P, tag: bytes) -> Request[P] | None:
+        """The request C{callee}'s answer C{tag} is for, if it is still pending."""
         pending = self._by_callee.get(callee)
-        if pending is None:
-            return None
-        return pending.pop(tag, None)
+        request = pending.get(tag) if pending is not None else None
+        return self._forget(request) if request is not None else None
 
-    def lost(self, callee: P) -> list[tuple[P, bytes]]:
-        """Forget C{callee}; return the callers (and tags) left without an answer."""
-        return list(self._by_callee.pop(callee, {}).values())
+    def cancel(self, caller: P, caller_tag: bytes) -> Request[P] | None:
+        """The request C{caller} sent as C{caller_tag}, if it is still pending."""
+        pending = self._by_caller.get(caller)
+        request = pending.get(caller_tag) if pending is not None else None
+        return self._forget(request) if request is not None else None
+
+    def lost(self, peer: P) -> tuple[list[Request[P]], list[Request[P]]]:
+        """
+        Forget C{peer}: return the requests pending on it (their callers get
+        no answer now) and the requests it made (their callees need not go on).
+        """
+        answered_by = [self._forget(r) for r in list(self._by_callee.pop(peer, {}).values())]
+        asked_by = [self._forget(r) for r in list(self._by_caller.get(peer, {}).values())]
+        return answered_by, asked_by
+
+    def expired(self, now: float) -> list[Request[P]]:
+        """Forget and return the requests whose deadline is at or before C{now}."""
+        late = [r for pending in self._by_callee.values() for r in pending.values() if r.expires <= now]
+        return [self._forget(r) for r in late]
+
+    def in_flight(self, callee: P) -> int:
+        """How many requests C{callee} has not answered yet."""
+        pending = self._by_callee.get(callee)
+        return len(pending) if pending is not None else 0
 
     def __len__(self) -> int:
-        return sum(len(pending) for pending in self._by_callee.values())
+        return self._count

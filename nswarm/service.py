@@ -29,7 +29,7 @@ from inspect import iscoroutine
 from typing import Any, Callable, ClassVar, TypeVar, cast, overload
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
@@ -41,6 +41,7 @@ from nswarm._client import (
     ANSWER,
     ASK,
     CALL,
+    CANCEL,
     COMMAND,
     PUBLISH,
     ClientProtocol,
@@ -107,6 +108,8 @@ class ServiceProtocol(ClientProtocol):
     def __init__(self, service: Service) -> None:
         super().__init__()
         self.service = service
+        #: Handlers still running, by the tag of the call they answer.
+        self.running: dict[bytes, Deferred[Any]] = {}
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         # Calls and events are dispatched straight from their boxes (the
@@ -117,6 +120,10 @@ class ServiceProtocol(ClientProtocol):
             self.service._call_received(self, box)
         elif command == PUBLISH:
             self.service._event_received(self, box)
+        elif command == CANCEL:
+            running = self.running.pop(box.get(b"id", b""), None)
+            if running is not None:
+                running.cancel()
         else:
             super().ampBoxReceived(box)
 
@@ -282,6 +289,7 @@ class Service(ClientFactory):
         def answer(value: Any) -> None:
             if tag is None:
                 return
+            proto.running.pop(tag, None)
             try:
                 data = encode(value)
             except InvalidRequest:
@@ -295,6 +303,10 @@ class Service(ClientFactory):
             proto.send(reply)
 
         def failed(failure: Failure) -> None:
+            if tag is not None and tag not in proto.running and failure.check(CancelledError):
+                return  # cancelled by its caller or its deadline: the relay has answered
+            if tag is not None:
+                proto.running.pop(tag, None)
             self.log.failure("handler of {method!r} raised", failure, method=method)
             if tag is not None:
                 proto.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
@@ -319,6 +331,8 @@ class Service(ClientFactory):
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
+            if tag is not None:
+                proto.running[tag] = result
             result.addCallbacks(answer, failed)
         else:
             answer(result)

@@ -76,7 +76,7 @@ class Cluster:
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.master = Master()
+        self.master = Master(self.clock)
         self.pumps: list[IOPump] = []
 
     def flush(self) -> None:
@@ -92,7 +92,7 @@ class Cluster:
 
     def add_node(self, name: str) -> tuple[Node, UpstreamProtocol, NodeServerProtocol]:
         """A node connected to the master and authenticated."""
-        node = Node(name)
+        node = Node(name, self.clock)
         server = NodeServerProtocol(self.master, self.clock, NODE_KEY)
         upstream = UpstreamProtocol(node, self.clock)
         self._connect(server, upstream)

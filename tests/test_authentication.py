@@ -25,9 +25,9 @@ from .support import connect, detach, failure_of, result_of
 KEY = b"the-right-key-0123456789"
 
 SERVERS: dict[str, Callable[[Clock], RelayProtocol]] = {
-    "api server": lambda clock: ApiServerProtocol(Master(), clock, KEY, 5.0),
-    "node server": lambda clock: NodeServerProtocol(Master(), clock, KEY, 5.0),
-    "service server": lambda clock: ServiceServerProtocol(Node("n"), clock, KEY, 5.0),
+    "api server": lambda clock: ApiServerProtocol(Master(clock), clock, KEY, 5.0),
+    "node server": lambda clock: NodeServerProtocol(Master(clock), clock, KEY, 5.0),
+    "service server": lambda clock: ServiceServerProtocol(Node("n", clock), clock, KEY, 5.0),
 }
 
 
@@ -96,7 +96,7 @@ def test_authenticated_connection_outlives_the_timeout(pair: Any) -> None:
 
 def test_api_users_cannot_register_methods() -> None:
     clock = Clock()
-    master = Master()
+    master = Master(clock)
     server = ApiServerProtocol(master, clock, KEY)
     client = amp.AMP()
     pump = connect(server, client)
@@ -113,3 +113,14 @@ def test_a_second_authenticate_is_told_so(pair: Any) -> None:
     again = detach(client.callRemote(Authenticate, key=KEY))
     pump.flush()
     assert "already authenticated" in str(failure_of(again).value)
+
+
+def test_an_answer_nobody_waits_for_is_dropped_quietly(pair: Any) -> None:
+    """A late answer (its call timed out or was cancelled) leaves the connection up."""
+    client, server, pump, _ = pair
+    client.callRemote(Authenticate, key=KEY)
+    pump.flush()
+    client.sendBox(amp.AmpBox({b"_answer": b"77", b"result": b"late"}))
+    client.sendBox(amp.AmpBox({b"_error": b"78", b"_error_code": b"X", b"_error_description": b"late"}))
+    pump.flush()
+    assert server.transport is not None

@@ -365,3 +365,98 @@ def test_a_service_answers_a_malformed_call_box_with_a_typed_error() -> None:
     pump.flush()
     assert [type(remote_error(box)) for box in answers] == [InvalidRequest] * 3
     assert proto.transport is not None
+
+
+def test_deadline_fails_the_call_and_cancels_the_handler(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call_with_timeout(1.0, "hang"))
+    cluster.clock.advance(0.9)
+    cluster.flush()
+    assert not pending.called and not greeter.hanging[0].called
+    cluster.clock.advance(0.2)
+    cluster.flush()
+    assert failure_of(pending).check(DeadlineExceeded)
+    assert greeter.hanging[0].called  # cancelled through the node
+    assert len(cluster.master.pending) == len(node.pending) == 0
+    assert not cluster.clock.getDelayedCalls()
+    assert result_of(cluster.run(api.call("greet", "on time"))) == "hello on time!"
+
+
+def test_default_deadline_is_thirty_seconds(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call("hang"))
+    cluster.clock.advance(29.9)
+    cluster.flush()
+    assert not pending.called
+    cluster.clock.advance(0.2)
+    cluster.flush()
+    assert failure_of(pending).check(DeadlineExceeded)
+
+
+def test_cancelling_a_call_cancels_its_handler(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    pending = cluster.run(api.call("hang"))
+    pending.cancel()
+    cluster.flush()
+    assert greeter.hanging[0].called
+    assert len(cluster.master.pending) == len(node.pending) == 0
+
+
+def test_a_caller_that_leaves_cancels_its_calls(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    greeter = Greeter()
+    cluster.add_service(node, greeter)
+    api, _ = cluster.add_api()
+    cluster.run(api.call("hang"))
+    disconnect(api, cluster)
+    assert greeter.hanging[0].called
+    assert len(cluster.master.pending) == len(node.pending) == 0
+
+
+def test_invalid_timeouts_are_refused(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    cluster.add_service(node, Greeter())
+    api, _ = cluster.add_api()
+    assert failure_of(cluster.run(api.call_with_timeout(0, "greet", "x"))).check(DeadlineExceeded)
+    assert failure_of(cluster.run(api.call_with_timeout(1e9, "greet", "x"))).check(InvalidRequest)
+
+
+def test_busy_services_get_fewer_calls(cluster: Cluster) -> None:
+    """Least calls in flight wins: while one service holds a call, the other gets the next ones."""
+
+    class Worker(Counter):
+        def __init__(self, label: str) -> None:
+            super().__init__(label)
+            self.held: list[Deferred[Any]] = []
+
+        @implement
+        def hold(self) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.held.append(d)
+            return d
+
+    node, _, _ = cluster.add_node("a")
+    first, second = Worker("1"), Worker("2")
+    cluster.add_service(node, first)
+    cluster.add_service(node, second)
+    api, _ = cluster.add_api()
+    cluster.run(api.call("hold"))
+    assert len(first.held) == 1
+    assert [result_of(cluster.run(api.call("whoami"))) for _ in range(3)] == ["2", "2", "2"]
+    first.held[0].callback(None)
+    cluster.flush()
+    assert sorted(result_of(cluster.run(api.call("whoami"))) for _ in range(2)) == ["1", "2"]

@@ -56,16 +56,45 @@ def test_invalid_names_are_refused_without_registering_anything() -> None:
 
 def test_pending_calls_map_answers_back_and_fail_on_loss() -> None:
     pending: PendingCalls[str] = PendingCalls()
-    pending.add("node", b"1", "api", b"a")
-    pending.add("node", b"2", "api", b"b")
-    pending.add("other", b"1", "api", b"c")
-    assert pending.pop("node", b"1") == ("api", b"a")
+    pending.add("node", b"1", "api", b"a", 10.0)
+    pending.add("node", b"2", "api", b"b", 10.0)
+    pending.add("other", b"1", "api2", b"c", 10.0)
+    request = pending.pop("node", b"1")
+    assert request is not None and (request.caller, request.caller_tag) == ("api", b"a")
     assert pending.pop("node", b"1") is None
     assert pending.pop("nobody", b"1") is None
-    assert len(pending) == 2
-    assert pending.lost("node") == [("api", b"b")]
-    assert pending.lost("node") == []
-    assert len(pending) == 1
+    assert len(pending) == 2 and pending.in_flight("node") == 1
+    answered_by, asked_by = pending.lost("node")
+    assert [(r.caller, r.caller_tag) for r in answered_by] == [("api", b"b")] and asked_by == []
+    assert pending.lost("node") == ([], [])
+    _, asked_by = pending.lost("api2")
+    assert [(r.callee, r.tag) for r in asked_by] == [("other", b"1")]
+    assert len(pending) == 0
+
+
+def test_pending_calls_cancel_by_the_callers_tag_and_expire_by_deadline() -> None:
+    pending: PendingCalls[str] = PendingCalls()
+    pending.add("node", b"1", "api", b"a", 5.0)
+    pending.add("node", b"2", "api", b"b", 9.0)
+    cancelled = pending.cancel("api", b"a")
+    assert cancelled is not None and (cancelled.callee, cancelled.tag) == ("node", b"1")
+    assert pending.cancel("api", b"a") is None and pending.pop("node", b"1") is None
+    assert pending.expired(8.9) == []
+    [late] = pending.expired(9.0)
+    assert late.caller_tag == b"b" and len(pending) == 0
+
+
+def test_least_loaded_implementer_wins_and_ties_go_round_robin() -> None:
+    registry: Registry[str] = Registry()
+    registry.implement("a", ["m"])
+    registry.implement("b", ["m"])
+    registry.implement("c", ["m"])
+    load = {"a": 2, "b": 0, "c": 1}
+    assert registry.choose("m", load.__getitem__) == "b"
+    load["b"] = 3
+    assert registry.choose("m", load.__getitem__) == "c"
+    load.update(a=0, b=0, c=0)
+    assert [registry.choose("m", load.__getitem__) for _ in range(3)] == ["a", "b", "c"]
 
 
 operations = st.lists(

@@ -16,7 +16,7 @@ class Master(Relay):
 
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
         method = routed_name(box, b"method", "method")
-        node = self.registry.choose(method)
+        node = self.registry.choose(method, self.pending.in_flight)
         if node is None:
             raise NoSuchMethod(
                 f"no service implements {method!r}: check the method name, "

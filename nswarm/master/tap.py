@@ -100,7 +100,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The master: a node server and an api server sharing one L{Master}."""
     if reactor is None:
         from twisted.internet import reactor
-    master = Master()
+    master = Master(reactor)
     ports = PortsFile(options["ports-file"], ["node", "api"])
     top = MultiService()
     servers = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -19,8 +20,8 @@ from nswarm.forwarding import Downstream, Relay, RelayProtocol, routed_name
 class Node(Relay):
     """The node relay. Its registry holds what each local service provides."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__()
+    def __init__(self, name: str, clock: IReactorTime) -> None:
+        super().__init__(clock)
         self.name = name
         self.upstream: RelayProtocol | None = None
 
@@ -37,7 +38,7 @@ class Node(Relay):
             self.forward(caller, box, self._upstream())
             return
         method = routed_name(box, b"method", "method")
-        service = self.registry.choose(method)
+        service = self.registry.choose(method, self.pending.in_flight)
         if service is None:
             raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more: retry the call")
         self.forward(caller, box, service)

@@ -82,7 +82,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The node: an upstream ClientService and the service server sharing one L{Node}."""
     if reactor is None:
         from twisted.internet import reactor
-    node = Node(options["name"])
+    node = Node(options["name"], reactor)
     top = MultiService()
 
     upstream = reconnecting(
