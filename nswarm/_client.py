@@ -158,16 +158,19 @@ class ClientProtocol(FastBoxes, amp.AMP):
         put_payload(box, b"args", data)
         return self._request(box, _call_result)
 
-    def publish(self, event: str, payload: Any = None) -> Deferred[None]:
+    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
         """
-        Publish C{event} with a JSON-compatible C{payload} to every subscriber;
-        the Deferred fires once the master has handed it on.
+        Publish C{event} with a JSON-compatible C{payload} to every subscriber
+        (but this connection, with C{exclude_self}); the Deferred fires once
+        the master has handed it on.
         """
         try:
             data = encode(payload)
         except InvalidRequest:
             return fail()
         box = amp.AmpBox({COMMAND: PUBLISH, b"event": event.encode("utf-8")})
+        if exclude_self:
+            box[b"exclude"] = b"1"
         put_payload(box, b"payload", data)
         return self._request(box, _nothing)
 

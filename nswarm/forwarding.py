@@ -37,7 +37,7 @@ from nswarm.amp_commands import (
     Unsubscribe,
     error_box,
 )
-from nswarm.routing import PendingCalls, Registry, check_name
+from nswarm.routing import PendingCalls, Registry, check_event, check_name
 
 ASK = amp.ASK
 ANSWER = amp.ANSWER
@@ -49,6 +49,7 @@ PUBLISH = b"Publish"
 CANCEL = b"Cancel"
 AUTHENTICATE = b"Authenticate"
 TIMEOUT = b"timeout"
+EXCLUDE = b"exclude"
 
 DEFAULT_AUTH_TIMEOUT = 10.0
 #: A call's deadline when its caller gives none, and the longest allowed, in seconds.
@@ -81,7 +82,8 @@ def time_left(box: amp.AmpBox) -> float:
 def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
     """The method or event name a relay routes C{box} on, or L{InvalidRequest}."""
     try:
-        return check_name(kind, box[key].decode("utf-8"))
+        name = box[key].decode("utf-8")
+        return check_event(name) if kind == "event" else check_name(kind, name)
     except (KeyError, UnicodeDecodeError):
         raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
 
@@ -213,18 +215,17 @@ class Relay:
             self.stop()
         return True
 
-    def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol]) -> int:
+    def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol], exclude: RelayProtocol | None = None) -> None:
         """
-        Send event C{box} to every peer without asking for an answer. The box
-        is serialised once and the same bytes written to every connection.
+        Send event C{box} to every peer but C{exclude}, without asking for an
+        answer. The box is serialised once and the same bytes written to every
+        connection.
         """
         box.pop(ASK, None)
         data = serialize(box)
-        count = 0
         for peer in peers:
-            peer.write(data)
-            count += 1
-        return count
+            if peer is not exclude:
+                peer.write(data)
 
     def peer_lost(self, peer: RelayProtocol) -> None:
         """

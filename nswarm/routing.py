@@ -29,17 +29,60 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_pattern(pattern: str) -> str:
+    """
+    Return C{pattern} if it is a valid subscription: an event name whose
+    dot-separated tokens may be C{*} (any one token) or, last, C{>} (one or
+    more tokens); else raise L{InvalidRequest}.
+    """
+    check_name("subscription", pattern)
+    tokens = pattern.split(".")
+    if ">" in tokens[:-1] or "" in tokens:
+        raise InvalidRequest(
+            f"invalid subscription {pattern[:40]!r}: tokens are separated by single dots, "
+            "and '>' may only be the last token"
+        )
+    return pattern
+
+
+def check_event(event: str) -> str:
+    """Return C{event} if it is a valid name to publish (no wildcards), else raise L{InvalidRequest}."""
+    check_name("event", event)
+    tokens = event.split(".")
+    if "*" in tokens or ">" in tokens:
+        raise InvalidRequest(f"cannot publish {event[:40]!r}: wildcards are for subscriptions, not events")
+    return event
+
+
+def matches(pattern: str, event: str) -> bool:
+    """Whether subscription C{pattern} matches C{event} (C{orders.*}, C{orders.>}, or exact)."""
+    if pattern == event:
+        return True
+    wanted, tokens = pattern.split("."), event.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (token != "*" and token != tokens[index]):
+            return False
+    return len(tokens) == len(wanted)
+
+
+def is_pattern(name: str) -> bool:
+    tokens = name.split(".")
+    return "*" in tokens or tokens[-1] == ">"
+
+
 class _Index(Generic[P]):
     """Names -> the peers that registered them, in registration order."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, check: Callable[[str], str]) -> None:
+        self.check = check
         self.peers: dict[str, list[P]] = {}
         self.names: dict[P, set[str]] = {}
 
     def add(self, peer: P, names: Iterable[str]) -> list[str]:
         """Register C{names} for C{peer}; return the names nobody had before."""
-        names = [check_name(self.kind, name) for name in names]
+        names = [self.check(name) for name in names]
         mine = self.names.setdefault(peer, set())
         new = []
         for name in names:
@@ -54,7 +97,7 @@ class _Index(Generic[P]):
 
     def discard(self, peer: P, names: Iterable[str]) -> list[str]:
         """Withdraw C{names} for C{peer}; return the names nobody has any more."""
-        names = [check_name(self.kind, name) for name in names]
+        names = [self.check(name) for name in names]
         mine = self.names.get(peer, set())
         gone = []
         for name in names:
@@ -82,9 +125,11 @@ class Registry(Generic[P]):
     """
 
     def __init__(self) -> None:
-        self._methods: _Index[P] = _Index("method")
-        self._events: _Index[P] = _Index("event")
+        self._methods: _Index[P] = _Index(lambda name: check_name("method", name))
+        self._events: _Index[P] = _Index(check_pattern)
         self._turn: dict[str, int] = {}
+        #: Event name -> its subscribers, computed on demand; cleared when subscriptions change.
+        self._deliveries: dict[str, list[P]] = {}
 
     def implement(self, peer: P, methods: Iterable[str]) -> list[str]:
         """C{peer} implements C{methods}; return those that had no implementer."""
@@ -99,10 +144,12 @@ class Registry(Generic[P]):
 
     def subscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} subscribes to C{events}; return those that had no subscriber."""
+        self._deliveries.clear()
         return self._events.add(peer, events)
 
     def unsubscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} unsubscribes; return the events left with no subscriber."""
+        self._deliveries.clear()
         return self._events.discard(peer, events)
 
     def remove(self, peer: P) -> tuple[list[str], list[str]]:
@@ -111,6 +158,7 @@ class Registry(Generic[P]):
         that no peer has any more.
         """
         methods = self.unimplement(peer, list(self._methods.names.get(peer, ())))
+        self._deliveries.clear()
         return methods, self._events.remove(peer)
 
     def choose(self, method: str, load: Callable[[P], int] = lambda peer: 0) -> P | None:
@@ -135,8 +183,21 @@ class Registry(Generic[P]):
         return peers[best]
 
     def subscribers(self, event: str) -> list[P]:
-        """The peers subscribed to C{event}."""
-        return self._events.peers.get(event, [])
+        """The peers with a subscription matching C{event}, each once."""
+        found = self._deliveries.get(event)
+        if found is None:
+            if len(self._deliveries) > 10_000:
+                self._deliveries.clear()
+            found = list(
+                dict.fromkeys(
+                    peer
+                    for pattern, peers in self._events.peers.items()
+                    if matches(pattern, event)
+                    for peer in peers
+                )
+            )
+            self._deliveries[event] = found
+        return found
 
     def methods(self) -> list[str]:
         """Every method some peer implements."""

@@ -63,6 +63,7 @@ from nswarm.amp_commands import (
     put_payload,
 )
 from nswarm.config import path, read_client_config, read_secret_file
+from nswarm.routing import matches
 
 __all__ = ["Service", "implement", "subscribe"]
 
@@ -175,6 +176,7 @@ class Service(ClientFactory):
         self.connection: ServiceProtocol | None = None
         self.client_service: ClientService | None = None
         self._waiting: list[Deferred[None]] = []
+        self._handlers_by_event: dict[str, list[str]] = {}
 
     def ready(self) -> Deferred[None]:
         """Fires once this service is connected to its node and registered."""
@@ -269,11 +271,15 @@ class Service(ClientFactory):
             return fail(self._not_connected())
         return self.connection.call(method, *args, **kwargs)
 
-    def publish(self, event: str, payload: Any = None) -> Deferred[None]:
-        """Publish C{event} with a JSON-compatible C{payload}, through this service's node."""
+    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
+        """
+        Publish C{event} with a JSON-compatible C{payload}, through this
+        service's node; with C{exclude_self}, this service's own
+        subscriptions do not receive it.
+        """
         if self.connection is None:
             return fail(self._not_connected())
-        return self.connection.publish(event, payload)
+        return self.connection.publish(event, payload, exclude_self=exclude_self)
 
     def _not_connected(self) -> UpstreamUnavailable:
         return UpstreamUnavailable(
@@ -352,8 +358,23 @@ class Service(ClientFactory):
         def failed(failure: Failure, handler: str) -> None:
             self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
 
-        for attribute in self.nswarm_events.get(event, ()):
+        for attribute in self._handlers(event):
             maybeDeferred(getattr(self, attribute), event, value).addErrback(failed, attribute)
+
+    def _handlers(self, event: str) -> list[str]:
+        """The names of the handlers whose subscription (exact or wildcard) matches C{event}."""
+        handlers = self._handlers_by_event.get(event)
+        if handlers is None:
+            if len(self._handlers_by_event) > 10_000:
+                self._handlers_by_event.clear()
+            handlers = [
+                attribute
+                for pattern, attributes in self.nswarm_events.items()
+                if matches(pattern, event)
+                for attribute in attributes
+            ]
+            self._handlers_by_event[event] = handlers
+        return handlers
 
 
 class RunOptions(usage.Options):

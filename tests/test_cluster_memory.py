@@ -460,3 +460,44 @@ def test_busy_services_get_fewer_calls(cluster: Cluster) -> None:
     first.held[0].callback(None)
     cluster.flush()
     assert sorted(result_of(cluster.run(api.call("whoami"))) for _ in range(2)) == ["1", "2"]
+
+
+class Watcher(Service):
+    """Subscribes with wildcards and records what it hears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[tuple[str, Any]] = []
+
+    @subscribe("orders.*", "audit.>")
+    def hear(self, event: str, payload: Any) -> None:
+        self.heard.append((event, payload))
+
+
+def test_wildcard_subscriptions_match_at_master_and_node(cluster: Cluster) -> None:
+    node_a, _, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    watcher, exact = Watcher(), Counter("exact")
+    cluster.add_service(node_a, watcher)
+    cluster.add_service(node_b, exact)
+    api, _ = cluster.add_api()
+    for event in ["orders.created", "orders.created.eu", "audit.login.failed", "audit", "users.created"]:
+        result_of(cluster.run(api.publish(event, event)))
+    assert watcher.heard == [("orders.created", "orders.created"), ("audit.login.failed", "audit.login.failed")]
+    assert exact.events_seen == [("orders.created", "orders.created")]
+    assert failure_of(cluster.run(api.publish("orders.*", 1))).check(InvalidRequest)
+
+
+def test_a_publisher_can_exclude_itself(cluster: Cluster) -> None:
+    node_a, _, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    me, neighbour, remote = Counter("me"), Counter("neighbour"), Counter("remote")
+    cluster.add_service(node_a, me)
+    cluster.add_service(node_a, neighbour)
+    cluster.add_service(node_b, remote)
+    result_of(cluster.run(me.publish("orders.created", 1, exclude_self=True)))
+    assert me.events_seen == []
+    assert neighbour.events_seen == remote.events_seen == [("orders.created", 1)]
+    result_of(cluster.run(me.publish("orders.created", 2)))
+    assert me.events_seen == [("orders.created", 2)]
+    assert neighbour.events_seen == remote.events_seen == [("orders.created", 1), ("orders.created", 2)]

@@ -131,3 +131,44 @@ def test_registry_agrees_with_a_simple_model(ops: list[tuple[str, str, list[str]
         implementers = {peer for peer, names in model.items() if method in names}
         chosen = {registry.choose(method) for _ in range(max(1, len(implementers)))}
         assert chosen == (implementers or {None})
+
+
+@pytest.mark.parametrize(
+    "pattern, event, expected",
+    [
+        ("orders.created", "orders.created", True),
+        ("orders.*", "orders.created", True),
+        ("orders.*", "orders.created.eu", False),
+        ("orders.*", "orders", False),
+        ("*.created", "orders.created", True),
+        ("orders.>", "orders.created", True),
+        ("orders.>", "orders.created.eu", True),
+        ("orders.>", "orders", False),
+        (">", "anything.at.all", True),
+        ("orders.created", "orders.cancelled", False),
+    ],
+)
+def test_subscription_patterns(pattern: str, event: str, expected: bool) -> None:
+    from nswarm.routing import matches
+
+    assert matches(pattern, event) is expected
+
+
+def test_wildcard_subscribers_receive_each_event_once() -> None:
+    registry: Registry[str] = Registry()
+    registry.subscribe("a", ["orders.*", "orders.created", "orders.>"])
+    registry.subscribe("b", ["orders.>"])
+    registry.subscribe("c", ["users.*"])
+    assert registry.subscribers("orders.created") == ["a", "b"]
+    assert registry.subscribers("orders.created.eu") == ["a", "b"]
+    registry.unsubscribe("b", ["orders.>"])
+    assert registry.subscribers("orders.created.eu") == ["a"]
+    registry.remove("a")
+    assert registry.subscribers("orders.created") == []
+
+
+@pytest.mark.parametrize("bad", ["orders.>.x", "orders..x", ".orders"])
+def test_malformed_patterns_are_refused(bad: str) -> None:
+    registry: Registry[str] = Registry()
+    with pytest.raises(InvalidRequest):
+        registry.subscribe("a", [bad])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 from nswarm.amp_commands import NoSuchMethod
-from nswarm.forwarding import ANSWER, ASK, Downstream, Relay, RelayProtocol, routed_name
+from nswarm.forwarding import ANSWER, ASK, EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
 
 
 class Master(Relay):
@@ -27,7 +27,7 @@ class Master(Relay):
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         event = routed_name(box, b"event", "event")
         tag = box.get(ASK)
-        self.fan_out(box, self.registry.subscribers(event))
+        self.fan_out(box, self.registry.subscribers(event), publisher if EXCLUDE in box else None)
         if tag is not None:
             publisher.send(amp.AmpBox({ANSWER: tag}))
 

@@ -14,7 +14,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm.amp_commands import Implement, NoSuchMethod, Subscribe, Unsubscribe, UpstreamUnavailable
-from nswarm.forwarding import Downstream, Relay, RelayProtocol, routed_name
+from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
 
 
 class Node(Relay):
@@ -45,7 +45,13 @@ class Node(Relay):
 
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         if publisher is not self.upstream:
-            self.forward(publisher, box, self._upstream())
+            upstream = self._upstream()
+            if EXCLUDE in box:
+                # The master will leave this node out: deliver to the other
+                # local subscribers here.
+                event = routed_name(box, b"event", "event")
+                self.fan_out(amp.AmpBox(box), self.registry.subscribers(event), publisher)
+            self.forward(publisher, box, upstream)
             return
         event = routed_name(box, b"event", "event")
         self.fan_out(box, self.registry.subscribers(event))
