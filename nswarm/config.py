@@ -30,6 +30,24 @@ def positive(value: str) -> float:
     return number
 
 
+def non_negative(value: str) -> float:
+    """A number of seconds, zero or more."""
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value} is not zero or more")
+    return number
+
+
+def boolean(value: str) -> bool:
+    """yes/no, true/false, on/off or 1/0."""
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{value} is not yes or no")
+
+
 def file_mode(value: str) -> int:
     """A permission mode written in octal, such as 600."""
     mode = int(value, 8)

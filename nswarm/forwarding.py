@@ -15,6 +15,7 @@ import hmac
 from typing import Any, Iterable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.application.service import Service
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -136,6 +137,9 @@ class Relay:
         L{Unsubscribe}) changed whether anybody here has C{names}.
         """
 
+    def peer_authenticated(self, peer: RelayProtocol) -> None:
+        """Hook: C{peer} has just authenticated."""
+
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
         raise NotImplementedError
 
@@ -189,7 +193,7 @@ class Relay:
             self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:
-        """Stop looking for passed deadlines (nothing is in flight, or the daemon is stopping)."""
+        """Stop the relay's timers (the daemon is stopping)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -211,8 +215,9 @@ class Relay:
             return False
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
-        if not len(self.pending):
-            self.stop()
+        if not len(self.pending) and self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         return True
 
     def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol], exclude: RelayProtocol | None = None) -> None:
@@ -317,6 +322,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
         self.authenticated = True
         self.name = name or ""
         self.log.info("{peer} connected from {address}", peer=self.description, address=self.address)
+        self.relay.peer_authenticated(self)
         return {}
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
@@ -420,3 +426,14 @@ class RelayFactory(Factory):
         proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout)
         proto.factory = self
         return proto
+
+
+class RelayService(Service):
+    """Stops a relay's timers when the daemon stops."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.relay.stop()

@@ -268,7 +268,7 @@ def test_service_call_fails_at_once_while_the_node_has_no_upstream(cluster: Clus
     caller = Counter("c")
     cluster.add_service(node, caller)
     disconnect(upstream, cluster)
-    assert failure_of(cluster.run(caller.call("whoami"))).check(UpstreamUnavailable)
+    assert failure_of(cluster.run(caller.call("implemented.elsewhere"))).check(UpstreamUnavailable)
     assert failure_of(cluster.run(caller.publish("orders.created", 1))).check(UpstreamUnavailable)
 
 
@@ -501,3 +501,45 @@ def test_a_publisher_can_exclude_itself(cluster: Cluster) -> None:
     result_of(cluster.run(me.publish("orders.created", 2)))
     assert me.events_seen == [("orders.created", 2)]
     assert neighbour.events_seen == remote.events_seen == [("orders.created", 1), ("orders.created", 2)]
+
+
+def test_a_node_of_the_same_name_replaces_its_stale_connection(cluster: Cluster) -> None:
+    _, _, first = cluster.add_node("same")
+    _, _, second = cluster.add_node("same")
+    assert first.transport is None and second.transport is not None
+    assert cluster.master.nodes["same"] is second
+
+
+def test_calls_wait_out_the_grace_period_for_an_implementer(cluster: Cluster) -> None:
+    cluster.master.grace = 2.0
+    node, _, _ = cluster.add_node("a")
+    api, _ = cluster.add_api()
+    early = cluster.run(api.call("greet", "patient"))
+    hopeless = cluster.run(api.call("nobody.ever"))
+    cluster.clock.advance(1.0)
+    cluster.flush()
+    assert not early.called and not hopeless.called
+    cluster.add_service(node, Greeter())
+    assert result_of(cluster.run(early)) == "hello patient!"
+    cluster.clock.advance(1.1)
+    cluster.flush()
+    assert failure_of(hopeless).check(NoSuchMethod)
+    assert not cluster.clock.getDelayedCalls()
+
+
+def test_without_grace_a_missing_method_fails_at_once(cluster: Cluster) -> None:
+    cluster.add_node("a")
+    api, _ = cluster.add_api()
+    assert failure_of(cluster.run(api.call("nobody.ever"))).check(NoSuchMethod)
+
+
+def test_a_node_cut_off_from_the_master_serves_its_own_methods(cluster: Cluster) -> None:
+    node, upstream, _ = cluster.add_node("a")
+    caller, greeter = Counter("caller"), Greeter()
+    cluster.add_service(node, caller)
+    cluster.add_service(node, greeter)
+    disconnect(upstream, cluster)
+    assert result_of(cluster.run(caller.call("greet", "locally"))) == "hello locally!"
+    assert failure_of(cluster.run(caller.call("elsewhere"))).check(UpstreamUnavailable)
+    node.local_first = False
+    assert failure_of(cluster.run(caller.call("greet", "x"))).check(UpstreamUnavailable)

@@ -14,8 +14,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from nswarm.config import DaemonOptions, path, port, positive, secret_parameters
-from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory
+from nswarm.config import DaemonOptions, non_negative, path, port, positive, secret_parameters
+from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options
 
@@ -49,6 +49,11 @@ class Options(DaemonOptions):
         *secret_parameters("api-auth-key", "key API users authenticate with"),
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
+        [
+            "grace", None, "0",
+            "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
+            non_negative,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -100,9 +105,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The master: a node server and an api server sharing one L{Master}."""
     if reactor is None:
         from twisted.internet import reactor
-    master = Master(reactor)
+    master = Master(reactor, grace=options["grace"])
     ports = PortsFile(options["ports-file"], ["node", "api"])
     top = MultiService()
+    RelayService(master).setServiceParent(top)
     servers = [
         ("node server", options["node-port"], options.node_tls, NodeServerProtocol, options.node_auth_key),
         ("api server", options["api-port"], options.api_tls, ApiServerProtocol, options.api_auth_key),

@@ -20,9 +20,10 @@ from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_
 class Node(Relay):
     """The node relay. Its registry holds what each local service provides."""
 
-    def __init__(self, name: str, clock: IReactorTime) -> None:
+    def __init__(self, name: str, clock: IReactorTime, local_first: bool = True) -> None:
         super().__init__(clock)
         self.name = name
+        self.local_first = local_first
         self.upstream: RelayProtocol | None = None
 
     def _upstream(self) -> RelayProtocol:
@@ -35,6 +36,13 @@ class Node(Relay):
 
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
         if caller is not self.upstream:
+            if self.upstream is None and self.local_first:
+                # Cut off from the master: serve what this node implements itself.
+                method = routed_name(box, b"method", "method")
+                local = self.registry.choose(method, self.pending.in_flight)
+                if local is not None:
+                    self.forward(caller, box, local)
+                    return
             self.forward(caller, box, self._upstream())
             return
         method = routed_name(box, b"method", "method")

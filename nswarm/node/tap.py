@@ -15,8 +15,8 @@ from twisted.python import usage
 
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
-from nswarm.config import DaemonOptions, file_mode, path, port, positive, secret_parameters
-from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory
+from nswarm.config import DaemonOptions, boolean, file_mode, path, port, positive, secret_parameters
+from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
 
@@ -49,6 +49,7 @@ class Options(DaemonOptions):
         *secret_parameters("service-auth-key", "key services authenticate with"),
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
+        ["local-first", None, "yes", "While the master is unreachable, serve calls this node implements itself", boolean],
     ]
 
     def postOptions(self) -> None:
@@ -82,8 +83,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The node: an upstream ClientService and the service server sharing one L{Node}."""
     if reactor is None:
         from twisted.internet import reactor
-    node = Node(options["name"], reactor)
+    node = Node(options["name"], reactor, local_first=options["local-first"])
     top = MultiService()
+    RelayService(node).setServiceParent(top)
 
     upstream = reconnecting(
         reactor,
