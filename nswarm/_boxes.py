@@ -14,9 +14,19 @@ start TLS inside AMP, which the stock sendBox also handles.)
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.protocols import amp
+
+log = Logger()
+HEARTBEAT = b"Heartbeat"
+#: Seconds between heartbeats; three silent intervals close a connection.
+DEFAULT_HEARTBEAT = 10.0
+_HEARTBEAT = amp.AmpBox({amp.COMMAND: HEARTBEAT})
 
 MAX_KEY_LENGTH = amp.MAX_KEY_LENGTH
 MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
@@ -46,6 +56,9 @@ class FastBoxes:
     _unparsed = b""
     _box: amp.AmpBox | None = None
     _key: bytes | None = None
+    #: Complete boxes received so far (heartbeats watch it move).
+    boxes_received = 0
+    _heartbeat: LoopingCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._unparsed + data if self._unparsed else data
@@ -74,6 +87,7 @@ class FastBoxes:
                     box = amp.AmpBox()
             else:
                 # An empty key ends the box.
+                self.boxes_received += 1
                 self._box = None
                 received(box if box is not None else amp.AmpBox())
                 box = None
@@ -92,3 +106,38 @@ class FastBoxes:
         """Send C{box} unless the connection is gone (an answer is then moot)."""
         if self.transport is not None:
             self.transport.write(serialize(box))
+
+    def start_heartbeats(self, clock: IReactorTime, interval: float) -> None:
+        """
+        Send a L{Heartbeat} every C{interval} seconds, and abort the
+        connection once no box has arrived for three intervals in a row.
+        """
+        heard = [self.boxes_received]
+        silent = [0]
+
+        def beat() -> None:
+            if self.boxes_received != heard[0]:
+                heard[0], silent[0] = self.boxes_received, 0
+            else:
+                silent[0] += 1
+                if silent[0] >= 3:
+                    log.warn(
+                        "closing the connection to {peer}: nothing heard for {seconds:g}s",
+                        peer=self.transport.getPeer() if self.transport is not None else None,
+                        seconds=3 * interval,
+                    )
+                    self.stop_heartbeats()
+                    if self.transport is not None:
+                        cast(Any, self.transport).abortConnection()
+                    return
+            self.send(_HEARTBEAT)
+
+        self.stop_heartbeats()
+        self._heartbeat = LoopingCall(beat)
+        self._heartbeat.clock = clock
+        self._heartbeat.start(interval, now=False)
+
+    def stop_heartbeats(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import FastBoxes
+from nswarm._boxes import HEARTBEAT, FastBoxes
 from nswarm.amp_commands import (
     Authenticate,
     InvalidRequest,
@@ -193,7 +193,8 @@ class ClientProtocol(FastBoxes, amp.AMP):
             tag = box.get(ERROR)
         request = self._requests.pop(tag, None) if tag is not None else None
         if request is None:
-            super().ampBoxReceived(box)
+            if box.get(COMMAND) != HEARTBEAT:
+                super().ampBoxReceived(box)
             return
         d, parse = request
         if d.called:  # the caller gave up (cancelled): the answer is moot
@@ -215,6 +216,7 @@ class ClientProtocol(FastBoxes, amp.AMP):
         )
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.stop_heartbeats()
         requests, self._requests = self._requests, {}
         super().connectionLost(reason)
         for d, _ in requests.values():

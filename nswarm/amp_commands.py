@@ -48,6 +48,7 @@ __all__ = [
     "Cancelled",
     "InternalError",
     "Cancel",
+    "Heartbeat",
     "ERRORS",
 ]
 
@@ -326,6 +327,17 @@ class Cancel(amp.Command):
     """
 
     arguments = [(b"id", amp.String())]
+    requiresAnswer = False
+
+
+class Heartbeat(amp.Command):
+    """
+    Both ways on every authenticated connection, every heartbeat interval
+    (default 10 s), without an answer. A peer from which no box at all has
+    arrived for three intervals is disconnected and treated as lost.
+    """
+
+    arguments = []
     requiresAnswer = False
 
 

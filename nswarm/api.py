@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm._client import ClientProtocol
 from nswarm.config import ConfigError, read_client_config, read_secret_file, require
 from nswarm.tls import client_options
@@ -63,12 +64,15 @@ def connect(
     cert: str | None = None,
     cert_key: str | None = None,
     timeout: float = 30,
+    heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> Deferred[APIClient]:
     """
     Connect to the api server at C{host}:C{port} over TLS (its certificate
     must be signed by the cluster CA in PEM file C{ca} and name C{host}) and
     authenticate with the api auth C{key}. C{cert}/C{cert_key} give a client
     certificate if the master requires one. Fires with an L{APIClient}.
+    Both ends send a heartbeat every C{heartbeat} seconds; a master silent
+    for three of them is taken as gone (the connection closes).
     """
     try:
         tls = client_options(host, ca, cert, cert_key)
@@ -83,7 +87,11 @@ def connect(
                 client.transport.loseConnection()
             return failure
 
-        return client.authenticate(key).addCallbacks(lambda _: client, failed)
+        def authenticated(_: object) -> APIClient:
+            client.start_heartbeats(reactor, heartbeat)
+            return client
+
+        return client.authenticate(key).addCallbacks(authenticated, failed)
 
     return d.addCallback(authenticate)
 

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import FastBoxes, serialize
+from nswarm._boxes import DEFAULT_HEARTBEAT, HEARTBEAT, FastBoxes, serialize
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
@@ -271,9 +271,11 @@ class RelayProtocol(FastBoxes, amp.AMP):
         clock: IReactorTime,
         auth_key: bytes | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
     ) -> None:
         super().__init__()
         self.relay = relay
+        self.heartbeat = heartbeat
         self.clock = clock
         self._auth_key = auth_key
         self._auth_timeout = auth_timeout
@@ -322,6 +324,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
         self.authenticated = True
         self.name = name or ""
         self.log.info("{peer} connected from {address}", peer=self.description, address=self.address)
+        self.start_heartbeats(self.clock, self.heartbeat)
         self.relay.peer_authenticated(self)
         return {}
 
@@ -331,6 +334,8 @@ class RelayProtocol(FastBoxes, amp.AMP):
             self._refuse(box)
         elif command == CALL or command == PUBLISH or command == CANCEL:
             self.relay.box_received(self, command, box)
+        elif command == HEARTBEAT:
+            pass  # counted by FastBoxes; nothing to answer
         elif command is not None:
             super().ampBoxReceived(box)
         else:
@@ -366,6 +371,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
             self.send(error_box(tag, error))
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.stop_heartbeats()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
@@ -413,8 +419,10 @@ class RelayFactory(Factory):
         clock: IReactorTime,
         auth_key: bytes | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
     ) -> None:
         self.relay_protocol = protocol
+        self.heartbeat = heartbeat
         self.relay = relay
         self.clock = clock
         self.auth_key = auth_key
@@ -423,7 +431,7 @@ class RelayFactory(Factory):
         self.connections: set[RelayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> RelayProtocol:
-        proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout)
+        proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout, self.heartbeat)
         proto.factory = self
         return proto
 

@@ -37,6 +37,7 @@ from twisted.protocols import amp
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm._client import (
     ANSWER,
     ASK,
@@ -197,7 +198,9 @@ class Service(ClientFactory):
 
     # -- running -------------------------------------------------------------
 
-    def start(self, reactor: Any, socket: str, key: bytes, max_delay: float = 5.0) -> ClientService:
+    def start(
+        self, reactor: Any, socket: str, key: bytes, max_delay: float = 5.0, heartbeat: float = DEFAULT_HEARTBEAT
+    ) -> ClientService:
         """
         Connect to the node's service server at UNIX socket C{socket} with the
         service auth C{key}, register, and keep reconnecting (with backoff, at
@@ -208,7 +211,7 @@ class Service(ClientFactory):
             reactor,
             UNIXClientEndpoint(reactor, socket),
             self,
-            lambda proto: self._register(proto, key),
+            lambda proto: self._register(proto, key, reactor, heartbeat),
             f"service {self.service_name!r} (check the socket path and the service auth key)",
             max_delay,
         )
@@ -221,10 +224,14 @@ class Service(ClientFactory):
             return succeed(None)
         return self.client_service.stopService()
 
-    def _register(self, proto: ServiceProtocol, key: bytes) -> Deferred[None]:
+    def _register(
+        self, proto: ServiceProtocol, key: bytes, clock: Any = None, heartbeat: float = DEFAULT_HEARTBEAT
+    ) -> Deferred[None]:
         def registered(_: object) -> None:
             # ClientService hands us a proxy: the protocol records itself.
             proto.registered()
+            if clock is not None:
+                proto.start_heartbeats(clock, heartbeat)
             self.log.info(
                 "service {name!r} registered {methods} and {events}",
                 name=self.service_name,

@@ -12,6 +12,7 @@ from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
     Call,
+    Heartbeat,
     Implement,
     NotAuthenticated,
     Publish,
@@ -31,11 +32,19 @@ SERVERS: dict[str, Callable[[Clock], RelayProtocol]] = {
 }
 
 
+class RawClient(amp.AMP):
+    """A bare AMP peer that tolerates the server's heartbeats but sends none of its own."""
+
+    @Heartbeat.responder
+    def heartbeat(self) -> dict[str, Any]:
+        return {}
+
+
 @pytest.fixture(params=sorted(SERVERS))
 def pair(request: Any) -> tuple[amp.AMP, RelayProtocol, Any, Clock]:
     clock = Clock()
     server = SERVERS[request.param](clock)
-    client = amp.AMP()
+    client = RawClient()
     pump = connect(server, client)
     return client, server, pump, clock
 
@@ -89,9 +98,34 @@ def test_authenticated_connection_outlives_the_timeout(pair: Any) -> None:
     client, server, pump, clock = pair
     client.callRemote(Authenticate, key=KEY)
     pump.flush()
-    clock.advance(60)
+    clock.advance(6)
     pump.flush()
-    assert server.transport is not None and not clock.getDelayedCalls()
+    assert server.transport is not None and server._auth_timer is None
+
+
+def test_a_silent_peer_is_closed_after_three_heartbeats(pair: Any) -> None:
+    """The raw AMP client here never sends heartbeats: after three silent intervals it is gone."""
+    client, server, pump, clock = pair
+    client.callRemote(Authenticate, key=KEY)
+    pump.flush()
+    for _ in range(2):
+        clock.advance(10)
+        pump.flush()
+    assert server.transport is not None
+    clock.advance(10)
+    pump.flush()
+    assert server.transport is None and not clock.getDelayedCalls()
+
+
+def test_a_peer_that_keeps_talking_stays(pair: Any) -> None:
+    client, server, pump, clock = pair
+    client.callRemote(Authenticate, key=KEY)
+    pump.flush()
+    for _ in range(10):
+        client.sendBox(amp.AmpBox({b"_command": b"Heartbeat"}))
+        clock.advance(10)
+        pump.flush()
+    assert server.transport is not None
 
 
 def test_api_users_cannot_register_methods() -> None:

@@ -15,6 +15,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nswarm.config import DaemonOptions, non_negative, path, port, positive, secret_parameters
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options
@@ -49,6 +50,7 @@ class Options(DaemonOptions):
         *secret_parameters("api-auth-key", "key API users authenticate with"),
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
+        ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
         [
             "grace", None, "0",
             "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
@@ -115,7 +117,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ]
     for name, number, tls, protocol, key in servers:
         endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
-        factory = RelayFactory(protocol, master, reactor, key, options["auth-timeout"])
+        factory = RelayFactory(protocol, master, reactor, key, options["auth-timeout"], options["heartbeat"])
         server = StreamServerEndpointService(_Announced(endpoint, name, ports), factory)
         # As strports.service does: a port that cannot be bound fails the start.
         server._raiseSynchronously = True

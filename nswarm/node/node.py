@@ -114,4 +114,5 @@ class UpstreamProtocol(RelayProtocol):
 
     def became_upstream(self) -> Deferred[Any]:
         """This connection has authenticated: make it the node's upstream."""
+        self.start_heartbeats(self.clock, self.heartbeat)
         return self.relay.upstream_connected(self)

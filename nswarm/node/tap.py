@@ -16,6 +16,7 @@ from twisted.python import usage
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
 from nswarm.config import DaemonOptions, boolean, file_mode, path, port, positive, secret_parameters
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
@@ -49,6 +50,7 @@ class Options(DaemonOptions):
         *secret_parameters("service-auth-key", "key services authenticate with"),
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
+        ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
         ["local-first", None, "yes", "While the master is unreachable, serve calls this node implements itself", boolean],
     ]
 
@@ -90,7 +92,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     upstream = reconnecting(
         reactor,
         SSL4ClientEndpoint(reactor, options["upstream-host"], options["upstream-port"], options.upstream_tls),
-        RelayFactory(UpstreamProtocol, node, reactor),
+        RelayFactory(UpstreamProtocol, node, reactor, heartbeat=options["heartbeat"]),
         authenticate_upstream(node, options.upstream_auth_key),
         f"node {node.name!r} (check upstream-host, upstream-port, upstream-auth-key-file, node-cert and ca)",
         options["reconnect-max-delay"],
@@ -109,7 +111,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         )
     services = StreamServerEndpointService(
         UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True),
-        RelayFactory(ServiceServerProtocol, node, reactor, options.service_auth_key, options["auth-timeout"]),
+        RelayFactory(
+            ServiceServerProtocol,
+            node,
+            reactor,
+            options.service_auth_key,
+            options["auth-timeout"],
+            options["heartbeat"],
+        ),
     )
     services._raiseSynchronously = True
     services.setName("service server")
