@@ -49,6 +49,8 @@ def check_event(event: str) -> str:
     """Return C{event} if it is a valid name to publish (no wildcards), else raise L{InvalidRequest}."""
     check_name("event", event)
     tokens = event.split(".")
+    if "" in tokens:
+        raise InvalidRequest(f"invalid event name {event[:40]!r}: tokens are separated by single dots")
     if "*" in tokens or ">" in tokens:
         raise InvalidRequest(f"cannot publish {event[:40]!r}: wildcards are for subscriptions, not events")
     return event

@@ -278,6 +278,12 @@ class Service(ClientFactory):
             return fail(self._not_connected())
         return self.connection.call(method, *args, **kwargs)
 
+    def call_with_timeout(self, timeout: float, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """L{call} with a deadline C{timeout} seconds away (see L{ClientProtocol.call_with_timeout})."""
+        if self.connection is None:
+            return fail(self._not_connected())
+        return self.connection.call_with_timeout(timeout, method, *args, **kwargs)
+
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
         """
         Publish C{event} with a JSON-compatible C{payload}, through this
@@ -374,12 +380,14 @@ class Service(ClientFactory):
         if handlers is None:
             if len(self._handlers_by_event) > 10_000:
                 self._handlers_by_event.clear()
-            handlers = [
-                attribute
-                for pattern, attributes in self.nswarm_events.items()
-                if matches(pattern, event)
-                for attribute in attributes
-            ]
+            handlers = list(
+                dict.fromkeys(
+                    attribute
+                    for pattern, attributes in self.nswarm_events.items()
+                    if matches(pattern, event)
+                    for attribute in attributes
+                )
+            )
             self._handlers_by_event[event] = handlers
         return handlers
 

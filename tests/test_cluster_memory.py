@@ -543,3 +543,36 @@ def test_a_node_cut_off_from_the_master_serves_its_own_methods(cluster: Cluster)
     assert failure_of(cluster.run(caller.call("elsewhere"))).check(UpstreamUnavailable)
     node.local_first = False
     assert failure_of(cluster.run(caller.call("greet", "x"))).check(UpstreamUnavailable)
+
+
+def test_overlapping_subscriptions_run_a_handler_once(cluster: Cluster) -> None:
+    class Overlapping(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heard: list[str] = []
+
+        @subscribe("orders.*", "orders.>")
+        def hear(self, event: str, payload: Any) -> None:
+            self.heard.append(event)
+
+    node, _, _ = cluster.add_node("a")
+    listener = Overlapping()
+    cluster.add_service(node, listener)
+    api, _ = cluster.add_api()
+    result_of(cluster.run(api.publish("orders.created", None)))
+    assert listener.heard == ["orders.created"]
+    assert failure_of(cluster.run(api.publish("orders..x", None))).check(InvalidRequest)
+
+
+def test_a_service_can_call_with_a_timeout(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    caller = Counter("caller")
+    cluster.add_service(node, caller)
+    cluster.add_service(node, Greeter())
+    pending = cluster.run(caller.call_with_timeout(0.5, "hang"))
+    cluster.clock.advance(0.6)
+    cluster.flush()
+    assert failure_of(pending).check(DeadlineExceeded)
+    assert failure_of(Counter("offline").call_with_timeout(1, "x")).check(UpstreamUnavailable)
