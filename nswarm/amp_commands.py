@@ -255,11 +255,18 @@ class Authenticate(amp.Command):
 class Implement(amp.Command):
     """
     Service -> node, and node -> master: the sender now implements these
-    methods. The node aggregates its services and tells the master only of a
-    method's first implementer; re-announcing a method is harmless.
+    methods, of which those also listed in C{idempotent} are safe to run
+    twice (a call lost with its implementer is then retried once
+    elsewhere). The node aggregates its services: it tells the master of a
+    method's first implementer, and again when the method's idempotence
+    changes (idempotent only if every local implementer says so).
+    Re-announcing a method is harmless and updates its idempotence.
     """
 
-    arguments = [(b"methods", amp.ListOf(amp.Unicode()))]
+    arguments = [
+        (b"methods", amp.ListOf(amp.Unicode())),
+        (b"idempotent", amp.ListOf(amp.Unicode(), optional=True)),
+    ]
     response = []
     errors = _codes(InvalidRequest)
     fatalErrors = _codes(NotAuthenticated)

@@ -12,7 +12,7 @@ microseconds of CPU (see DESIGN.md, principle 2).
 from __future__ import annotations
 
 import hmac
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.application.service import Service
@@ -37,8 +37,9 @@ from nswarm.amp_commands import (
     Unimplement,
     Unsubscribe,
     error_box,
+    remote_error,
 )
-from nswarm.routing import PendingCalls, Registry, check_event, check_name
+from nswarm.routing import PendingCalls, Registry, Request, check_event, check_name
 
 ASK = amp.ASK
 ANSWER = amp.ANSWER
@@ -112,8 +113,8 @@ class Relay:
         self.registry: Registry[RelayProtocol] = Registry()
         self._sweeper: IDelayedCall | None = None
 
-    def implement(self, peer: RelayProtocol, methods: list[str]) -> None:
-        self._registration(peer, Implement, methods, self.registry.implement(peer, methods))
+    def implement(self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = []) -> None:
+        self._registration(peer, Implement, methods, self.registry.implement(peer, methods, idempotent))
 
     def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
         self._registration(peer, Unimplement, methods, self.registry.unimplement(peer, methods))
@@ -165,16 +166,21 @@ class Relay:
             )
             peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
 
-    def forward(self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol) -> None:
+    def forward(
+        self, caller: RelayProtocol, box: amp.AmpBox, callee: RelayProtocol, method: str | None = None
+    ) -> None:
         """
         Send C{caller}'s request C{box} on to C{callee} and remember where its
-        answer goes, and until when it may take.
+        answer goes, and until when it may take. A call to C{method} that
+        C{callee} registered as idempotent is kept, to be retried once
+        elsewhere if C{callee} is lost.
         """
         if ASK in box:
             expires = self.clock.seconds() + time_left(box)
             caller_tag = box[ASK]
             tag = callee._nextTag()
-            self.pending.add(callee, tag, caller, caller_tag, expires)
+            retry = box if method is not None and self.registry.is_idempotent(callee, method) else None
+            self.pending.add(callee, tag, caller, caller_tag, expires, method, retry)
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
@@ -198,6 +204,25 @@ class Relay:
             self._sweeper.cancel()
             self._sweeper = None
 
+    def _lost(self, request: Request[RelayProtocol], error: Exception) -> None:
+        """
+        The implementer of C{request} was lost: retry an idempotent call once
+        on another implementer, within its deadline, or answer C{error}.
+        """
+        now = self.clock.seconds()
+        if request.retry is not None and request.method is not None and request.expires > now:
+            other = self.registry.choose(request.method, self.pending.in_flight, exclude=request.callee)
+            if other is not None and other.transport is not None:
+                self.log.info(
+                    "retrying idempotent call to {method!r} on {peer}", method=request.method, peer=other.description
+                )
+                box = request.retry
+                box[ASK] = request.caller_tag
+                box[TIMEOUT] = repr(request.expires - now).encode("ascii")
+                self.forward(request.caller, box, other)
+                return
+        request.caller.send_error(request.caller_tag, cast(NswarmError, error))
+
     def cancel_received(self, caller: RelayProtocol, caller_tag: bytes) -> None:
         """C{caller} cancelled its request C{caller_tag}: cancel it downstream and answer L{Cancelled}."""
         request = self.pending.cancel(caller, caller_tag)
@@ -213,6 +238,9 @@ class Relay:
         request = self.pending.pop(callee, tag)
         if request is None:
             return False
+        if request.retry is not None and box.get(amp.ERROR_CODE) == ImplementerLost.code:
+            self._lost(request, remote_error(box))
+            return True
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
         if not len(self.pending) and self._sweeper is not None:
@@ -244,9 +272,8 @@ class Relay:
         what = peer.description
         answered_by, asked_by = self.pending.lost(peer)
         for request in answered_by:
-            request.caller.send_error(
-                request.caller_tag,
-                ImplementerLost(f"{what} disconnected before answering: the call may or may not have run"),
+            self._lost(
+                request, ImplementerLost(f"{what} disconnected before answering: the call may or may not have run")
             )
         for request in asked_by:
             request.callee.send_cancel(request.tag)
@@ -389,8 +416,8 @@ class Downstream(RelayProtocol):
     """
 
     @Implement.responder
-    def _implement(self, methods: list[str]) -> dict[str, Any]:
-        self.relay.implement(self, methods)
+    def _implement(self, methods: list[str], idempotent: list[str] | None = None) -> dict[str, Any]:
+        self.relay.implement(self, methods, idempotent or [])
         return {}
 
     @Unimplement.responder

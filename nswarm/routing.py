@@ -7,7 +7,7 @@ hashable object (the relays use their connections).
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterable, TypeVar
 
 from nswarm.amp_commands import InvalidRequest
 
@@ -130,19 +130,49 @@ class Registry(Generic[P]):
         self._methods: _Index[P] = _Index(lambda name: check_name("method", name))
         self._events: _Index[P] = _Index(check_pattern)
         self._turn: dict[str, int] = {}
+        #: (peer, method) pairs registered as idempotent: safe to run again elsewhere.
+        self._idempotent: set[tuple[P, str]] = set()
         #: Event name -> its subscribers, computed on demand; cleared when subscriptions change.
         self._deliveries: dict[str, list[P]] = {}
 
-    def implement(self, peer: P, methods: Iterable[str]) -> list[str]:
-        """C{peer} implements C{methods}; return those that had no implementer."""
-        return self._methods.add(peer, methods)
+    def implement(self, peer: P, methods: Iterable[str], idempotent: Iterable[str] = ()) -> list[str]:
+        """
+        C{peer} implements C{methods}, of which C{idempotent} may safely run
+        twice; return the methods that had no implementer. Implementing a
+        method again updates whether it is idempotent.
+        """
+        methods = list(methods)
+        new = self._methods.add(peer, methods)
+        marked = set(idempotent)
+        for method in methods:
+            if method in marked:
+                self._idempotent.add((peer, method))
+            else:
+                self._idempotent.discard((peer, method))
+        return new
 
     def unimplement(self, peer: P, methods: Iterable[str]) -> list[str]:
         """C{peer} withdraws C{methods}; return those left with no implementer."""
+        methods = list(methods)
         gone = self._methods.discard(peer, methods)
+        for method in methods:
+            self._idempotent.discard((peer, method))
         for method in gone:
             self._turn.pop(method, None)
         return gone
+
+    def methods_of(self, peer: P) -> list[str]:
+        """The methods C{peer} implements."""
+        return list(self._methods.names.get(peer, ()))
+
+    def is_idempotent(self, peer: P, method: str) -> bool:
+        """Whether C{peer} registered C{method} as idempotent."""
+        return (peer, method) in self._idempotent
+
+    def idempotent_everywhere(self, method: str) -> bool:
+        """Whether every implementer of C{method} registered it as idempotent."""
+        peers = self._methods.peers.get(method, [])
+        return bool(peers) and all((peer, method) in self._idempotent for peer in peers)
 
     def subscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} subscribes to C{events}; return those that had no subscriber."""
@@ -163,12 +193,14 @@ class Registry(Generic[P]):
         self._deliveries.clear()
         return methods, self._events.remove(peer)
 
-    def choose(self, method: str, load: Callable[[P], int] = lambda peer: 0) -> P | None:
+    def choose(self, method: str, load: Callable[[P], int] = lambda peer: 0, exclude: P | None = None) -> P | None:
         """
-        The implementer of C{method} with the least C{load} (calls in
-        flight), ties broken round robin; None if there is none.
+        The implementer of C{method} (other than C{exclude}) with the least
+        C{load} (calls in flight), ties broken round robin; None if there is none.
         """
         peers = self._methods.peers.get(method)
+        if peers and exclude is not None:
+            peers = [peer for peer in peers if peer != exclude]
         if not peers:
             return None
         count = len(peers)
@@ -213,14 +245,27 @@ class Registry(Generic[P]):
 class Request(Generic[P]):
     """A request a relay forwarded: where it went, where it came from, and when it expires."""
 
-    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires")
+    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry")
 
-    def __init__(self, callee: P, tag: bytes, caller: P, caller_tag: bytes, expires: float) -> None:
+    def __init__(
+        self,
+        callee: P,
+        tag: bytes,
+        caller: P,
+        caller_tag: bytes,
+        expires: float,
+        method: str | None = None,
+        retry: Any = None,
+    ) -> None:
         self.callee = callee
         self.tag = tag
         self.caller = caller
         self.caller_tag = caller_tag
         self.expires = expires
+        #: The method called, for calls (None for events).
+        self.method = method
+        #: For an idempotent call not retried yet, what is needed to send it again.
+        self.retry = retry
 
 
 class PendingCalls(Generic[P]):
@@ -235,8 +280,17 @@ class PendingCalls(Generic[P]):
         self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
         self._count = 0
 
-    def add(self, callee: P, tag: bytes, caller: P, caller_tag: bytes, expires: float) -> None:
-        request = Request(callee, tag, caller, caller_tag, expires)
+    def add(
+        self,
+        callee: P,
+        tag: bytes,
+        caller: P,
+        caller_tag: bytes,
+        expires: float,
+        method: str | None = None,
+        retry: Any = None,
+    ) -> None:
+        request = Request(callee, tag, caller, caller_tag, expires, method, retry)
         self._by_callee.setdefault(callee, {})[tag] = request
         self._by_caller.setdefault(caller, {})[caller_tag] = request
         self._count += 1

@@ -74,16 +74,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 @overload
 def implement(name: F) -> F: ...
 @overload
-def implement(name: str | None = None) -> Callable[[F], F]: ...
-def implement(name: Any = None) -> Any:
+def implement(name: str | None = None, *, idempotent: bool = False) -> Callable[[F], F]: ...
+def implement(name: Any = None, *, idempotent: bool = False) -> Any:
     """
     Mark a method of a L{Service} subclass as the handler of the cluster
     method C{name} (by default the function's own name). Use as C{@implement}
-    or C{@implement("orders.create")}.
+    or C{@implement("orders.create")}. With C{idempotent=True} (the handler
+    is safe to run twice), a call lost with its service or node is retried
+    once on another implementer, within its deadline.
     """
 
     def mark(function: F) -> F:
         function.__nswarm_implements__ = name or function.__name__  # type: ignore[attr-defined]
+        function.__nswarm_idempotent__ = idempotent  # type: ignore[attr-defined]
         return function
 
     if callable(name):
@@ -155,10 +158,13 @@ class Service(ClientFactory):
     nswarm_methods: ClassVar[dict[str, str]] = {}
     #: Event name -> names of the handler attributes.
     nswarm_events: ClassVar[dict[str, list[str]]] = {}
+    #: The cluster methods declared idempotent.
+    nswarm_idempotent: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.nswarm_methods = dict(cls.nswarm_methods)
+        idempotent = set(cls.nswarm_idempotent)
         cls.nswarm_events = {event: list(handlers) for event, handlers in cls.nswarm_events.items()}
         for attribute, value in vars(cls).items():
             method = getattr(value, "__nswarm_implements__", None)
@@ -170,8 +176,13 @@ class Service(ClientFactory):
                 )
             if method is not None:
                 cls.nswarm_methods[method] = attribute
+                if getattr(value, "__nswarm_idempotent__", False):
+                    idempotent.add(method)
+                else:
+                    idempotent.discard(method)
             for event in events:
                 cls.nswarm_events.setdefault(event, []).append(attribute)
+        cls.nswarm_idempotent = frozenset(idempotent)
 
     def __init__(self) -> None:
         self.connection: ServiceProtocol | None = None
@@ -241,7 +252,11 @@ class Service(ClientFactory):
 
         d: Deferred[Any] = proto.authenticate(key, self.service_name)
         if self.nswarm_methods:
-            d.addCallback(lambda _: proto.callRemote(Implement, methods=list(self.nswarm_methods)))
+            d.addCallback(
+                lambda _: proto.callRemote(
+                    Implement, methods=list(self.nswarm_methods), idempotent=sorted(self.nswarm_idempotent)
+                )
+            )
         if self.nswarm_events:
             d.addCallback(lambda _: proto.callRemote(Subscribe, events=list(self.nswarm_events)))
         return d.addCallback(registered)

@@ -576,3 +576,80 @@ def test_a_service_can_call_with_a_timeout(cluster: Cluster) -> None:
     cluster.flush()
     assert failure_of(pending).check(DeadlineExceeded)
     assert failure_of(Counter("offline").call_with_timeout(1, "x")).check(UpstreamUnavailable)
+
+
+class Flaky(Service):
+    """Holds every call it gets; 'retry.me' is idempotent, 'once.only' is not."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+        self.held: list[Deferred[Any]] = []
+
+    @implement("retry.me", idempotent=True)
+    def retry_me(self) -> Any:
+        return self._hold()
+
+    @implement("once.only")
+    def once_only(self) -> Any:
+        return self._hold()
+
+    def _hold(self) -> Any:
+        d: Deferred[Any] = Deferred()
+        self.held.append(d)
+        return d
+
+
+def test_an_idempotent_call_lost_with_its_node_is_retried_on_another(cluster: Cluster) -> None:
+    node_a, upstream_a, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    first, second = Flaky("a"), Flaky("b")
+    cluster.add_service(node_a, first)
+    cluster.add_service(node_b, second)
+    api, _ = cluster.add_api()
+    retried = cluster.run(api.call("retry.me"))
+    assert len(first.held) == 1 and not second.held
+    disconnect(upstream_a, cluster)
+    assert not retried.called and len(second.held) == 1
+    second.held[0].callback("from b")
+    cluster.flush()
+    assert result_of(retried) == "from b"
+
+
+def test_an_idempotent_call_lost_with_its_service_is_retried_once(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    one, two = Flaky("1"), Flaky("2")
+    proto_one, _ = cluster.add_service(node, one)
+    proto_two, _ = cluster.add_service(node, two)
+    api, _ = cluster.add_api()
+    call = cluster.run(api.call("retry.me"))
+    disconnect(proto_one, cluster)
+    assert len(two.held) == 1 and not call.called
+    disconnect(proto_two, cluster)  # lost again: no second retry
+    assert failure_of(call).check(ImplementerLost)
+
+
+def test_other_calls_lost_with_their_node_fail(cluster: Cluster) -> None:
+    node_a, upstream_a, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    cluster.add_service(node_a, Flaky("a"))
+    second = Flaky("b")
+    cluster.add_service(node_b, second)
+    api, _ = cluster.add_api()
+    once = cluster.run(api.call("once.only"))
+    disconnect(upstream_a, cluster)
+    assert failure_of(once).check(ImplementerLost) and not second.held
+
+
+def test_a_node_advertises_idempotence_only_if_all_its_services_agree(cluster: Cluster) -> None:
+    class Careless(Service):
+        @implement("retry.me")
+        def retry_me(self) -> None: ...
+
+    node, _, node_conn = cluster.add_node("a")
+    cluster.add_service(node, Flaky("1"))
+    assert cluster.master.registry.is_idempotent(node_conn, "retry.me")
+    careless_proto, _ = cluster.add_service(node, Careless())
+    assert not cluster.master.registry.is_idempotent(node_conn, "retry.me")
+    disconnect(careless_proto, cluster)
+    assert cluster.master.registry.is_idempotent(node_conn, "retry.me")

@@ -57,7 +57,7 @@ class Master(Relay):
         method = routed_name(box, b"method", "method")
         node = self.registry.choose(method, self.pending.in_flight)
         if node is not None:
-            self.forward(caller, box, node)
+            self.forward(caller, box, node, method)
         elif self.grace > 0 and ASK in box:
             wait = min(self.grace, time_left(box))
             self.waiting.setdefault(method, []).append((caller, box, self.clock.seconds() + wait))

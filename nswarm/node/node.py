@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import Implement, NoSuchMethod, Subscribe, Unsubscribe, UpstreamUnavailable
+from nswarm.amp_commands import Implement, NoSuchMethod, Subscribe, Unimplement, Unsubscribe, UpstreamUnavailable
 from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
 
 
@@ -25,6 +25,8 @@ class Node(Relay):
         self.name = name
         self.local_first = local_first
         self.upstream: RelayProtocol | None = None
+        #: The methods the master has been told are idempotent here.
+        self.idempotent_upstream: set[str] = set()
 
     def _upstream(self) -> RelayProtocol:
         if self.upstream is None:
@@ -41,7 +43,7 @@ class Node(Relay):
                 method = routed_name(box, b"method", "method")
                 local = self.registry.choose(method, self.pending.in_flight)
                 if local is not None:
-                    self.forward(caller, box, local)
+                    self.forward(caller, box, local, method)
                     return
             self.forward(caller, box, self._upstream())
             return
@@ -49,7 +51,7 @@ class Node(Relay):
         service = self.registry.choose(method, self.pending.in_flight)
         if service is None:
             raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more: retry the call")
-        self.forward(caller, box, service)
+        self.forward(caller, box, service, method)
 
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         if publisher is not self.upstream:
@@ -66,9 +68,44 @@ class Node(Relay):
 
     def changed(self, command: type[amp.Command], names: list[str]) -> None:
         """Tell the master when the first service adds, or the last one drops, a name."""
-        if names and self.upstream is not None:
+        if command is Implement:
+            self._advertise(names)
+        elif names and self.upstream is not None:
+            if command is Unimplement:
+                self.idempotent_upstream.difference_update(names)
             argument = "events" if command in (Subscribe, Unsubscribe) else "methods"
             self.upstream.callRemote(command, **{argument: names}).addErrback(self._upstream_failed, command)
+
+    def _advertise(self, methods: list[str]) -> None:
+        """Tell the master this node implements C{methods}, and which are idempotent here."""
+        if not methods or self.upstream is None:
+            return
+        idempotent = [method for method in methods if self.registry.idempotent_everywhere(method)]
+        self.idempotent_upstream.difference_update(methods)
+        self.idempotent_upstream.update(idempotent)
+        self.upstream.callRemote(Implement, methods=methods, idempotent=idempotent).addErrback(
+            self._upstream_failed, Implement
+        )
+
+    def _sync_idempotence(self, methods: list[str]) -> None:
+        """Re-advertise the C{methods} whose idempotence here changed (a service came or went)."""
+        present = set(self.registry.methods())
+        self._advertise(
+            [
+                method
+                for method in methods
+                if method in present
+                and self.registry.idempotent_everywhere(method) != (method in self.idempotent_upstream)
+            ]
+        )
+
+    def implement(self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = []) -> None:
+        super().implement(peer, methods, idempotent)
+        self._sync_idempotence(methods)
+
+    def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
+        super().unimplement(peer, methods)
+        self._sync_idempotence(methods)
 
     def upstream_connected(self, upstream: RelayProtocol) -> Deferred[Any]:
         """
@@ -78,9 +115,12 @@ class Node(Relay):
         """
         self.upstream = upstream
         self.log.info("node {name!r} connected to the master", name=self.name)
+        methods = self.registry.methods()
+        idempotent = [method for method in methods if self.registry.idempotent_everywhere(method)]
+        self.idempotent_upstream = set(idempotent)
         return gatherResults(
             [
-                upstream.callRemote(Implement, methods=self.registry.methods()),
+                upstream.callRemote(Implement, methods=methods, idempotent=idempotent),
                 upstream.callRemote(Subscribe, events=self.registry.events()),
             ],
             consumeErrors=True,
@@ -90,7 +130,9 @@ class Node(Relay):
         if peer is self.upstream:
             self.upstream = None
             self.log.warn("node {name!r} lost its connection to the master", name=self.name)
+        methods = self.registry.methods_of(peer)
         super().peer_lost(peer)
+        self._sync_idempotence(methods)
 
     def _upstream_failed(self, failure: Failure, command: type[amp.Command]) -> None:
         self.log.warn(
