@@ -44,6 +44,7 @@ __all__ = [
     "ImplementerLost",
     "UpstreamUnavailable",
     "InvalidRequest",
+    "Overloaded",
     "DeadlineExceeded",
     "Cancelled",
     "InternalError",
@@ -122,6 +123,12 @@ class InvalidRequest(NswarmError):
     code = b"INVALID_REQUEST"
 
 
+class Overloaded(NswarmError):
+    """Every implementer is at its concurrency limit and the master's queue is full: retry later."""
+
+    code = b"OVERLOADED"
+
+
 class DeadlineExceeded(NswarmError):
     """The call's deadline passed before it was answered; it was cancelled downstream."""
 
@@ -150,6 +157,7 @@ ERRORS: dict[bytes, type[NswarmError]] = {
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        Overloaded,
         DeadlineExceeded,
         Cancelled,
         InternalError,
@@ -257,15 +265,18 @@ class Implement(amp.Command):
     Service -> node, and node -> master: the sender now implements these
     methods, of which those also listed in C{idempotent} are safe to run
     twice (a call lost with its implementer is then retried once
-    elsewhere). The node aggregates its services: it tells the master of a
-    method's first implementer, and again when the method's idempotence
-    changes (idempotent only if every local implementer says so).
-    Re-announcing a method is harmless and updates its idempotence.
+    elsewhere); C{limits}, if given, holds for each method the most calls it
+    may run at once (0: no limit). The node aggregates its services: it
+    tells the master of a method's first implementer, and again when the
+    method's idempotence (only if every local implementer says so) or limit
+    (the sum of its services' limits, none if one has none) changes.
+    Re-announcing a method is harmless and updates both.
     """
 
     arguments = [
         (b"methods", amp.ListOf(amp.Unicode())),
         (b"idempotent", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"limits", amp.ListOf(amp.Integer(), optional=True)),
     ]
     response = []
     errors = _codes(InvalidRequest)
@@ -318,6 +329,7 @@ class Call(amp.Command):
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        Overloaded,
         DeadlineExceeded,
         Cancelled,
         InternalError,

@@ -30,6 +30,14 @@ def positive(value: str) -> float:
     return number
 
 
+def count(value: str) -> int:
+    """A whole number, zero or more."""
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} is not zero or more")
+    return number
+
+
 def non_negative(value: str) -> float:
     """A number of seconds, zero or more."""
     number = float(value)

@@ -113,8 +113,23 @@ class Relay:
         self.registry: Registry[RelayProtocol] = Registry()
         self._sweeper: IDelayedCall | None = None
 
-    def implement(self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = []) -> None:
-        self._registration(peer, Implement, methods, self.registry.implement(peer, methods, idempotent))
+    def implement(
+        self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = [], limits: list[int] = []
+    ) -> None:
+        by_method = dict(zip(methods, limits))
+        self._registration(peer, Implement, methods, self.registry.implement(peer, methods, idempotent, by_method))
+
+    def choose(self, method: str, exclude: RelayProtocol | None = None) -> RelayProtocol | None:
+        """The implementer of C{method} with the fewest calls in flight that is below its limit."""
+        return self.registry.choose(
+            method,
+            self.pending.in_flight,
+            exclude,
+            lambda peer, limit: self.pending.in_flight_for(peer, method) >= limit,
+        )
+
+    def request_done(self, request: Request[RelayProtocol]) -> None:
+        """Hook: C{request} is no longer in flight (answered, lost, cancelled or expired)."""
 
     def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
         self._registration(peer, Unimplement, methods, self.registry.unimplement(peer, methods))
@@ -195,6 +210,7 @@ class Relay:
                 DeadlineExceeded(f"{request.callee.description} did not answer before the deadline: it was cancelled"),
             )
             request.callee.send_cancel(request.tag)
+            self.request_done(request)
         if len(self.pending):
             self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
 
@@ -209,9 +225,10 @@ class Relay:
         The implementer of C{request} was lost: retry an idempotent call once
         on another implementer, within its deadline, or answer C{error}.
         """
+        self.request_done(request)
         now = self.clock.seconds()
         if request.retry is not None and request.method is not None and request.expires > now:
-            other = self.registry.choose(request.method, self.pending.in_flight, exclude=request.callee)
+            other = self.choose(request.method, exclude=request.callee)
             if other is not None and other.transport is not None:
                 self.log.info(
                     "retrying idempotent call to {method!r} on {peer}", method=request.method, peer=other.description
@@ -229,6 +246,7 @@ class Relay:
         if request is not None:
             request.callee.send_cancel(request.tag)
             caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
+            self.request_done(request)
 
     def answer_received(self, callee: RelayProtocol, tag: bytes, box: amp.AmpBox) -> bool:
         """
@@ -243,6 +261,7 @@ class Relay:
             return True
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
+        self.request_done(request)
         if not len(self.pending) and self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -277,6 +296,7 @@ class Relay:
             )
         for request in asked_by:
             request.callee.send_cancel(request.tag)
+            self.request_done(request)
 
 
 class RelayProtocol(FastBoxes, amp.AMP):
@@ -416,8 +436,12 @@ class Downstream(RelayProtocol):
     """
 
     @Implement.responder
-    def _implement(self, methods: list[str], idempotent: list[str] | None = None) -> dict[str, Any]:
-        self.relay.implement(self, methods, idempotent or [])
+    def _implement(
+        self, methods: list[str], idempotent: list[str] | None = None, limits: list[int] | None = None
+    ) -> dict[str, Any]:
+        if limits is not None and (len(limits) != len(methods) or min(limits, default=0) < 0):
+            raise InvalidRequest("limits must give one number, 0 or more, for each method")
+        self.relay.implement(self, methods, idempotent or [], limits or [])
         return {}
 
     @Unimplement.responder

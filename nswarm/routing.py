@@ -132,14 +132,23 @@ class Registry(Generic[P]):
         self._turn: dict[str, int] = {}
         #: (peer, method) pairs registered as idempotent: safe to run again elsewhere.
         self._idempotent: set[tuple[P, str]] = set()
+        #: (peer, method) -> the most calls the peer runs at once (absent: no limit).
+        self._limits: dict[tuple[P, str], int] = {}
         #: Event name -> its subscribers, computed on demand; cleared when subscriptions change.
         self._deliveries: dict[str, list[P]] = {}
 
-    def implement(self, peer: P, methods: Iterable[str], idempotent: Iterable[str] = ()) -> list[str]:
+    def implement(
+        self,
+        peer: P,
+        methods: Iterable[str],
+        idempotent: Iterable[str] = (),
+        limits: dict[str, int] | None = None,
+    ) -> list[str]:
         """
         C{peer} implements C{methods}, of which C{idempotent} may safely run
-        twice; return the methods that had no implementer. Implementing a
-        method again updates whether it is idempotent.
+        twice, each at most C{limits[method]} calls at once (0 or absent: no
+        limit); return the methods that had no implementer. Implementing a
+        method again updates both.
         """
         methods = list(methods)
         new = self._methods.add(peer, methods)
@@ -149,6 +158,11 @@ class Registry(Generic[P]):
                 self._idempotent.add((peer, method))
             else:
                 self._idempotent.discard((peer, method))
+            limit = (limits or {}).get(method, 0)
+            if limit > 0:
+                self._limits[(peer, method)] = limit
+            else:
+                self._limits.pop((peer, method), None)
         return new
 
     def unimplement(self, peer: P, methods: Iterable[str]) -> list[str]:
@@ -157,6 +171,7 @@ class Registry(Generic[P]):
         gone = self._methods.discard(peer, methods)
         for method in methods:
             self._idempotent.discard((peer, method))
+            self._limits.pop((peer, method), None)
         for method in gone:
             self._turn.pop(method, None)
         return gone
@@ -164,6 +179,19 @@ class Registry(Generic[P]):
     def methods_of(self, peer: P) -> list[str]:
         """The methods C{peer} implements."""
         return list(self._methods.names.get(peer, ()))
+
+    def implemented(self, method: str) -> bool:
+        """Whether anybody implements C{method}."""
+        return method in self._methods.peers
+
+    def limit(self, peer: P, method: str) -> int:
+        """The most calls to C{method} C{peer} runs at once; 0: no limit."""
+        return self._limits.get((peer, method), 0)
+
+    def total_limit(self, method: str) -> int:
+        """The sum of C{method}'s implementers' limits; 0 (no limit) if one has none."""
+        limits = [self._limits.get((peer, method), 0) for peer in self._methods.peers.get(method, [])]
+        return 0 if not limits or 0 in limits else sum(limits)
 
     def is_idempotent(self, peer: P, method: str) -> bool:
         """Whether C{peer} registered C{method} as idempotent."""
@@ -193,14 +221,26 @@ class Registry(Generic[P]):
         self._deliveries.clear()
         return methods, self._events.remove(peer)
 
-    def choose(self, method: str, load: Callable[[P], int] = lambda peer: 0, exclude: P | None = None) -> P | None:
+    def choose(
+        self,
+        method: str,
+        load: Callable[[P], int] = lambda peer: 0,
+        exclude: P | None = None,
+        busy: Callable[[P, int], bool] | None = None,
+    ) -> P | None:
         """
-        The implementer of C{method} (other than C{exclude}) with the least
-        C{load} (calls in flight), ties broken round robin; None if there is none.
+        The implementer of C{method} (other than C{exclude}, and not
+        C{busy(peer, limit)} for one with a limit) with the least C{load}
+        (calls in flight), ties broken round robin; None if there is none.
         """
         peers = self._methods.peers.get(method)
         if peers and exclude is not None:
             peers = [peer for peer in peers if peer != exclude]
+        if peers and busy is not None and self._limits:
+            limits = self._limits
+            peers = [
+                peer for peer in peers if not ((peer, method) in limits and busy(peer, limits[(peer, method)]))
+            ]
         if not peers:
             return None
         count = len(peers)
@@ -279,6 +319,8 @@ class PendingCalls(Generic[P]):
         self._by_callee: dict[P, dict[bytes, Request[P]]] = {}
         self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
         self._count = 0
+        #: (callee, method) -> calls to that method in flight there.
+        self._per_method: dict[tuple[P, str], int] = {}
 
     def add(
         self,
@@ -294,6 +336,9 @@ class PendingCalls(Generic[P]):
         self._by_callee.setdefault(callee, {})[tag] = request
         self._by_caller.setdefault(caller, {})[caller_tag] = request
         self._count += 1
+        if method is not None:
+            key = (callee, method)
+            self._per_method[key] = self._per_method.get(key, 0) + 1
 
     def _forget(self, request: Request[P]) -> Request[P]:
         by_caller = self._by_caller[request.caller]
@@ -304,6 +349,13 @@ class PendingCalls(Generic[P]):
         if by_callee is not None:
             by_callee.pop(request.tag, None)
         self._count -= 1
+        if request.method is not None:
+            key = (request.callee, request.method)
+            left = self._per_method[key] - 1
+            if left:
+                self._per_method[key] = left
+            else:
+                del self._per_method[key]
         return request
 
     def pop(self, callee: P, tag: bytes) -> Request[P] | None:
@@ -336,6 +388,10 @@ class PendingCalls(Generic[P]):
         """How many requests C{callee} has not answered yet."""
         pending = self._by_callee.get(callee)
         return len(pending) if pending is not None else 0
+
+    def in_flight_for(self, callee: P, method: str) -> int:
+        """How many calls to C{method} C{callee} has not answered yet."""
+        return self._per_method.get((callee, method), 0)
 
     def __len__(self) -> int:
         return self._count

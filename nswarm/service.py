@@ -74,17 +74,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 @overload
 def implement(name: F) -> F: ...
 @overload
-def implement(name: str | None = None, *, idempotent: bool = False) -> Callable[[F], F]: ...
-def implement(name: Any = None, *, idempotent: bool = False) -> Any:
+def implement(name: str | None = None, *, idempotent: bool = False, concurrency: int = 0) -> Callable[[F], F]: ...
+def implement(name: Any = None, *, idempotent: bool = False, concurrency: int = 0) -> Any:
     """
     Mark a method of a L{Service} subclass as the handler of the cluster
     method C{name} (by default the function's own name). Use as C{@implement}
     or C{@implement("orders.create")}. With C{idempotent=True} (the handler
     is safe to run twice), a call lost with its service or node is retried
-    once on another implementer, within its deadline.
+    once on another implementer, within its deadline. With C{concurrency=N},
+    the service runs at most N calls of it at once: the master queues the
+    others (or answers Overloaded when its queue is full).
     """
+    if concurrency < 0:
+        raise ValueError("concurrency must be 0 (no limit) or more")
 
     def mark(function: F) -> F:
+        function.__nswarm_concurrency__ = concurrency  # type: ignore[attr-defined]
         function.__nswarm_implements__ = name or function.__name__  # type: ignore[attr-defined]
         function.__nswarm_idempotent__ = idempotent  # type: ignore[attr-defined]
         return function
@@ -160,10 +165,13 @@ class Service(ClientFactory):
     nswarm_events: ClassVar[dict[str, list[str]]] = {}
     #: The cluster methods declared idempotent.
     nswarm_idempotent: ClassVar[frozenset[str]] = frozenset()
+    #: Cluster method -> the most calls it runs at once (absent: no limit).
+    nswarm_limits: ClassVar[dict[str, int]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.nswarm_methods = dict(cls.nswarm_methods)
+        cls.nswarm_limits = dict(cls.nswarm_limits)
         idempotent = set(cls.nswarm_idempotent)
         cls.nswarm_events = {event: list(handlers) for event, handlers in cls.nswarm_events.items()}
         for attribute, value in vars(cls).items():
@@ -180,6 +188,7 @@ class Service(ClientFactory):
                     idempotent.add(method)
                 else:
                     idempotent.discard(method)
+                cls.nswarm_limits[method] = getattr(value, "__nswarm_concurrency__", 0)
             for event in events:
                 cls.nswarm_events.setdefault(event, []).append(attribute)
         cls.nswarm_idempotent = frozenset(idempotent)
@@ -254,7 +263,10 @@ class Service(ClientFactory):
         if self.nswarm_methods:
             d.addCallback(
                 lambda _: proto.callRemote(
-                    Implement, methods=list(self.nswarm_methods), idempotent=sorted(self.nswarm_idempotent)
+                    Implement,
+                    methods=list(self.nswarm_methods),
+                    idempotent=sorted(self.nswarm_idempotent),
+                    limits=[self.nswarm_limits.get(method, 0) for method in self.nswarm_methods],
                 )
             )
         if self.nswarm_events:

@@ -524,7 +524,7 @@ def test_calls_wait_out_the_grace_period_for_an_implementer(cluster: Cluster) ->
     cluster.clock.advance(1.1)
     cluster.flush()
     assert failure_of(hopeless).check(NoSuchMethod)
-    assert cluster.master._grace_timer is None
+    assert cluster.master._park_timer is None and cluster.master.parked_count == 0
 
 
 def test_without_grace_a_missing_method_fails_at_once(cluster: Cluster) -> None:
@@ -653,3 +653,66 @@ def test_a_node_advertises_idempotence_only_if_all_its_services_agree(cluster: C
     assert not cluster.master.registry.is_idempotent(node_conn, "retry.me")
     disconnect(careless_proto, cluster)
     assert cluster.master.registry.is_idempotent(node_conn, "retry.me")
+
+
+class Limited(Service):
+    """Runs at most two 'slow' calls at once; holds each until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[Any]] = []
+
+    @implement(concurrency=2)
+    def slow(self, n: int) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        d.addCallback(lambda _: n)
+        self.held.append(d)
+        return d
+
+
+def test_concurrency_limits_queue_calls_at_the_master(cluster: Cluster) -> None:
+    from nswarm.amp_commands import Overloaded
+
+    cluster.master.queue_size = 2
+    node, _, node_conn = cluster.add_node("a")
+    limited = Limited()
+    cluster.add_service(node, limited)
+    assert cluster.master.registry.limit(node_conn, "slow") == 2
+    api, _ = cluster.add_api()
+    calls = [cluster.run(api.call("slow", n)) for n in range(4)]
+    assert len(limited.held) == 2 and cluster.master.parked_count == 2
+    assert failure_of(cluster.run(api.call("slow", 99))).check(Overloaded)
+    limited.held[0].callback(None)
+    cluster.flush()
+    assert result_of(calls[0]) == 0 and len(limited.held) == 3
+    for held in limited.held[1:]:
+        held.callback(None)
+    cluster.flush()
+    limited.held[3].callback(None)
+    cluster.flush()
+    assert [result_of(call) for call in calls[1:]] == [1, 2, 3]
+    assert cluster.master.parked_count == 0
+
+
+def test_a_queued_call_gives_up_at_its_deadline(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    limited = Limited()
+    cluster.add_service(node, limited)
+    api, _ = cluster.add_api()
+    cluster.run(api.call("slow", 1))
+    cluster.run(api.call("slow", 2))
+    queued = cluster.run(api.call_with_timeout(1.0, "slow", 3))
+    cluster.clock.advance(1.0)
+    cluster.flush()
+    assert failure_of(queued).check(DeadlineExceeded) and len(limited.held) == 2
+
+
+def test_a_node_advertises_the_sum_of_its_services_limits(cluster: Cluster) -> None:
+    node, _, node_conn = cluster.add_node("a")
+    first, _ = cluster.add_service(node, Limited())
+    cluster.add_service(node, Limited())
+    assert cluster.master.registry.limit(node_conn, "slow") == 4
+    disconnect(first, cluster)
+    assert cluster.master.registry.limit(node_conn, "slow") == 2

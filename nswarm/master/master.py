@@ -6,10 +6,12 @@ a matching subscription.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols import amp
 
-from nswarm.amp_commands import Implement, NoSuchMethod
+from nswarm.amp_commands import DeadlineExceeded, NoSuchMethod, Overloaded
 from nswarm.forwarding import (
     ANSWER,
     ASK,
@@ -21,22 +23,41 @@ from nswarm.forwarding import (
     routed_name,
     time_left,
 )
+from nswarm.routing import Request
+
+
+class Parked:
+    """A call the master holds back: nobody implements its method yet, or every implementer is busy."""
+
+    __slots__ = ("caller", "box", "give_up", "busy")
+
+    def __init__(self, caller: RelayProtocol, box: amp.AmpBox, give_up: float, busy: bool) -> None:
+        self.caller = caller
+        self.box = box
+        self.give_up = give_up
+        #: True: waiting for a free slot (gives up at its deadline); False: for an implementer.
+        self.busy = busy
 
 
 class Master(Relay):
     """
     The master relay. Its registry holds what each connected node provides.
-    A call to a method nobody implements waits up to C{grace} seconds (within
-    its deadline) for an implementer to appear, as during a rolling restart.
+
+    Calls it cannot send at once are parked, up to C{queue_size} of them in
+    all: a call to a method nobody implements waits up to C{grace} seconds
+    (within its deadline) for an implementer, as during a rolling restart;
+    a call whose implementers are all at their concurrency limit waits for a
+    free slot until its deadline. A full queue answers L{Overloaded} at once.
     """
 
-    def __init__(self, clock: IReactorTime, grace: float = 0.0) -> None:
+    def __init__(self, clock: IReactorTime, grace: float = 0.0, queue_size: int = 1000) -> None:
         super().__init__(clock)
         self.grace = grace
+        self.queue_size = queue_size
         self.nodes: dict[str, RelayProtocol] = {}
-        #: Calls waiting out the grace period: method -> (caller, box, give up at).
-        self.waiting: dict[str, list[tuple[RelayProtocol, amp.AmpBox, float]]] = {}
-        self._grace_timer: IDelayedCall | None = None
+        self.parked: dict[str, deque[Parked]] = {}
+        self.parked_count = 0
+        self._park_timer: IDelayedCall | None = None
 
     def peer_authenticated(self, peer: RelayProtocol) -> None:
         """A node of the same name as a connected one replaces it: the old connection is stale."""
@@ -55,16 +76,20 @@ class Master(Relay):
 
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
         method = routed_name(box, b"method", "method")
-        node = self.registry.choose(method, self.pending.in_flight)
+        node = self.choose(method)
         if node is not None:
             self.forward(caller, box, node, method)
-        elif self.grace > 0 and ASK in box:
-            wait = min(self.grace, time_left(box))
-            self.waiting.setdefault(method, []).append((caller, box, self.clock.seconds() + wait))
-            if self._grace_timer is None:
-                self._grace_timer = self.clock.callLater(wait, self._give_up)
-        else:
-            raise self._no_such_method(method)
+            return
+        implemented = self.registry.implemented(method)
+        if ASK not in box or not (implemented or self.grace > 0):
+            raise (self._overloaded(method) if implemented else self._no_such_method(method))
+        if self.parked_count >= self.queue_size:
+            raise self._overloaded(method)
+        left = time_left(box)
+        give_up = self.clock.seconds() + (left if implemented else min(self.grace, left))
+        self.parked.setdefault(method, deque()).append(Parked(caller, box, give_up, implemented))
+        self.parked_count += 1
+        self._watch_parked()
 
     @staticmethod
     def _no_such_method(method: str) -> NoSuchMethod:
@@ -72,33 +97,65 @@ class Master(Relay):
             f"no service implements {method!r}: check the method name, or start a service that implements it"
         )
 
-    def changed(self, command: type[amp.Command], names: list[str]) -> None:
-        """A method that gained its first implementer takes the calls waiting for it."""
-        if command is Implement:
-            for method in names:
-                for caller, box, _ in self.waiting.pop(method, ()):
-                    if caller.transport is not None:
-                        self.box_received(caller, CALL, box)
+    def _overloaded(self, method: str) -> Overloaded:
+        return Overloaded(
+            f"every implementer of {method!r} is at its concurrency limit and {self.parked_count} calls "
+            "are queued: retry later, or run more services"
+        )
+
+    def _unpark(self, method: str) -> None:
+        """Send on the calls parked for C{method} while an implementer can take them."""
+        queue = self.parked.get(method)
+        while queue:
+            if self.choose(method) is None:
+                return
+            parked = queue.popleft()
+            self.parked_count -= 1
+            if not queue:
+                del self.parked[method]
+            if parked.caller.transport is not None:
+                self.box_received(parked.caller, CALL, parked.box)
+
+    def implement(
+        self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = [], limits: list[int] = []
+    ) -> None:
+        super().implement(peer, methods, idempotent, limits)
+        for method in methods:  # a new implementer, or a raised limit, frees slots
+            self._unpark(method)
+
+    def request_done(self, request: Request[RelayProtocol]) -> None:
+        if request.method is not None and request.method in self.parked:
+            self._unpark(request.method)
+
+    def _watch_parked(self) -> None:
+        if self._park_timer is None and self.parked:
+            soonest = min(parked.give_up for queue in self.parked.values() for parked in queue)
+            self._park_timer = self.clock.callLater(max(0.0, soonest - self.clock.seconds()), self._give_up)
 
     def _give_up(self) -> None:
-        self._grace_timer = None
+        """Answer the parked calls whose wait is over: NoSuchMethod or DeadlineExceeded."""
+        self._park_timer = None
         now = self.clock.seconds()
-        for method in list(self.waiting):
-            calls = self.waiting[method]
-            for caller, box, give_up in [call for call in calls if call[2] <= now]:
-                caller.send_error(box[ASK], self._no_such_method(method))
-            calls[:] = [call for call in calls if call[2] > now]
-            if not calls:
-                del self.waiting[method]
-        if self.waiting:
-            soonest = min(give_up for calls in self.waiting.values() for _, _, give_up in calls)
-            self._grace_timer = self.clock.callLater(max(0.0, soonest - now), self._give_up)
+        for method in list(self.parked):
+            queue = self.parked[method]
+            for parked in [parked for parked in queue if parked.give_up <= now]:
+                queue.remove(parked)
+                self.parked_count -= 1
+                error = (
+                    DeadlineExceeded(f"every implementer of {method!r} stayed busy until the deadline")
+                    if parked.busy
+                    else self._no_such_method(method)
+                )
+                parked.caller.send_error(parked.box[ASK], error)
+            if not queue:
+                del self.parked[method]
+        self._watch_parked()
 
     def stop(self) -> None:
         super().stop()
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-            self._grace_timer = None
+        if self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
 
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         event = routed_name(box, b"event", "event")

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from nswarm.config import DaemonOptions, non_negative, path, port, positive, secret_parameters
+from nswarm.config import DaemonOptions, count, non_negative, path, port, positive, secret_parameters
 from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
@@ -51,6 +51,11 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
+        [
+            "queue-size", None, "1000",
+            "Most calls held back at once (waiting for a busy implementer or the grace period); more get Overloaded",
+            count,
+        ],
         [
             "grace", None, "0",
             "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
@@ -107,7 +112,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The master: a node server and an api server sharing one L{Master}."""
     if reactor is None:
         from twisted.internet import reactor
-    master = Master(reactor, grace=options["grace"])
+    master = Master(reactor, grace=options["grace"], queue_size=options["queue-size"])
     ports = PortsFile(options["ports-file"], ["node", "api"])
     top = MultiService()
     RelayService(master).setServiceParent(top)

@@ -13,7 +13,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import Implement, NoSuchMethod, Subscribe, Unimplement, Unsubscribe, UpstreamUnavailable
+from nswarm.amp_commands import (
+    Implement,
+    NoSuchMethod,
+    Overloaded,
+    Subscribe,
+    Unimplement,
+    Unsubscribe,
+    UpstreamUnavailable,
+)
 from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
 
 
@@ -25,8 +33,8 @@ class Node(Relay):
         self.name = name
         self.local_first = local_first
         self.upstream: RelayProtocol | None = None
-        #: The methods the master has been told are idempotent here.
-        self.idempotent_upstream: set[str] = set()
+        #: What the master has been told of each method here: (idempotent, limit).
+        self.advertised: dict[str, tuple[bool, int]] = {}
 
     def _upstream(self) -> RelayProtocol:
         if self.upstream is None:
@@ -41,15 +49,17 @@ class Node(Relay):
             if self.upstream is None and self.local_first:
                 # Cut off from the master: serve what this node implements itself.
                 method = routed_name(box, b"method", "method")
-                local = self.registry.choose(method, self.pending.in_flight)
+                local = self.choose(method)
                 if local is not None:
                     self.forward(caller, box, local, method)
                     return
             self.forward(caller, box, self._upstream())
             return
         method = routed_name(box, b"method", "method")
-        service = self.registry.choose(method, self.pending.in_flight)
+        service = self.choose(method)
         if service is None:
+            if self.registry.implemented(method):
+                raise Overloaded(f"every service on node {self.name!r} implementing {method!r} is busy: retry later")
             raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more: retry the call")
         self.forward(caller, box, service, method)
 
@@ -72,35 +82,43 @@ class Node(Relay):
             self._advertise(names)
         elif names and self.upstream is not None:
             if command is Unimplement:
-                self.idempotent_upstream.difference_update(names)
+                for name in names:
+                    self.advertised.pop(name, None)
             argument = "events" if command in (Subscribe, Unsubscribe) else "methods"
             self.upstream.callRemote(command, **{argument: names}).addErrback(self._upstream_failed, command)
 
+    def _aggregate(self, method: str) -> tuple[bool, int]:
+        """How C{method} stands here: idempotent if all its services say so; their summed limit."""
+        return self.registry.idempotent_everywhere(method), self.registry.total_limit(method)
+
     def _advertise(self, methods: list[str]) -> None:
-        """Tell the master this node implements C{methods}, and which are idempotent here."""
+        """Tell the master this node implements C{methods}, how idempotent and limited they are here."""
         if not methods or self.upstream is None:
             return
-        idempotent = [method for method in methods if self.registry.idempotent_everywhere(method)]
-        self.idempotent_upstream.difference_update(methods)
-        self.idempotent_upstream.update(idempotent)
-        self.upstream.callRemote(Implement, methods=methods, idempotent=idempotent).addErrback(
-            self._upstream_failed, Implement
-        )
+        for method in methods:
+            self.advertised[method] = self._aggregate(method)
+        self.upstream.callRemote(
+            Implement,
+            methods=methods,
+            idempotent=[method for method in methods if self.advertised[method][0]],
+            limits=[self.advertised[method][1] for method in methods],
+        ).addErrback(self._upstream_failed, Implement)
 
     def _sync_idempotence(self, methods: list[str]) -> None:
-        """Re-advertise the C{methods} whose idempotence here changed (a service came or went)."""
+        """Re-advertise the C{methods} whose idempotence or limit here changed (a service came or went)."""
         present = set(self.registry.methods())
         self._advertise(
             [
                 method
                 for method in methods
-                if method in present
-                and self.registry.idempotent_everywhere(method) != (method in self.idempotent_upstream)
+                if method in present and self._aggregate(method) != self.advertised.get(method)
             ]
         )
 
-    def implement(self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = []) -> None:
-        super().implement(peer, methods, idempotent)
+    def implement(
+        self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = [], limits: list[int] = []
+    ) -> None:
+        super().implement(peer, methods, idempotent, limits)
         self._sync_idempotence(methods)
 
     def unimplement(self, peer: RelayProtocol, methods: list[str]) -> None:
@@ -116,11 +134,15 @@ class Node(Relay):
         self.upstream = upstream
         self.log.info("node {name!r} connected to the master", name=self.name)
         methods = self.registry.methods()
-        idempotent = [method for method in methods if self.registry.idempotent_everywhere(method)]
-        self.idempotent_upstream = set(idempotent)
+        self.advertised = {method: self._aggregate(method) for method in methods}
         return gatherResults(
             [
-                upstream.callRemote(Implement, methods=methods, idempotent=idempotent),
+                upstream.callRemote(
+                    Implement,
+                    methods=methods,
+                    idempotent=[method for method in methods if self.advertised[method][0]],
+                    limits=[self.advertised[method][1] for method in methods],
+                ),
                 upstream.callRemote(Subscribe, events=self.registry.events()),
             ],
             consumeErrors=True,
