@@ -389,6 +389,11 @@ class PendingCalls(Generic[P]):
         pending = self._by_callee.get(callee)
         return len(pending) if pending is not None else 0
 
+    def asked_by(self, caller: P) -> int:
+        """How many requests from C{caller} are still pending."""
+        pending = self._by_caller.get(caller)
+        return len(pending) if pending is not None else 0
+
     def in_flight_for(self, callee: P, method: str) -> int:
         """How many calls to C{method} C{callee} has not answered yet."""
         return self._per_method.get((callee, method), 0)

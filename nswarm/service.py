@@ -58,6 +58,8 @@ from nswarm.amp_commands import (
     NoSuchMethod,
     NswarmError,
     Subscribe,
+    Unimplement,
+    Unsubscribe,
     UpstreamUnavailable,
     error_box,
     get_payload,
@@ -120,6 +122,9 @@ class ServiceProtocol(ClientProtocol):
         self.service = service
         #: Handlers still running, by the tag of the call they answer.
         self.running: dict[bytes, Deferred[Any]] = {}
+        self._idle: list[Deferred[None]] = []
+        #: The reactor, once the service is started (for drain timeouts).
+        self.clock: Any = None
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         # Calls and events are dispatched straight from their boxes (the
@@ -131,11 +136,31 @@ class ServiceProtocol(ClientProtocol):
         elif command == PUBLISH:
             self.service._event_received(self, box)
         elif command == CANCEL:
-            running = self.running.pop(box.get(b"id", b""), None)
+            tag = box.get(b"id", b"")
+            running = self.running.pop(tag, None)
             if running is not None:
                 running.cancel()
+                self.handler_done(tag)
         else:
             super().ampBoxReceived(box)
+
+    def when_idle(self, timeout: float) -> Deferred[None]:
+        """Fires once no handler is running here, or after C{timeout} seconds."""
+        if not self.running or self.clock is None:
+            return succeed(None)
+        idle: Deferred[None] = Deferred()
+        idle.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        self._idle.append(idle)
+        return idle
+
+    def handler_done(self, tag: bytes) -> None:
+        """The handler answering C{tag} has finished (or was cancelled)."""
+        self.running.pop(tag, None)
+        if self._idle and not self.running:
+            idle, self._idle = self._idle, []
+            for waiting in idle:
+                if not waiting.called:
+                    waiting.callback(None)
 
     def registered(self) -> None:
         """This connection is registered with the node: calls may go through it."""
@@ -238,11 +263,25 @@ class Service(ClientFactory):
         self.client_service.startService()
         return self.client_service
 
-    def stop(self) -> Deferred[None]:
-        """Disconnect from the node and stop reconnecting."""
+    def stop(self, drain_timeout: float = 10.0) -> Deferred[None]:
+        """
+        Withdraw this service's methods and events from its node, let the
+        calls it is running finish (for at most C{drain_timeout} seconds),
+        then disconnect and stop reconnecting.
+        """
         if self.client_service is None:
             return succeed(None)
-        return self.client_service.stopService()
+        client_service = self.client_service
+        proto = self.connection
+        if proto is None:
+            return client_service.stopService()
+        self.log.info("service {name!r} draining", name=self.service_name)
+        for command, names in ((Unimplement, list(self.nswarm_methods)), (Unsubscribe, list(self.nswarm_events))):
+            if names:
+                argument = "methods" if command is Unimplement else "events"
+                proto.callRemote(command, **{argument: names}).addErrback(lambda _: None)
+        drained = proto.when_idle(drain_timeout)
+        return drained.addBoth(lambda _: client_service.stopService())
 
     def _register(
         self, proto: ServiceProtocol, key: bytes, clock: Any = None, heartbeat: float = DEFAULT_HEARTBEAT
@@ -251,6 +290,7 @@ class Service(ClientFactory):
             # ClientService hands us a proxy: the protocol records itself.
             proto.registered()
             if clock is not None:
+                proto.clock = clock
                 proto.start_heartbeats(clock, heartbeat)
             self.log.info(
                 "service {name!r} registered {methods} and {events}",
@@ -335,7 +375,7 @@ class Service(ClientFactory):
         def answer(value: Any) -> None:
             if tag is None:
                 return
-            proto.running.pop(tag, None)
+            proto.handler_done(tag)
             try:
                 data = encode(value)
             except InvalidRequest:
@@ -352,7 +392,7 @@ class Service(ClientFactory):
             if tag is not None and tag not in proto.running and failure.check(CancelledError):
                 return  # cancelled by its caller or its deadline: the relay has answered
             if tag is not None:
-                proto.running.pop(tag, None)
+                proto.handler_done(tag)
             self.log.failure("handler of {method!r} raised", failure, method=method)
             if tag is not None:
                 proto.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))

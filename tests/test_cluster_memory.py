@@ -716,3 +716,58 @@ def test_a_node_advertises_the_sum_of_its_services_limits(cluster: Cluster) -> N
     assert cluster.master.registry.limit(node_conn, "slow") == 4
     disconnect(first, cluster)
     assert cluster.master.registry.limit(node_conn, "slow") == 2
+
+
+def test_a_draining_node_withdraws_then_waits_for_its_calls(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    worker = Flaky("w")
+    cluster.add_service(node, worker)
+    api, _ = cluster.add_api()
+    running = cluster.run(api.call("retry.me"))
+    drained = node.drain(5.0)
+    cluster.flush()
+    assert cluster.master.registry.methods() == [] and not drained.called
+    assert failure_of(cluster.run(api.call("retry.me"))).check(NoSuchMethod)
+    worker.held[0].callback("finished")
+    cluster.flush()
+    assert result_of(running) == "finished" and drained.called
+
+
+def test_draining_gives_up_waiting_after_its_timeout(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    cluster.add_service(node, Flaky("w"))
+    api, _ = cluster.add_api()
+    cluster.run(api.call("once.only"))
+    drained = node.drain(2.0)
+    cluster.clock.advance(1.9)
+    assert not drained.called
+    cluster.clock.advance(0.2)
+    assert drained.called
+
+
+def test_a_draining_service_withdraws_then_waits_for_its_handlers(cluster: Cluster) -> None:
+    from twisted.application.internet import ClientService
+
+    node, _, _ = cluster.add_node("a")
+    worker = Flaky("w")
+    proto, _ = cluster.add_service(node, worker)
+    proto.clock = cluster.clock
+    stopped: list[bool] = []
+
+    class FakeClientService(ClientService):
+        def __init__(self) -> None:
+            pass
+
+        def stopService(self) -> Deferred[None]:
+            stopped.append(True)
+            return succeed(None)
+
+    worker.client_service = FakeClientService()
+    api, _ = cluster.add_api()
+    running = cluster.run(api.call("once.only"))
+    done = worker.stop(drain_timeout=5.0)
+    cluster.flush()
+    assert "once.only" not in cluster.master.registry.methods() and not stopped
+    worker.held[0].callback("last")
+    cluster.flush()
+    assert result_of(running) == "last" and stopped and done.called

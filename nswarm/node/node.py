@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from nswarm.amp_commands import (
     UpstreamUnavailable,
 )
 from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
+from nswarm.routing import Request
 
 
 class Node(Relay):
@@ -35,6 +36,7 @@ class Node(Relay):
         self.upstream: RelayProtocol | None = None
         #: What the master has been told of each method here: (idempotent, limit).
         self.advertised: dict[str, tuple[bool, int]] = {}
+        self._drained: list[Deferred[None]] = []
 
     def _upstream(self) -> RelayProtocol:
         if self.upstream is None:
@@ -86,6 +88,33 @@ class Node(Relay):
                     self.advertised.pop(name, None)
             argument = "events" if command in (Subscribe, Unsubscribe) else "methods"
             self.upstream.callRemote(command, **{argument: names}).addErrback(self._upstream_failed, command)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Before stopping: withdraw everything this node provides from the
+        master, so that no new calls come, then wait (at most C{timeout}
+        seconds) for the calls the master sent to finish.
+        """
+        upstream = self.upstream
+        if upstream is not None:
+            self.log.info("node {name!r} draining: withdrawing its methods and events", name=self.name)
+            for command, names in ((Unimplement, self.registry.methods()), (Unsubscribe, self.registry.events())):
+                if names:
+                    argument = "methods" if command is Unimplement else "events"
+                    upstream.callRemote(command, **{argument: names}).addErrback(self._upstream_failed, command)
+        if upstream is None or not self.pending.asked_by(upstream):
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        drained.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        self._drained.append(drained)
+        return drained
+
+    def request_done(self, request: Request[RelayProtocol]) -> None:
+        if self._drained and (self.upstream is None or not self.pending.asked_by(self.upstream)):
+            drained, self._drained = self._drained, []
+            for waiting in drained:
+                if not waiting.called:
+                    waiting.callback(None)
 
     def _aggregate(self, method: str) -> tuple[bool, int]:
         """How C{method} stands here: idempotent if all its services say so; their summed limit."""

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
-from nswarm.config import DaemonOptions, boolean, file_mode, path, port, positive, secret_parameters
+from nswarm.config import DaemonOptions, boolean, file_mode, non_negative, path, port, positive, secret_parameters
 from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
@@ -51,6 +51,7 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
+        ["drain-timeout", None, "10", "On stop, seconds to let calls in flight finish after withdrawing", non_negative],
         ["local-first", None, "yes", "While the master is unreachable, serve calls this node implements itself", boolean],
     ]
 
@@ -81,12 +82,26 @@ def authenticate_upstream(node: Node, key: bytes) -> Any:
     return prepare
 
 
+class NodeService(MultiService):
+    """The node daemon: on stop, it drains (see L{Node.drain}) before its connections close."""
+
+    def __init__(self, node: Node, drain_timeout: float) -> None:
+        super().__init__()
+        self.node = node
+        self.drain_timeout = drain_timeout
+
+    def stopService(self) -> Deferred[None]:
+        d = self.node.drain(self.drain_timeout)
+        d.addBoth(lambda _: MultiService.stopService(self))
+        return d
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The node: an upstream ClientService and the service server sharing one L{Node}."""
     if reactor is None:
         from twisted.internet import reactor
     node = Node(options["name"], reactor, local_first=options["local-first"])
-    top = MultiService()
+    top = NodeService(node, options["drain-timeout"])
     RelayService(node).setServiceParent(top)
 
     upstream = reconnecting(
