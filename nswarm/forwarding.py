@@ -31,7 +31,9 @@ from nswarm.amp_commands import (
     ImplementerLost,
     InternalError,
     InvalidRequest,
+    NoSuchMethod,
     NotAuthenticated,
+    Overloaded,
     NswarmError,
     Subscribe,
     Unimplement,
@@ -92,6 +94,10 @@ def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
 
 # How the logs say what a registration command does (nswarm.local reads these lines).
 _VERBS = {Implement: "implements", Unimplement: "withdraws", Subscribe: "subscribes to", Unsubscribe: "unsubscribes from"}
+
+
+# Errors with which an implementer turns a call down without running it.
+_NOT_RUN = {NoSuchMethod.code, Overloaded.code}
 
 
 class Relay:
@@ -186,16 +192,17 @@ class Relay:
     ) -> None:
         """
         Send C{caller}'s request C{box} on to C{callee} and remember where its
-        answer goes, and until when it may take. A call to C{method} that
-        C{callee} registered as idempotent is kept, to be retried once
-        elsewhere if C{callee} is lost.
+        answer goes, and until when it may take. A call to C{method} is kept
+        until answered, to be sent once more elsewhere if C{callee} turns it
+        down without running it (it has no implementer any more, or all are
+        busy) or, for an idempotent call, if C{callee} is lost.
         """
         if ASK in box:
             expires = self.clock.seconds() + time_left(box)
             caller_tag = box[ASK]
             tag = callee._nextTag()
-            retry = box if method is not None and self.registry.is_idempotent(callee, method) else None
-            self.pending.add(callee, tag, caller, caller_tag, expires, method, retry)
+            idempotent = method is not None and self.registry.is_idempotent(callee, method)
+            self.pending.add(callee, tag, caller, caller_tag, expires, method, box if method else None, idempotent)
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
@@ -220,19 +227,17 @@ class Relay:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def _lost(self, request: Request[RelayProtocol], error: Exception) -> None:
+    def _retry(self, request: Request[RelayProtocol], error: Exception) -> None:
         """
-        The implementer of C{request} was lost: retry an idempotent call once
-        on another implementer, within its deadline, or answer C{error}.
+        Send C{request} once more, to another implementer, within its
+        deadline; answer C{error} if there is none (or no time).
         """
         self.request_done(request)
         now = self.clock.seconds()
         if request.retry is not None and request.method is not None and request.expires > now:
             other = self.choose(request.method, exclude=request.callee)
             if other is not None and other.transport is not None:
-                self.log.info(
-                    "retrying idempotent call to {method!r} on {peer}", method=request.method, peer=other.description
-                )
+                self.log.info("retrying a call to {method!r} on {peer}", method=request.method, peer=other.description)
                 box = request.retry
                 box[ASK] = request.caller_tag
                 box[TIMEOUT] = repr(request.expires - now).encode("ascii")
@@ -256,8 +261,11 @@ class Relay:
         request = self.pending.pop(callee, tag)
         if request is None:
             return False
-        if request.retry is not None and box.get(amp.ERROR_CODE) == ImplementerLost.code:
-            self._lost(request, remote_error(box))
+        code = box.get(amp.ERROR_CODE)
+        if request.retry is not None and code is not None and (
+            code in _NOT_RUN or (code == ImplementerLost.code and request.idempotent)
+        ):
+            self._retry(request, remote_error(box))
             return True
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
@@ -291,9 +299,12 @@ class Relay:
         what = peer.description
         answered_by, asked_by = self.pending.lost(peer)
         for request in answered_by:
-            self._lost(
-                request, ImplementerLost(f"{what} disconnected before answering: the call may or may not have run")
-            )
+            error = ImplementerLost(f"{what} disconnected before answering: the call may or may not have run")
+            if request.idempotent:
+                self._retry(request, error)
+            else:
+                request.caller.send_error(request.caller_tag, error)
+                self.request_done(request)
         for request in asked_by:
             request.callee.send_cancel(request.tag)
             self.request_done(request)

@@ -285,7 +285,7 @@ class Registry(Generic[P]):
 class Request(Generic[P]):
     """A request a relay forwarded: where it went, where it came from, and when it expires."""
 
-    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry")
+    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry", "idempotent")
 
     def __init__(
         self,
@@ -296,6 +296,7 @@ class Request(Generic[P]):
         expires: float,
         method: str | None = None,
         retry: Any = None,
+        idempotent: bool = False,
     ) -> None:
         self.callee = callee
         self.tag = tag
@@ -304,8 +305,10 @@ class Request(Generic[P]):
         self.expires = expires
         #: The method called, for calls (None for events).
         self.method = method
-        #: For an idempotent call not retried yet, what is needed to send it again.
+        #: For a call not retried yet, what is needed to send it again.
         self.retry = retry
+        #: Whether the call may run again elsewhere after its implementer was lost mid-call.
+        self.idempotent = idempotent
 
 
 class PendingCalls(Generic[P]):
@@ -331,8 +334,9 @@ class PendingCalls(Generic[P]):
         expires: float,
         method: str | None = None,
         retry: Any = None,
+        idempotent: bool = False,
     ) -> None:
-        request = Request(callee, tag, caller, caller_tag, expires, method, retry)
+        request = Request(callee, tag, caller, caller_tag, expires, method, retry, idempotent)
         self._by_callee.setdefault(callee, {})[tag] = request
         self._by_caller.setdefault(caller, {})[caller_tag] = request
         self._count += 1

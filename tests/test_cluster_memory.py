@@ -771,3 +771,14 @@ def test_a_draining_service_withdraws_then_waits_for_its_handlers(cluster: Clust
     worker.held[0].callback("last")
     cluster.flush()
     assert result_of(running) == "last" and stopped and done.called
+
+
+def test_a_call_a_node_turns_down_unrun_is_sent_to_another(cluster: Cluster) -> None:
+    """A node that lost its last implementer a moment ago answers NoSuchMethod: the call never ran,
+    so the master sends it to another node, idempotent or not."""
+    node_a, _, _ = cluster.add_node("a")
+    _, _, conn_b = cluster.add_node("b")
+    cluster.add_service(node_a, Greeter())
+    cluster.master.registry.implement(conn_b, ["greet"])  # b's withdrawal is still on its way
+    api, _ = cluster.add_api()
+    assert [result_of(cluster.run(api.call("greet", str(n)))) for n in range(4)] == [f"hello {n}!" for n in range(4)]
