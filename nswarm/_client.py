@@ -19,15 +19,17 @@ from nswarm._boxes import HEARTBEAT, FastBoxes
 from nswarm.amp_commands import (
     Authenticate,
     InvalidRequest,
+    NswarmError,
     UpstreamUnavailable,
     get_payload,
+    parse_frames,
     put_payload,
     remote_error,
 )
 
 
 ASK, ANSWER, COMMAND, ERROR = amp.ASK, amp.ANSWER, amp.COMMAND, amp.ERROR
-CALL, PUBLISH, CANCEL = b"Call", b"Publish", b"Cancel"
+CALL, CALL_ALL, PUBLISH, CANCEL = b"Call", b"CallAll", b"Publish", b"Cancel"
 
 
 def encode(value: Any) -> bytes:
@@ -158,6 +160,26 @@ class ClientProtocol(FastBoxes, amp.AMP):
         put_payload(box, b"args", data)
         return self._request(box, _call_result)
 
+    def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
+        """
+        Call C{method} on every service that implements it now; the Deferred
+        fires with one entry per service, in no particular order: its result,
+        or the L{nswarm.amp_commands.NswarmError} it failed with (a handler's
+        exception arrives as L{nswarm.amp_commands.HandlerFailed}, a service
+        that did not answer in time as L{nswarm.amp_commands.DeadlineExceeded}).
+        The call has the default deadline (L{timeout}); it fails as a whole only
+        if nobody implements C{method} or the connection is lost.
+        """
+        try:
+            data = encode_arguments(args, kwargs)
+        except InvalidRequest:
+            return fail()
+        box = amp.AmpBox(
+            {COMMAND: CALL_ALL, b"method": method.encode("utf-8"), b"timeout": repr(float(self.timeout)).encode()}
+        )
+        put_payload(box, b"args", data)
+        return self._request(box, _gathered)
+
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
         """
         Publish C{event} with a JSON-compatible C{payload} to every subscriber
@@ -226,6 +248,13 @@ class ClientProtocol(FastBoxes, amp.AMP):
 
 def _call_result(box: amp.AmpBox) -> Any:
     return decode(get_payload(box, b"result"))
+
+
+def _gathered(box: amp.AmpBox) -> list[Any]:
+    return [
+        outcome if isinstance(outcome, NswarmError) else decode(outcome)
+        for outcome in parse_frames(get_payload(box, b"results"))
+    ]
 
 
 def _nothing(box: amp.AmpBox) -> None:

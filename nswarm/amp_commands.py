@@ -49,6 +49,7 @@ __all__ = [
     "Cancelled",
     "InternalError",
     "Cancel",
+    "CallAll",
     "Heartbeat",
     "ERRORS",
 ]
@@ -221,6 +222,35 @@ def get_payload(box: dict[bytes, bytes], name: bytes) -> bytes:
     return objects[name.decode("ascii")]
 
 
+def result_frame(payload: bytes) -> bytes:
+    """One implementer's result in a L{CallAll} answer: C{R}, a 4-byte length, the payload."""
+    return b"R" + len(payload).to_bytes(4, "big") + payload
+
+
+def error_frame(code: bytes, description: bytes) -> bytes:
+    """One implementer's error in a L{CallAll} answer: C{E}, a 4-byte length, code, newline, description."""
+    body = code + b"\n" + description
+    return b"E" + len(body).to_bytes(4, "big") + body
+
+
+def parse_frames(data: bytes) -> list[bytes | NswarmError]:
+    """The results (payload bytes) and errors (exceptions) in a L{CallAll} answer, in order."""
+    outcomes: list[bytes | NswarmError] = []
+    offset = 0
+    while offset < len(data):
+        kind, length = data[offset : offset + 1], int.from_bytes(data[offset + 1 : offset + 5], "big")
+        body = data[offset + 5 : offset + 5 + length]
+        if kind not in (b"R", b"E") or len(body) != length:
+            raise InvalidRequest("a call_all answer is malformed: it was not made by nswarm")
+        offset += 5 + length
+        if kind == b"R":
+            outcomes.append(body)
+        else:
+            code, _, description = body.partition(b"\n")
+            outcomes.append(ERRORS.get(code, InternalError)(description.decode("utf-8", "replace")))
+    return outcomes
+
+
 def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:
     """The AMP error box that answers request C{tag} with C{error}."""
     return amp.AmpBox(
@@ -335,6 +365,22 @@ class Call(amp.Command):
         InternalError,
     )
     fatalErrors = _codes(NotAuthenticated)
+
+
+class CallAll(amp.Command):
+    """
+    Scatter-gather: call C{method} on every current implementer. API user or
+    service -> master -> every node implementing it (as CallAll) -> every
+    local service implementing it (as a plain L{Call}). Each relay gathers
+    the answers of its implementers, without decoding them, into
+    C{results}: one frame per service (see L{result_frame} and
+    L{error_frame}), each a result or an error, in no particular order.
+    """
+
+    arguments = Call.arguments
+    response = [(b"results", Payload())]
+    errors = Call.errors
+    fatalErrors = Call.fatalErrors
 
 
 class Cancel(amp.Command):

@@ -39,7 +39,11 @@ from nswarm.amp_commands import (
     Unimplement,
     Unsubscribe,
     error_box,
+    error_frame,
+    get_payload,
+    put_payload,
     remote_error,
+    result_frame,
 )
 from nswarm.routing import PendingCalls, Registry, Request, check_event, check_name
 
@@ -49,6 +53,7 @@ COMMAND = amp.COMMAND
 ERROR = amp.ERROR
 
 CALL = b"Call"
+CALL_ALL = b"CallAll"
 PUBLISH = b"Publish"
 CANCEL = b"Cancel"
 AUTHENTICATE = b"Authenticate"
@@ -118,6 +123,8 @@ class Relay:
         self.pending: PendingCalls[RelayProtocol] = PendingCalls()
         self.registry: Registry[RelayProtocol] = Registry()
         self._sweeper: IDelayedCall | None = None
+        #: The call_all requests being gathered, by caller and caller tag.
+        self.gathers: dict[tuple[RelayProtocol, bytes], Gather] = {}
 
     def implement(
         self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = [], limits: list[int] = []
@@ -165,6 +172,35 @@ class Relay:
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
         raise NotImplementedError
 
+    def route_call_all(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
+        raise NotImplementedError
+
+    def gather(
+        self, caller: RelayProtocol, box: amp.AmpBox, callees: list[RelayProtocol], command: bytes
+    ) -> None:
+        """
+        Send C{caller}'s call_all C{box} to every one of C{callees} as
+        C{command} (CallAll to nodes, Call to services) and answer C{caller}
+        once each has answered, failed, or run out of time.
+        """
+        if ASK not in box:
+            raise InvalidRequest("call_all needs an answer: send it with an _ask tag")
+        time_left(box)
+        gather = Gather(self, box[ASK], caller, len(callees))
+        self.gathers[(caller, box[ASK])] = gather
+        for index, callee in enumerate(callees):
+            request = amp.AmpBox(box)
+            request[COMMAND] = command
+            request[ASK] = b"%d" % index
+            self.forward(gather, request, callee)  # type: ignore[arg-type]
+
+    def _drop_gather(self, gather: Gather) -> None:
+        """Cancel what is left of C{gather} downstream."""
+        _, asked_by = self.pending.lost(gather)  # type: ignore[arg-type]
+        for request in asked_by:
+            request.callee.send_cancel(request.tag)
+            self.request_done(request)
+
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         raise NotImplementedError
 
@@ -173,6 +209,8 @@ class Relay:
         try:
             if command == CALL:
                 self.route_call(peer, box)
+            elif command == CALL_ALL:
+                self.route_call_all(peer, box)
             elif command == PUBLISH:
                 self.route_publish(peer, box)
             else:
@@ -247,6 +285,11 @@ class Relay:
 
     def cancel_received(self, caller: RelayProtocol, caller_tag: bytes) -> None:
         """C{caller} cancelled its request C{caller_tag}: cancel it downstream and answer L{Cancelled}."""
+        gather = self.gathers.pop((caller, caller_tag), None)
+        if gather is not None:
+            self._drop_gather(gather)
+            caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
+            return
         request = self.pending.cancel(caller, caller_tag)
         if request is not None:
             request.callee.send_cancel(request.tag)
@@ -308,6 +351,46 @@ class Relay:
         for request in asked_by:
             request.callee.send_cancel(request.tag)
             self.request_done(request)
+        for key in [key for key in self.gathers if key[0] is peer]:
+            self._drop_gather(self.gathers.pop(key))
+
+
+class Gather:
+    """
+    The caller, for the relay, of the requests one call_all sends: it
+    collects their answers as frames, without decoding them, and answers
+    the real caller once all are in.
+    """
+
+    def __init__(self, relay: Relay, tag: bytes, caller: RelayProtocol, count: int) -> None:
+        self.relay = relay
+        self.tag = tag
+        self.caller = caller
+        self.remaining = count
+        self.parts: list[bytes] = []
+        self.description = f"call_all of {caller.description}"
+
+    def send(self, box: amp.AmpBox) -> None:
+        """One implementer's answer (a node's gathered results, or a service's result) or error."""
+        if ANSWER in box:
+            self.parts.append(get_payload(box, b"results") if b"results" in box else result_frame(get_payload(box, b"result")))
+        else:
+            self.parts.append(error_frame(box.get(amp.ERROR_CODE, b""), box.get(amp.ERROR_DESCRIPTION, b"")))
+        self._counted()
+
+    def send_error(self, tag: bytes | None, error: NswarmError) -> None:
+        self.parts.append(error_frame(error.code, str(error).encode("utf-8", "replace")))
+        self._counted()
+
+    def send_cancel(self, tag: bytes) -> None:
+        """Never asked to run anything itself."""
+
+    def _counted(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and self.relay.gathers.pop((self.caller, self.tag), None) is self:
+            answer = amp.AmpBox({ANSWER: self.tag})
+            put_payload(answer, b"results", b"".join(self.parts))
+            self.caller.send(answer)
 
 
 class RelayProtocol(FastBoxes, amp.AMP):
@@ -390,7 +473,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
         command = box.get(COMMAND)
         if not self.authenticated and command != AUTHENTICATE:
             self._refuse(box)
-        elif command == CALL or command == PUBLISH or command == CANCEL:
+        elif command == CALL or command == PUBLISH or command == CANCEL or command == CALL_ALL:
             self.relay.box_received(self, command, box)
         elif command == HEARTBEAT:
             pass  # counted by FastBoxes; nothing to answer

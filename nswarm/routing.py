@@ -180,6 +180,10 @@ class Registry(Generic[P]):
         """The methods C{peer} implements."""
         return list(self._methods.names.get(peer, ()))
 
+    def implementers(self, method: str) -> list[P]:
+        """Every peer that implements C{method}."""
+        return list(self._methods.peers.get(method, ()))
+
     def implemented(self, method: str) -> bool:
         """Whether anybody implements C{method}."""
         return method in self._methods.peers

@@ -345,6 +345,12 @@ class Service(ClientFactory):
             return fail(self._not_connected())
         return self.connection.call(method, *args, **kwargs)
 
+    def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
+        """Call C{method} on every implementer (see L{ClientProtocol.call_all}), through this service's node."""
+        if self.connection is None:
+            return fail(self._not_connected())
+        return self.connection.call_all(method, *args, **kwargs)
+
     def call_with_timeout(self, timeout: float, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """L{call} with a deadline C{timeout} seconds away (see L{ClientProtocol.call_with_timeout})."""
         if self.connection is None:

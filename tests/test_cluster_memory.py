@@ -782,3 +782,49 @@ def test_a_call_a_node_turns_down_unrun_is_sent_to_another(cluster: Cluster) -> 
     cluster.master.registry.implement(conn_b, ["greet"])  # b's withdrawal is still on its way
     api, _ = cluster.add_api()
     assert [result_of(cluster.run(api.call("greet", str(n)))) for n in range(4)] == [f"hello {n}!" for n in range(4)]
+
+
+def test_call_all_gathers_one_outcome_per_service(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    class Member(Counter):
+        @implement
+        def boom(self) -> None:
+            raise KeyError(self.label)
+
+    node_a, _, _ = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    cluster.add_service(node_a, Member("a1"))
+    cluster.add_service(node_a, Member("a2"))
+    cluster.add_service(node_b, Member("b1"))
+    api, _ = cluster.add_api()
+    assert sorted(result_of(cluster.run(api.call_all("whoami")))) == ["a1", "a2", "b1"]
+    failures = result_of(cluster.run(api.call_all("boom")))
+    assert sorted(f.remote_message for f in failures) == ["'a1'", "'a2'", "'b1'"]
+    assert all(isinstance(f, HandlerFailed) for f in failures)
+    assert failure_of(cluster.run(api.call_all("nobody"))).check(NoSuchMethod)
+    assert not cluster.master.gathers and not node_a.gathers
+    # One service that never answers becomes a DeadlineExceeded entry; the others still count.
+    slow = Greeter()
+    cluster.add_service(node_b, slow)
+    api.timeout = 1.0
+    pending = cluster.run(api.call_all("hang"))
+    cluster.clock.advance(1.1)
+    cluster.flush()
+    [outcome] = result_of(pending)
+    assert isinstance(outcome, DeadlineExceeded) and slow.hanging[0].called
+
+
+def test_a_service_can_call_all_and_cancel_stops_everything(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    caller, one, two = Counter("caller"), Greeter(), Greeter()
+    cluster.add_service(node, caller)
+    cluster.add_service(node, one)
+    cluster.add_service(node, two)
+    assert sorted(result_of(cluster.run(caller.call_all("whoami")))) == ["caller"]
+    pending = cluster.run(caller.call_all("hang"))
+    assert one.hanging and two.hanging
+    pending.cancel()
+    cluster.flush()
+    assert one.hanging[0].called and two.hanging[0].called
+    assert not cluster.master.gathers and not node.gathers and len(cluster.master.pending) == 0

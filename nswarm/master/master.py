@@ -16,6 +16,7 @@ from nswarm.forwarding import (
     ANSWER,
     ASK,
     CALL,
+    CALL_ALL,
     EXCLUDE,
     Downstream,
     Relay,
@@ -90,6 +91,13 @@ class Master(Relay):
         self.parked.setdefault(method, deque()).append(Parked(caller, box, give_up, implemented))
         self.parked_count += 1
         self._watch_parked()
+
+    def route_call_all(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
+        method = routed_name(box, b"method", "method")
+        nodes = self.registry.implementers(method)
+        if not nodes:
+            raise self._no_such_method(method)
+        self.gather(caller, box, nodes, CALL_ALL)
 
     @staticmethod
     def _no_such_method(method: str) -> NoSuchMethod:

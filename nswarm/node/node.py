@@ -22,7 +22,7 @@ from nswarm.amp_commands import (
     Unsubscribe,
     UpstreamUnavailable,
 )
-from nswarm.forwarding import EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
+from nswarm.forwarding import CALL, EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
 from nswarm.routing import Request
 
 
@@ -64,6 +64,16 @@ class Node(Relay):
                 raise Overloaded(f"every service on node {self.name!r} implementing {method!r} is busy: retry later")
             raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more: retry the call")
         self.forward(caller, box, service, method)
+
+    def route_call_all(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
+        if caller is not self.upstream:
+            self.forward(caller, box, self._upstream())
+            return
+        method = routed_name(box, b"method", "method")
+        services = self.registry.implementers(method)
+        if not services:
+            raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more")
+        self.gather(caller, box, services, CALL)
 
     def route_publish(self, publisher: RelayProtocol, box: amp.AmpBox) -> None:
         if publisher is not self.upstream:
