@@ -158,3 +158,13 @@ def test_an_answer_nobody_waits_for_is_dropped_quietly(pair: Any) -> None:
     client.sendBox(amp.AmpBox({b"_error": b"78", b"_error_code": b"X", b"_error_description": b"late"}))
     pump.flush()
     assert server.transport is not None
+
+
+def test_a_half_sent_frame_before_authentication_is_closed_on_the_timeout(pair: Any) -> None:
+    client, server, pump, clock = pair
+    client.transport.write(b"\x00\x08_comm")  # half a key, then silence
+    pump.flush()
+    assert server.transport is not None
+    clock.advance(5.1)
+    pump.flush()
+    assert server.transport is None

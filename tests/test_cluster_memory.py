@@ -828,3 +828,62 @@ def test_a_service_can_call_all_and_cancel_stops_everything(cluster: Cluster) ->
     cluster.flush()
     assert one.hanging[0].called and two.hanging[0].called
     assert not cluster.master.gathers and not node.gathers and len(cluster.master.pending) == 0
+
+
+def test_a_queued_call_keeps_its_deadline_after_it_leaves_the_queue(cluster: Cluster) -> None:
+    from nswarm.amp_commands import DeadlineExceeded
+
+    node, _, _ = cluster.add_node("a")
+    limited = Limited()
+    cluster.add_service(node, limited)
+    api, _ = cluster.add_api()
+    cluster.run(api.call("slow", 1))
+    cluster.run(api.call("slow", 2))
+    queued = cluster.run(api.call_with_timeout(2.0, "slow", 3))
+    cluster.clock.advance(1.5)
+    limited.held[0].callback(None)
+    cluster.flush()
+    assert len(limited.held) == 3 and not queued.called  # sent on with 0.5 s left
+    for _ in range(12):
+        cluster.clock.advance(0.05)
+        cluster.flush()
+    assert failure_of(queued).check(DeadlineExceeded)
+
+
+def test_cancelling_or_leaving_frees_a_queued_call(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    limited = Limited()
+    cluster.add_service(node, limited)
+    api, _ = cluster.add_api()
+    other, _ = cluster.add_api()
+    cluster.run(api.call("slow", 1))
+    cluster.run(api.call("slow", 2))
+    cancelled = cluster.run(api.call("slow", 3))
+    cluster.run(other.call("slow", 4))
+    assert cluster.master.parked_count == 2
+    cancelled.cancel()
+    cluster.flush()
+    assert cluster.master.parked_count == 1
+    disconnect(other, cluster)
+    assert cluster.master.parked_count == 0
+    limited.held[0].callback(None)
+    cluster.flush()
+    assert len(limited.held) == 2  # nothing left to send on
+
+
+def test_a_grace_call_whose_method_appears_busy_waits_for_a_slot(cluster: Cluster) -> None:
+    cluster.master.grace = 1.0
+    node, _, _ = cluster.add_node("a")
+    api, _ = cluster.add_api()
+    calls = [cluster.run(api.call("slow", n)) for n in range(3)]
+    limited = Limited()
+    cluster.add_service(node, limited)
+    assert len(limited.held) == 2 and cluster.master.parked_count == 1
+    cluster.clock.advance(1.5)  # past the grace period, within the deadline
+    cluster.flush()
+    assert not calls[2].called
+    limited.held[0].callback(None)
+    cluster.flush()
+    limited.held[2].callback(None)
+    cluster.flush()
+    assert result_of(calls[2]) == 2

@@ -11,13 +11,20 @@ from collections import deque
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols import amp
 
-from nswarm.amp_commands import DeadlineExceeded, NoSuchMethod, Overloaded
+from nswarm.amp_commands import (
+    Cancelled,
+    DeadlineExceeded,
+    NoSuchMethod,
+    NswarmError,
+    Overloaded,
+)
 from nswarm.forwarding import (
     ANSWER,
     ASK,
     CALL,
     CALL_ALL,
     EXCLUDE,
+    TIMEOUT,
     Downstream,
     Relay,
     RelayProtocol,
@@ -30,14 +37,15 @@ from nswarm.routing import Request
 class Parked:
     """A call the master holds back: nobody implements its method yet, or every implementer is busy."""
 
-    __slots__ = ("caller", "box", "give_up", "busy")
+    __slots__ = ("caller", "box", "deadline", "give_up")
 
-    def __init__(self, caller: RelayProtocol, box: amp.AmpBox, give_up: float, busy: bool) -> None:
+    def __init__(self, caller: RelayProtocol, box: amp.AmpBox, deadline: float, give_up: float) -> None:
         self.caller = caller
         self.box = box
+        #: When the call's own deadline passes.
+        self.deadline = deadline
+        #: When the master stops waiting: the deadline, or the end of the grace period if sooner.
         self.give_up = give_up
-        #: True: waiting for a free slot (gives up at its deadline); False: for an implementer.
-        self.busy = busy
 
 
 class Master(Relay):
@@ -48,7 +56,8 @@ class Master(Relay):
     all: a call to a method nobody implements waits up to C{grace} seconds
     (within its deadline) for an implementer, as during a rolling restart;
     a call whose implementers are all at their concurrency limit waits for a
-    free slot until its deadline. A full queue answers L{Overloaded} at once.
+    free slot until its deadline. A full queue answers L{Overloaded} (or
+    L{NoSuchMethod}, for a method nobody implements) at once.
     """
 
     def __init__(self, clock: IReactorTime, grace: float = 0.0, queue_size: int = 1000) -> None:
@@ -73,6 +82,10 @@ class Master(Relay):
     def peer_lost(self, peer: RelayProtocol) -> None:
         if self.nodes.get(peer.name) is peer:
             del self.nodes[peer.name]
+        for method, queue in list(self.parked.items()):  # calls parked by a caller now gone
+            for parked in [parked for parked in queue if parked.caller is peer]:
+                queue.remove(parked)
+                self._take(method, parked)
         super().peer_lost(peer)
 
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
@@ -83,12 +96,13 @@ class Master(Relay):
             return
         implemented = self.registry.implemented(method)
         if ASK not in box or not (implemented or self.grace > 0):
-            raise (self._overloaded(method) if implemented else self._no_such_method(method))
+            raise self._overloaded(method) if implemented else self._no_such_method(method)
         if self.parked_count >= self.queue_size:
-            raise self._overloaded(method)
-        left = time_left(box)
-        give_up = self.clock.seconds() + (left if implemented else min(self.grace, left))
-        self.parked.setdefault(method, deque()).append(Parked(caller, box, give_up, implemented))
+            raise self._overloaded(method) if implemented else self._no_such_method(method)
+        now = self.clock.seconds()
+        deadline = now + time_left(box)
+        give_up = deadline if implemented else min(deadline, now + self.grace)
+        self.parked.setdefault(method, deque()).append(Parked(caller, box, deadline, give_up))
         self.parked_count += 1
         self._watch_parked()
 
@@ -114,15 +128,34 @@ class Master(Relay):
     def _unpark(self, method: str) -> None:
         """Send on the calls parked for C{method} while an implementer can take them."""
         queue = self.parked.get(method)
-        while queue:
-            if self.choose(method) is None:
-                return
-            parked = queue.popleft()
-            self.parked_count -= 1
-            if not queue:
-                del self.parked[method]
-            if parked.caller.transport is not None:
+        if queue and self.registry.implemented(method):
+            for parked in queue:  # no longer waiting for an implementer: for a slot
+                parked.give_up = parked.deadline
+        while queue and self.choose(method) is not None:
+            parked = self._take(method, queue.popleft())
+            left = parked.deadline - self.clock.seconds()
+            if left <= 0:
+                parked.caller.send_error(parked.box[ASK], DeadlineExceeded(f"{method!r} waited past its deadline"))
+            elif parked.caller.transport is not None:
+                parked.box[TIMEOUT] = repr(left).encode("ascii")
                 self.box_received(parked.caller, CALL, parked.box)
+
+    def _take(self, method: str, parked: Parked) -> Parked:
+        """Account for C{parked} leaving the queue of C{method}."""
+        self.parked_count -= 1
+        if not self.parked.get(method):
+            self.parked.pop(method, None)
+        return parked
+
+    def cancel_received(self, caller: RelayProtocol, caller_tag: bytes) -> None:
+        for method, queue in list(self.parked.items()):
+            for parked in queue:
+                if parked.caller is caller and parked.box[ASK] == caller_tag:
+                    queue.remove(parked)
+                    self._take(method, parked)
+                    caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
+                    return
+        super().cancel_received(caller, caller_tag)
 
     def implement(
         self, peer: RelayProtocol, methods: list[str], idempotent: list[str] = [], limits: list[int] = []
@@ -141,22 +174,19 @@ class Master(Relay):
             self._park_timer = self.clock.callLater(max(0.0, soonest - self.clock.seconds()), self._give_up)
 
     def _give_up(self) -> None:
-        """Answer the parked calls whose wait is over: NoSuchMethod or DeadlineExceeded."""
+        """Answer the parked calls whose wait is over: NoSuchMethod, or DeadlineExceeded."""
         self._park_timer = None
         now = self.clock.seconds()
         for method in list(self.parked):
             queue = self.parked[method]
             for parked in [parked for parked in queue if parked.give_up <= now]:
                 queue.remove(parked)
-                self.parked_count -= 1
-                error = (
-                    DeadlineExceeded(f"every implementer of {method!r} stayed busy until the deadline")
-                    if parked.busy
-                    else self._no_such_method(method)
-                )
+                self._take(method, parked)
+                if parked.deadline <= now:
+                    error: NswarmError = DeadlineExceeded(f"no implementer of {method!r} was free before the deadline")
+                else:
+                    error = self._no_such_method(method)
                 parked.caller.send_error(parked.box[ASK], error)
-            if not queue:
-                del self.parked[method]
         self._watch_parked()
 
     def stop(self) -> None:
