@@ -32,10 +32,16 @@ ASK, ANSWER, COMMAND, ERROR = amp.ASK, amp.ANSWER, amp.COMMAND, amp.ERROR
 CALL, CALL_ALL, PUBLISH, CANCEL = b"Call", b"CallAll", b"Publish", b"Cancel"
 
 
+# One encoder and decoder for every payload: json.dumps with options builds a
+# new encoder per call, and json.loads of bytes sniffs their encoding first.
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_decoder = json.JSONDecoder()
+
+
 def encode(value: Any) -> bytes:
     """JSON bytes of C{value}, or L{InvalidRequest} if it is not JSON-compatible."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return _encoder.encode(value).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise InvalidRequest(f"cannot encode {type(value).__name__} as JSON ({error}): send JSON-compatible values")
 
@@ -43,14 +49,14 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes) -> Any:
     """The value in JSON bytes C{data}, or L{InvalidRequest}."""
     try:
-        return json.loads(data)
+        return _decoder.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidRequest(f"payload is not JSON ({error}): send it with an nswarm SDK")
 
 
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        return json.dumps({"args": args, "kwargs": kwargs}, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return _encoder.encode({"args": args, "kwargs": kwargs}).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise InvalidRequest(f"cannot encode the call's arguments as JSON ({error}): pass JSON-compatible values")
 
@@ -133,6 +139,7 @@ class ClientProtocol(FastBoxes, amp.AMP):
     def __init__(self) -> None:
         super().__init__()
         self._requests: dict[bytes, tuple[Deferred[Any], Callable[[amp.AmpBox], Any]]] = {}
+        self._timeout_cache: tuple[float, bytes] | None = None
 
     def authenticate(self, key: bytes, name: str | None = None) -> Deferred[Any]:
         kwargs = {"name": name} if name else {}
@@ -145,6 +152,13 @@ class ClientProtocol(FastBoxes, amp.AMP):
         """
         return self.call_with_timeout(self.timeout, method, *args, **kwargs)
 
+    def _timeout_value(self, timeout: float) -> bytes:
+        """C{timeout} as the Call box carries it (cached: most calls use the default)."""
+        cached = self._timeout_cache
+        if cached is None or cached[0] != timeout:
+            cached = self._timeout_cache = (timeout, repr(float(timeout)).encode("ascii"))
+        return cached[1]
+
     def call_with_timeout(self, timeout: float, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         L{call} with a deadline C{timeout} seconds away: past it the call
@@ -156,7 +170,7 @@ class ClientProtocol(FastBoxes, amp.AMP):
             data = encode_arguments(args, kwargs)
         except InvalidRequest:
             return fail()
-        box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8"), b"timeout": repr(float(timeout)).encode()})
+        box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8"), b"timeout": self._timeout_value(timeout)})
         put_payload(box, b"args", data)
         return self._request(box, _call_result)
 

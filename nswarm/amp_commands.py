@@ -207,7 +207,10 @@ class Payload(amp.Argument):
 
 def put_payload(box: dict[bytes, bytes], name: bytes, value: bytes) -> None:
     """Store C{value} in C{box} under C{name} as L{Payload} does."""
-    Payload().toBox(name, box, {name.decode("ascii"): value}, None)
+    if len(value) <= CHUNK:
+        box[name] = value
+    else:
+        Payload().toBox(name, box, {name.decode("ascii"): value}, None)
 
 
 def get_payload(box: dict[bytes, bytes], name: bytes) -> bytes:

@@ -12,7 +12,7 @@ microseconds of CPU (see DESIGN.md, principle 2).
 from __future__ import annotations
 
 import hmac
-from typing import Any, Iterable, cast
+from typing import Any, Container, Iterable, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.application.service import Service
@@ -59,6 +59,8 @@ CANCEL = b"Cancel"
 AUTHENTICATE = b"Authenticate"
 TIMEOUT = b"timeout"
 EXCLUDE = b"exclude"
+#: The commands a relay routes as boxes.
+ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})
 
 DEFAULT_AUTH_TIMEOUT = 10.0
 #: A call's deadline when its caller gives none, and the longest allowed, in seconds.
@@ -88,10 +90,15 @@ def time_left(box: amp.AmpBox) -> float:
     return left
 
 
-def routed_name(box: amp.AmpBox, key: bytes, kind: str) -> str:
-    """The method or event name a relay routes C{box} on, or L{InvalidRequest}."""
+def routed_name(box: amp.AmpBox, key: bytes, kind: str, known: Container[str] = ()) -> str:
+    """
+    The method or event name a relay routes C{box} on, or L{InvalidRequest}.
+    A name in C{known} (registered, so checked already) is not checked again.
+    """
     try:
         name = box[key].decode("utf-8")
+        if name in known:
+            return name
         return check_event(name) if kind == "event" else check_name(kind, name)
     except (KeyError, UnicodeDecodeError):
         raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
@@ -134,12 +141,10 @@ class Relay:
 
     def choose(self, method: str, exclude: RelayProtocol | None = None) -> RelayProtocol | None:
         """The implementer of C{method} with the fewest calls in flight that is below its limit."""
-        return self.registry.choose(
-            method,
-            self.pending.in_flight,
-            exclude,
-            lambda peer, limit: self.pending.in_flight_for(peer, method) >= limit,
-        )
+        busy = None
+        if self.registry.limits:
+            busy = lambda peer, limit: self.pending.in_flight_for(peer, method) >= limit  # noqa: E731
+        return self.registry.choose(method, self.pending.in_flight, exclude, busy)
 
     def request_done(self, request: Request[RelayProtocol]) -> None:
         """Hook: C{request} is no longer in flight (answered, lost, cancelled or expired)."""
@@ -236,11 +241,18 @@ class Relay:
         busy) or, for an idempotent call, if C{callee} is lost.
         """
         if ASK in box:
-            expires = self.clock.seconds() + time_left(box)
+            try:  # the usual case, inline: a valid timeout given
+                left = float(box[TIMEOUT])
+                if not 0 < left <= MAX_CALL_TIMEOUT:
+                    raise ValueError
+            except (KeyError, ValueError):
+                left = time_left(box)
             caller_tag = box[ASK]
             tag = callee._nextTag()
-            idempotent = method is not None and self.registry.is_idempotent(callee, method)
-            self.pending.add(callee, tag, caller, caller_tag, expires, method, box if method else None, idempotent)
+            idempotent = bool(self.registry.idempotent) and method is not None and self.registry.is_idempotent(callee, method)
+            self.pending.add(
+                callee, tag, caller, caller_tag, self.clock.seconds() + left, method, box if method else None, idempotent
+            )
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
@@ -304,12 +316,11 @@ class Relay:
         request = self.pending.pop(callee, tag)
         if request is None:
             return False
-        code = box.get(amp.ERROR_CODE)
-        if request.retry is not None and code is not None and (
-            code in _NOT_RUN or (code == ImplementerLost.code and request.idempotent)
-        ):
-            self._retry(request, remote_error(box))
-            return True
+        if ERROR in box and request.retry is not None:
+            code = box.get(amp.ERROR_CODE)
+            if code in _NOT_RUN or (code == ImplementerLost.code and request.idempotent):
+                self._retry(request, remote_error(box))
+                return True
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
         self.request_done(request)
@@ -473,7 +484,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
         command = box.get(COMMAND)
         if not self.authenticated and command != AUTHENTICATE:
             self._refuse(box)
-        elif command == CALL or command == PUBLISH or command == CANCEL or command == CALL_ALL:
+        elif command in ROUTED:
             self.relay.box_received(self, command, box)
         elif command == HEARTBEAT:
             pass  # counted by FastBoxes; nothing to answer

@@ -7,7 +7,7 @@ hashable object (the relays use their connections).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Any, Callable, Container, Generic, Hashable, Iterable, TypeVar
 
 from nswarm.amp_commands import InvalidRequest
 
@@ -131,9 +131,11 @@ class Registry(Generic[P]):
         self._events: _Index[P] = _Index(check_pattern)
         self._turn: dict[str, int] = {}
         #: (peer, method) pairs registered as idempotent: safe to run again elsewhere.
-        self._idempotent: set[tuple[P, str]] = set()
+        self.idempotent: set[tuple[P, str]] = set()
         #: (peer, method) -> the most calls the peer runs at once (absent: no limit).
-        self._limits: dict[tuple[P, str], int] = {}
+        self.limits: dict[tuple[P, str], int] = {}
+        #: The methods somebody implements (a live view, for fast membership tests).
+        self.method_names: Container[str] = self._methods.peers.keys()
         #: Event name -> its subscribers, computed on demand; cleared when subscriptions change.
         self._deliveries: dict[str, list[P]] = {}
 
@@ -155,14 +157,14 @@ class Registry(Generic[P]):
         marked = set(idempotent)
         for method in methods:
             if method in marked:
-                self._idempotent.add((peer, method))
+                self.idempotent.add((peer, method))
             else:
-                self._idempotent.discard((peer, method))
+                self.idempotent.discard((peer, method))
             limit = (limits or {}).get(method, 0)
             if limit > 0:
-                self._limits[(peer, method)] = limit
+                self.limits[(peer, method)] = limit
             else:
-                self._limits.pop((peer, method), None)
+                self.limits.pop((peer, method), None)
         return new
 
     def unimplement(self, peer: P, methods: Iterable[str]) -> list[str]:
@@ -170,8 +172,8 @@ class Registry(Generic[P]):
         methods = list(methods)
         gone = self._methods.discard(peer, methods)
         for method in methods:
-            self._idempotent.discard((peer, method))
-            self._limits.pop((peer, method), None)
+            self.idempotent.discard((peer, method))
+            self.limits.pop((peer, method), None)
         for method in gone:
             self._turn.pop(method, None)
         return gone
@@ -190,21 +192,25 @@ class Registry(Generic[P]):
 
     def limit(self, peer: P, method: str) -> int:
         """The most calls to C{method} C{peer} runs at once; 0: no limit."""
-        return self._limits.get((peer, method), 0)
+        return self.limits.get((peer, method), 0)
 
     def total_limit(self, method: str) -> int:
         """The sum of C{method}'s implementers' limits; 0 (no limit) if one has none."""
-        limits = [self._limits.get((peer, method), 0) for peer in self._methods.peers.get(method, [])]
+        limits = [self.limits.get((peer, method), 0) for peer in self._methods.peers.get(method, [])]
         return 0 if not limits or 0 in limits else sum(limits)
 
     def is_idempotent(self, peer: P, method: str) -> bool:
         """Whether C{peer} registered C{method} as idempotent."""
-        return (peer, method) in self._idempotent
+        return bool(self.idempotent) and (peer, method) in self.idempotent
+
+    def has_limits(self) -> bool:
+        """Whether any implementer has a concurrency limit."""
+        return bool(self.limits)
 
     def idempotent_everywhere(self, method: str) -> bool:
         """Whether every implementer of C{method} registered it as idempotent."""
         peers = self._methods.peers.get(method, [])
-        return bool(peers) and all((peer, method) in self._idempotent for peer in peers)
+        return bool(peers) and all((peer, method) in self.idempotent for peer in peers)
 
     def subscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} subscribes to C{events}; return those that had no subscriber."""
@@ -238,10 +244,12 @@ class Registry(Generic[P]):
         (calls in flight), ties broken round robin; None if there is none.
         """
         peers = self._methods.peers.get(method)
+        if peers and len(peers) == 1 and exclude is None and busy is None:
+            return peers[0]  # the common case, kept short
         if peers and exclude is not None:
             peers = [peer for peer in peers if peer != exclude]
-        if peers and busy is not None and self._limits:
-            limits = self._limits
+        if peers and busy is not None:
+            limits = self.limits
             peers = [
                 peer for peer in peers if not ((peer, method) in limits and busy(peer, limits[(peer, method)]))
             ]
@@ -326,8 +334,6 @@ class PendingCalls(Generic[P]):
         self._by_callee: dict[P, dict[bytes, Request[P]]] = {}
         self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
         self._count = 0
-        #: (callee, method) -> calls to that method in flight there.
-        self._per_method: dict[tuple[P, str], int] = {}
 
     def add(
         self,
@@ -344,9 +350,6 @@ class PendingCalls(Generic[P]):
         self._by_callee.setdefault(callee, {})[tag] = request
         self._by_caller.setdefault(caller, {})[caller_tag] = request
         self._count += 1
-        if method is not None:
-            key = (callee, method)
-            self._per_method[key] = self._per_method.get(key, 0) + 1
 
     def _forget(self, request: Request[P]) -> Request[P]:
         by_caller = self._by_caller[request.caller]
@@ -357,13 +360,6 @@ class PendingCalls(Generic[P]):
         if by_callee is not None:
             by_callee.pop(request.tag, None)
         self._count -= 1
-        if request.method is not None:
-            key = (request.callee, request.method)
-            left = self._per_method[key] - 1
-            if left:
-                self._per_method[key] = left
-            else:
-                del self._per_method[key]
         return request
 
     def pop(self, callee: P, tag: bytes) -> Request[P] | None:
@@ -403,8 +399,9 @@ class PendingCalls(Generic[P]):
         return len(pending) if pending is not None else 0
 
     def in_flight_for(self, callee: P, method: str) -> int:
-        """How many calls to C{method} C{callee} has not answered yet."""
-        return self._per_method.get((callee, method), 0)
+        """How many calls to C{method} C{callee} has not answered yet (counted: only limits need it)."""
+        pending = self._by_callee.get(callee)
+        return sum(1 for request in pending.values() if request.method == method) if pending else 0
 
     def __len__(self) -> int:
         return self._count

@@ -376,33 +376,6 @@ class Service(ClientFactory):
     def _call_received(self, proto: ServiceProtocol, box: amp.AmpBox) -> None:
         """Run the handler a Call box asks for and send its answer (if the box asks for one)."""
         tag = box.get(ASK)
-        method = "?"
-
-        def answer(value: Any) -> None:
-            if tag is None:
-                return
-            proto.handler_done(tag)
-            try:
-                data = encode(value)
-            except InvalidRequest:
-                proto.send(error_box(tag, HandlerFailed(
-                    f"InvalidResult: {method} returned a {type(value).__name__}, "
-                    "which is not JSON-compatible: return JSON-compatible values"
-                )))
-                return
-            reply = amp.AmpBox({ANSWER: tag})
-            put_payload(reply, b"result", data)
-            proto.send(reply)
-
-        def failed(failure: Failure) -> None:
-            if tag is not None and tag not in proto.running and failure.check(CancelledError):
-                return  # cancelled by its caller or its deadline: the relay has answered
-            if tag is not None:
-                proto.handler_done(tag)
-            self.log.failure("handler of {method!r} raised", failure, method=method)
-            if tag is not None:
-                proto.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
-
         try:
             method = box[b"method"].decode("utf-8")
             attribute = self.nswarm_methods.get(method)
@@ -418,16 +391,46 @@ class Service(ClientFactory):
         try:
             result = getattr(self, attribute)(*positional, **keywords)
         except Exception:
-            failed(Failure())
+            self._failed(Failure(), proto, tag, method)
             return
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
             if tag is not None:
                 proto.running[tag] = result
-            result.addCallbacks(answer, failed)
+            result.addCallbacks(
+                self._answer, self._failed, callbackArgs=(proto, tag, method), errbackArgs=(proto, tag, method)
+            )
         else:
-            answer(result)
+            self._answer(result, proto, tag, method)
+
+    def _answer(self, value: Any, proto: ServiceProtocol, tag: bytes | None, method: str) -> None:
+        """Send a handler's result as the answer to call C{tag}."""
+        if tag is None:
+            return
+        if proto.running:
+            proto.handler_done(tag)
+        try:
+            data = encode(value)
+        except InvalidRequest:
+            proto.send(error_box(tag, HandlerFailed(
+                f"InvalidResult: {method} returned a {type(value).__name__}, "
+                "which is not JSON-compatible: return JSON-compatible values"
+            )))
+            return
+        reply = amp.AmpBox({ANSWER: tag})
+        put_payload(reply, b"result", data)
+        proto.send(reply)
+
+    def _failed(self, failure: Failure, proto: ServiceProtocol, tag: bytes | None, method: str) -> None:
+        """Send a handler's exception as the L{HandlerFailed} answer to call C{tag}."""
+        if tag is not None and tag not in proto.running and failure.check(CancelledError):
+            return  # cancelled by its caller or its deadline: the relay has answered
+        if tag is not None:
+            proto.handler_done(tag)
+        self.log.failure("handler of {method!r} raised", failure, method=method)
+        if tag is not None:
+            proto.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
 
     def _event_received(self, proto: ServiceProtocol, box: amp.AmpBox) -> None:
         """Run every handler of the event in a Publish box."""

@@ -89,7 +89,7 @@ class Master(Relay):
         super().peer_lost(peer)
 
     def route_call(self, caller: RelayProtocol, box: amp.AmpBox) -> None:
-        method = routed_name(box, b"method", "method")
+        method = routed_name(box, b"method", "method", self.registry.method_names)
         node = self.choose(method)
         if node is not None:
             self.forward(caller, box, node, method)

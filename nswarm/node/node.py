@@ -57,7 +57,7 @@ class Node(Relay):
                     return
             self.forward(caller, box, self._upstream())
             return
-        method = routed_name(box, b"method", "method")
+        method = routed_name(box, b"method", "method", self.registry.method_names)
         service = self.choose(method)
         if service is None:
             if self.registry.implemented(method):
