@@ -6,6 +6,7 @@ calls and events as JSON and turns failures into nswarm's typed errors.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -87,7 +88,9 @@ def reconnecting(
     its preparation failed, and would log a spurious traceback.
     """
     log = Logger(namespace="nswarm.reconnecting")
-    backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_delay)
+    # A quick first retry, with up to a quarter second of jitter so that many
+    # nodes reconnecting to a restarted master spread out, then backing off.
+    backoff = backoffPolicy(initialDelay=0.25, maxDelay=max_delay, jitter=lambda: random.random() / 4)
     failures = 0
 
     def prepared(protocol: Any) -> Deferred[None]:

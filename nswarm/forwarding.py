@@ -259,7 +259,12 @@ class Relay:
         callee.send(box)
 
     def _sweep(self) -> None:
-        """Answer L{DeadlineExceeded} to every request past its deadline, and cancel it downstream."""
+        """
+        Answer L{DeadlineExceeded} to every request past its deadline, and
+        cancel it downstream. Runs while anything is in flight (it is not
+        cancelled when the last answer comes: re-arming a timer per call
+        would cost more than one idle tick).
+        """
         self._sweeper = None
         for request in self.pending.expired(self.clock.seconds()):
             request.caller.send_error(
@@ -324,9 +329,6 @@ class Relay:
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
         self.request_done(request)
-        if not len(self.pending) and self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         return True
 
     def fan_out(self, box: amp.AmpBox, peers: Iterable[RelayProtocol], exclude: RelayProtocol | None = None) -> None:
