@@ -250,9 +250,8 @@ class Relay:
             caller_tag = box[ASK]
             tag = callee._nextTag()
             idempotent = bool(self.registry.idempotent) and method is not None and self.registry.is_idempotent(callee, method)
-            self.pending.add(
-                callee, tag, caller, caller_tag, self.clock.seconds() + left, method, box if method else None, idempotent
-            )
+            expires = self.clock.seconds() + left
+            self.pending.add(Request(callee, tag, caller, caller_tag, expires, method, box if method else None, idempotent))
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)

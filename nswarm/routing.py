@@ -335,20 +335,10 @@ class PendingCalls(Generic[P]):
         self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
         self._count = 0
 
-    def add(
-        self,
-        callee: P,
-        tag: bytes,
-        caller: P,
-        caller_tag: bytes,
-        expires: float,
-        method: str | None = None,
-        retry: Any = None,
-        idempotent: bool = False,
-    ) -> None:
-        request = Request(callee, tag, caller, caller_tag, expires, method, retry, idempotent)
-        self._by_callee.setdefault(callee, {})[tag] = request
-        self._by_caller.setdefault(caller, {})[caller_tag] = request
+    def add(self, request: Request[P]) -> None:
+        """Remember C{request} until it is answered, cancelled, expired or lost."""
+        self._by_callee.setdefault(request.callee, {})[request.tag] = request
+        self._by_caller.setdefault(request.caller, {})[request.caller_tag] = request
         self._count += 1
 
     def _forget(self, request: Request[P]) -> Request[P]:

@@ -18,9 +18,7 @@ reactor's clock); every process is stopped, and checked gone, even on failure.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,24 +57,6 @@ PROBE_TRIES = 10
 REREGISTER_BOUND = 2.0
 
 IDEMPOTENT, PLAIN = "chaos.idempotent", "chaos.plain"
-
-
-@pytest.fixture
-def directory(tmp_path: Path, monkeypatch: Any) -> Iterator[Path]:
-    """
-    The cluster directory: tmp_path unless it is too long for the nodes' UNIX
-    socket paths, then a short one under the system temp dir. HOME points
-    into it, so a developer's ~/.nswarm-*.conf does not reach the daemons.
-    """
-    monkeypatch.setenv("HOME", str(tmp_path))
-    if len(str(tmp_path)) <= 70:
-        yield tmp_path
-        return
-    short = Path(tempfile.mkdtemp(prefix="nswarm-"))
-    try:
-        yield short
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture

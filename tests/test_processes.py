@@ -8,9 +8,7 @@ gone) even when a test fails.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,24 +26,6 @@ GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter.py"
 START_TIMEOUT = 20.0
 #: Bound, in seconds, on each API call and publish.
 CALL_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def directory(tmp_path: Path, monkeypatch: Any) -> Iterator[Path]:
-    """
-    The cluster directory: tmp_path unless it is too long for the node's
-    UNIX socket path, then a short one under the system temp dir. HOME points
-    into it, so a developer's ~/.nswarm-*.conf does not reach the daemons.
-    """
-    monkeypatch.setenv("HOME", str(tmp_path))
-    if len(str(tmp_path)) <= 70:
-        yield tmp_path
-        return
-    short = Path(tempfile.mkdtemp(prefix="nswarm-"))
-    try:
-        yield short
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nswarm.amp_commands import InvalidRequest
-from nswarm.routing import PendingCalls, Registry, check_name
+from nswarm.routing import PendingCalls, Registry, Request, check_name
 
 
 def test_round_robin_over_implementers_in_registration_order() -> None:
@@ -56,9 +56,9 @@ def test_invalid_names_are_refused_without_registering_anything() -> None:
 
 def test_pending_calls_map_answers_back_and_fail_on_loss() -> None:
     pending: PendingCalls[str] = PendingCalls()
-    pending.add("node", b"1", "api", b"a", 10.0)
-    pending.add("node", b"2", "api", b"b", 10.0)
-    pending.add("other", b"1", "api2", b"c", 10.0)
+    pending.add(Request("node", b"1", "api", b"a", 10.0))
+    pending.add(Request("node", b"2", "api", b"b", 10.0))
+    pending.add(Request("other", b"1", "api2", b"c", 10.0))
     request = pending.pop("node", b"1")
     assert request is not None and (request.caller, request.caller_tag) == ("api", b"a")
     assert pending.pop("node", b"1") is None
@@ -74,8 +74,8 @@ def test_pending_calls_map_answers_back_and_fail_on_loss() -> None:
 
 def test_pending_calls_cancel_by_the_callers_tag_and_expire_by_deadline() -> None:
     pending: PendingCalls[str] = PendingCalls()
-    pending.add("node", b"1", "api", b"a", 5.0)
-    pending.add("node", b"2", "api", b"b", 9.0)
+    pending.add(Request("node", b"1", "api", b"a", 5.0))
+    pending.add(Request("node", b"2", "api", b"b", 9.0))
     cancelled = pending.cancel("api", b"a")
     assert cancelled is not None and (cancelled.callee, cancelled.tag) == ("node", b"1")
     assert pending.cancel("api", b"a") is None and pending.pop("node", b"1") is None
