@@ -27,6 +27,10 @@ HEARTBEAT = b"Heartbeat"
 #: Seconds between heartbeats; three silent intervals close a connection.
 DEFAULT_HEARTBEAT = 10.0
 _HEARTBEAT = amp.AmpBox({amp.COMMAND: HEARTBEAT})
+#: The largest call argument, result or event payload a daemon or SDK accepts by default.
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+#: The keys an oversized box keeps, so that it can still be answered.
+_CONTROL = frozenset({amp.COMMAND, amp.ASK, amp.ANSWER, amp.ERROR, amp.ERROR_CODE, amp.ERROR_DESCRIPTION})
 
 MAX_KEY_LENGTH = amp.MAX_KEY_LENGTH
 MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
@@ -56,6 +60,12 @@ class FastBoxes:
     _unparsed = b""
     _box: amp.AmpBox | None = None
     _key: bytes | None = None
+    #: The most bytes (keys and values) and keys one incoming box may hold.
+    max_box_size = DEFAULT_MAX_PAYLOAD + 64 * 1024
+    max_keys = DEFAULT_MAX_PAYLOAD // MAX_VALUE_LENGTH + 64
+    _size = 0
+    _keys = 0
+    _oversized = False
     #: Complete boxes received so far (heartbeats watch it move).
     boxes_received = 0
     _heartbeat: LoopingCall | None = None
@@ -66,6 +76,7 @@ class FastBoxes:
         offset = 0
         box = self._box
         key = self._key
+        size = self._size
         received = self.boxReceiver.ampBoxReceived
         while offset + 2 <= end:
             start = offset + 2
@@ -78,24 +89,52 @@ class FastBoxes:
             if stop > end:
                 break
             offset = stop
+            size += stop - start
             if key is not None:
-                box[key] = buffer[start:stop]  # type: ignore[index]
+                if not self._oversized or key in _CONTROL:
+                    box[key] = buffer[start:stop]  # type: ignore[index]
                 key = None
             elif stop > start:
                 key = buffer[start:stop]
                 if box is None:
                     box = amp.AmpBox()
+                self._keys += 1
+                if size > self.max_box_size or self._keys > self.max_keys:
+                    # Too big: read the rest of the box, keeping only what is
+                    # needed to answer it, and hand it over as too large.
+                    if not self._oversized:
+                        self._oversized = True
+                        box = amp.AmpBox({k: v for k, v in box.items() if k in _CONTROL})
             else:
                 # An empty key ends the box.
                 self.boxes_received += 1
                 self._box = None
-                received(box if box is not None else amp.AmpBox())
-                box = None
+                complete = box if box is not None else amp.AmpBox()
+                box, size, self._keys = None, 0, 0
+                if self._oversized:
+                    self._oversized = False
+                    self.box_too_large(complete)
+                else:
+                    received(complete)
                 if self.transport is None or getattr(self.transport, "disconnecting", False):
                     return
         self._unparsed = buffer[offset:]
         self._box = box
         self._key = key
+        self._size = size
+
+    def box_too_large(self, box: amp.AmpBox) -> None:
+        """
+        A box over L{max_box_size} or L{max_keys} arrived; C{box} holds only
+        its AMP control keys. By default the connection is closed; protocols
+        that can answer a typed error instead override this.
+        """
+        log.warn("closing the connection to {peer}: it sent a box over the size limit", peer=self._peer())
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _peer(self) -> Any:
+        return self.transport.getPeer() if self.transport is not None else None
 
     def sendBox(self, box: amp.AmpBox) -> None:
         if self.transport is None:

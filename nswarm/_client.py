@@ -16,12 +16,14 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import HEARTBEAT, FastBoxes
+from nswarm._boxes import DEFAULT_MAX_PAYLOAD, HEARTBEAT, FastBoxes
 from nswarm.amp_commands import (
     Authenticate,
     InvalidRequest,
     NswarmError,
+    PayloadTooLarge,
     UpstreamUnavailable,
+    error_box,
     get_payload,
     parse_frames,
     put_payload,
@@ -138,6 +140,8 @@ class ClientProtocol(FastBoxes, amp.AMP):
     peer = "master"
     #: Seconds a call may take when the caller gives no timeout.
     timeout = 30.0
+    #: The largest arguments, result or event payload sent or accepted, in bytes.
+    max_payload = DEFAULT_MAX_PAYLOAD
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,8 +174,8 @@ class ClientProtocol(FastBoxes, amp.AMP):
         the call the same way.
         """
         try:
-            data = encode_arguments(args, kwargs)
-        except InvalidRequest:
+            data = self._checked(encode_arguments(args, kwargs), "call's arguments")
+        except NswarmError:
             return fail()
         box = amp.AmpBox({COMMAND: CALL, b"method": method.encode("utf-8"), b"timeout": self._timeout_value(timeout)})
         put_payload(box, b"args", data)
@@ -188,8 +192,8 @@ class ClientProtocol(FastBoxes, amp.AMP):
         if nobody implements C{method} or the connection is lost.
         """
         try:
-            data = encode_arguments(args, kwargs)
-        except InvalidRequest:
+            data = self._checked(encode_arguments(args, kwargs), "call's arguments")
+        except NswarmError:
             return fail()
         box = amp.AmpBox(
             {COMMAND: CALL_ALL, b"method": method.encode("utf-8"), b"timeout": repr(float(self.timeout)).encode()}
@@ -204,14 +208,32 @@ class ClientProtocol(FastBoxes, amp.AMP):
         the master has handed it on.
         """
         try:
-            data = encode(payload)
-        except InvalidRequest:
+            data = self._checked(encode(payload), "event's payload")
+        except NswarmError:
             return fail()
         box = amp.AmpBox({COMMAND: PUBLISH, b"event": event.encode("utf-8")})
         if exclude_self:
             box[b"exclude"] = b"1"
         put_payload(box, b"payload", data)
         return self._request(box, _nothing)
+
+    def _checked(self, data: bytes, what: str) -> bytes:
+        """C{data}, or L{PayloadTooLarge} if it is over L{max_payload}."""
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(
+                f"the {what} take {len(data):,} bytes, over the limit of {self.max_payload:,}: send less"
+            )
+        return data
+
+    def box_too_large(self, box: amp.AmpBox) -> None:
+        """An oversized answer fails its request with L{PayloadTooLarge}; the connection stays up."""
+        tag = box.get(ANSWER, box.get(ERROR))
+        request = self._requests.pop(tag, None) if tag is not None else None
+        if request is not None:
+            if not request[0].called:
+                request[0].errback(PayloadTooLarge(f"the answer is over the limit of {self.max_payload:,} bytes"))
+        elif COMMAND in box and ASK in box:
+            self.send(error_box(box[ASK], PayloadTooLarge(f"the request is over the limit of {self.max_payload:,} bytes")))
 
     def _request(self, box: amp.AmpBox, parse: Callable[[amp.AmpBox], Any]) -> Deferred[Any]:
         if self.transport is None:

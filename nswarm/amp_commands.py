@@ -44,6 +44,7 @@ __all__ = [
     "ImplementerLost",
     "UpstreamUnavailable",
     "InvalidRequest",
+    "PayloadTooLarge",
     "Overloaded",
     "DeadlineExceeded",
     "Cancelled",
@@ -124,6 +125,12 @@ class InvalidRequest(NswarmError):
     code = b"INVALID_REQUEST"
 
 
+class PayloadTooLarge(NswarmError):
+    """A call's arguments, its result or an event is over the size limit (16 MiB by default)."""
+
+    code = b"PAYLOAD_TOO_LARGE"
+
+
 class Overloaded(NswarmError):
     """Every implementer is at its concurrency limit and the master's queue is full: retry later."""
 
@@ -158,6 +165,7 @@ ERRORS: dict[bytes, type[NswarmError]] = {
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        PayloadTooLarge,
         Overloaded,
         DeadlineExceeded,
         Cancelled,
@@ -362,6 +370,7 @@ class Call(amp.Command):
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        PayloadTooLarge,
         Overloaded,
         DeadlineExceeded,
         Cancelled,
@@ -419,5 +428,5 @@ class Publish(amp.Command):
 
     arguments = [(b"event", amp.Unicode()), (b"payload", Payload())]
     response = []
-    errors = _codes(UpstreamUnavailable, InvalidRequest, InternalError)
+    errors = _codes(UpstreamUnavailable, InvalidRequest, PayloadTooLarge, InternalError)
     fatalErrors = _codes(NotAuthenticated)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import DEFAULT_HEARTBEAT, HEARTBEAT, FastBoxes, serialize
+from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, HEARTBEAT, FastBoxes, serialize
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
@@ -35,6 +35,7 @@ from nswarm.amp_commands import (
     NotAuthenticated,
     Overloaded,
     NswarmError,
+    PayloadTooLarge,
     Subscribe,
     Unimplement,
     Unsubscribe,
@@ -63,6 +64,8 @@ EXCLUDE = b"exclude"
 ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})
 
 DEFAULT_AUTH_TIMEOUT = 10.0
+#: The largest box a connection may send before it has authenticated.
+UNAUTHENTICATED_MAX_BOX = 64 * 1024
 #: A call's deadline when its caller gives none, and the longest allowed, in seconds.
 DEFAULT_CALL_TIMEOUT = 30.0
 MAX_CALL_TIMEOUT = 24 * 3600.0
@@ -425,10 +428,13 @@ class RelayProtocol(FastBoxes, amp.AMP):
         auth_key: bytes | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         super().__init__()
         self.relay = relay
         self.heartbeat = heartbeat
+        self.max_payload = max_payload
+        self._limit_boxes(UNAUTHENTICATED_MAX_BOX if auth_key is not None else max_payload)
         self.clock = clock
         self._auth_key = auth_key
         self._auth_timeout = auth_timeout
@@ -475,6 +481,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.authenticated = True
+        self._limit_boxes(self.max_payload)
         self.name = name or ""
         self.log.info("{peer} connected from {address}", peer=self.description, address=self.address)
         self.start_heartbeats(self.clock, self.heartbeat)
@@ -501,6 +508,30 @@ class RelayProtocol(FastBoxes, amp.AMP):
                 super().ampBoxReceived(box)
             # Anything else is a late answer to a call that timed out or was
             # cancelled: dropped quietly, the connection carries on.
+
+    def _limit_boxes(self, payload: int) -> None:
+        self.max_box_size = payload + 64 * 1024
+        self.max_keys = payload // amp.MAX_VALUE_LENGTH + 64
+
+    def box_too_large(self, box: amp.AmpBox) -> None:
+        """
+        An oversized box: before authentication the connection is closed;
+        after it, a request is answered L{PayloadTooLarge} and an oversized
+        answer becomes that error for its caller. Other calls carry on.
+        """
+        if not self.authenticated:
+            super().box_too_large(box)
+            return
+        limit = f"{self.max_payload:,} bytes"
+        tag = box.get(ASK)
+        if COMMAND in box:
+            if tag is not None:
+                self.send_error(tag, PayloadTooLarge(f"the request is over this relay's limit of {limit}: send less"))
+            return
+        tag = box.get(ANSWER, box.get(ERROR))
+        if tag is not None:
+            error = PayloadTooLarge(f"the answer from {self.description} is over the limit of {limit}")
+            self.relay.answer_received(self, tag, error_box(tag, error))
 
     def send_cancel(self, tag: bytes) -> None:
         """Cancel the request this relay sent here as C{tag}."""
@@ -577,9 +608,11 @@ class RelayFactory(Factory):
         auth_key: bytes | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.relay_protocol = protocol
         self.heartbeat = heartbeat
+        self.max_payload = max_payload
         self.relay = relay
         self.clock = clock
         self.auth_key = auth_key
@@ -588,7 +621,9 @@ class RelayFactory(Factory):
         self.connections: set[RelayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> RelayProtocol:
-        proto = self.relay_protocol(self.relay, self.clock, self.auth_key, self.auth_timeout, self.heartbeat)
+        proto = self.relay_protocol(
+            self.relay, self.clock, self.auth_key, self.auth_timeout, self.heartbeat, self.max_payload
+        )
         proto.factory = self
         return proto
 

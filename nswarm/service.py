@@ -57,6 +57,7 @@ from nswarm.amp_commands import (
     InvalidRequest,
     NoSuchMethod,
     NswarmError,
+    PayloadTooLarge,
     Subscribe,
     Unimplement,
     Unsubscribe,
@@ -411,7 +412,10 @@ class Service(ClientFactory):
         if proto.running:
             proto.handler_done(tag)
         try:
-            data = encode(value)
+            data = proto._checked(encode(value), "result")
+        except PayloadTooLarge as error:
+            proto.send(error_box(tag, error))
+            return
         except InvalidRequest:
             proto.send(error_box(tag, HandlerFailed(
                 f"InvalidResult: {method} returned a {type(value).__name__}, "
