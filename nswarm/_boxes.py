@@ -111,17 +111,39 @@ class FastBoxes:
                 self._box = None
                 complete = box if box is not None else amp.AmpBox()
                 box, size, self._keys = None, 0, 0
-                if self._oversized:
-                    self._oversized = False
-                    self.box_too_large(complete)
-                else:
-                    received(complete)
+                try:
+                    if self._oversized:
+                        self._oversized = False
+                        self.box_too_large(complete)
+                    else:
+                        received(complete)
+                except Exception:
+                    self._malformed(complete)
                 if self.transport is None or getattr(self.transport, "disconnecting", False):
                     return
         self._unparsed = buffer[offset:]
         self._box = box
         self._key = key
         self._size = size
+
+    def _malformed(self, box: amp.AmpBox) -> None:
+        """
+        Handling C{box} raised (an empty box, an answer to nothing, a command
+        name that is not ASCII, ...): log it, answer its request with an AMP
+        error if it has one, and go on with the connection's other boxes.
+        """
+        log.failure("a box from {peer} could not be handled", peer=self._peer())
+        tag = box.get(amp.ASK)
+        if tag is not None and self.transport is not None:
+            self.transport.write(
+                serialize(
+                    {
+                        amp.ERROR: tag,
+                        amp.ERROR_CODE: amp.UNKNOWN_ERROR_CODE,
+                        amp.ERROR_DESCRIPTION: b"this request could not be handled: see the receiver's log",
+                    }
+                )
+            )
 
     def box_too_large(self, box: amp.AmpBox) -> None:
         """

@@ -179,3 +179,13 @@ def test_defaults_arrive_coerced_like_command_line_values(tmp_path: Path) -> Non
     assert options["service-socket"] == str(tmp_path / ".nswarm" / "node.sock")
     assert options["service-socket-mode"] == 0o600 and options["upstream-port"] == 6666
     assert "[default: 600]" in str(options)
+
+
+def test_payload_limit_reaches_the_listeners(cluster_dir: Path) -> None:
+    options = parse(master_tap.Options(), "--config", str(cluster_dir / "master.conf"), "--max-payload", "1048576")
+    reactor = MemoryReactorClock()
+    service = master_tap.makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    assert {factory.max_payload for _, factory, _, _, _ in reactor.sslServers} == {1048576}
+    service.stopService()

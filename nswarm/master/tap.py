@@ -15,7 +15,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nswarm.config import DaemonOptions, count, non_negative, path, port, positive, secret_parameters
-from nswarm._boxes import DEFAULT_HEARTBEAT
+from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options
@@ -51,6 +51,11 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
+        [
+            "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
+            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
         [
             "queue-size", None, "1000",
             "Most calls held back at once (waiting for a busy implementer or the grace period); more get Overloaded",
@@ -122,7 +127,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ]
     for name, number, tls, protocol, key in servers:
         endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
-        factory = RelayFactory(protocol, master, reactor, key, options["auth-timeout"], options["heartbeat"])
+        factory = RelayFactory(
+            protocol, master, reactor, key, options["auth-timeout"], options["heartbeat"], options["max-payload"]
+        )
         server = StreamServerEndpointService(_Announced(endpoint, name, ports), factory)
         # As strports.service does: a port that cannot be bound fails the start.
         server._raiseSynchronously = True

@@ -15,8 +15,18 @@ from twisted.python import usage
 
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
-from nswarm.config import DaemonOptions, boolean, file_mode, non_negative, path, port, positive, secret_parameters
-from nswarm._boxes import DEFAULT_HEARTBEAT
+from nswarm.config import (
+    DaemonOptions,
+    boolean,
+    count,
+    file_mode,
+    non_negative,
+    path,
+    port,
+    positive,
+    secret_parameters,
+)
+from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
@@ -51,6 +61,11 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
+        [
+            "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
+            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
         ["drain-timeout", None, "10", "On stop, seconds to let calls in flight finish after withdrawing", non_negative],
         ["local-first", None, "yes", "While the master is unreachable, serve calls this node implements itself", boolean],
     ]
@@ -107,7 +122,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     upstream = reconnecting(
         reactor,
         SSL4ClientEndpoint(reactor, options["upstream-host"], options["upstream-port"], options.upstream_tls),
-        RelayFactory(UpstreamProtocol, node, reactor, heartbeat=options["heartbeat"]),
+        RelayFactory(
+            UpstreamProtocol, node, reactor, heartbeat=options["heartbeat"], max_payload=options["max-payload"]
+        ),
         authenticate_upstream(node, options.upstream_auth_key),
         f"node {node.name!r} (check upstream-host, upstream-port, upstream-auth-key-file, node-cert and ca)",
         options["reconnect-max-delay"],
@@ -133,6 +150,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options.service_auth_key,
             options["auth-timeout"],
             options["heartbeat"],
+            options["max-payload"],
         ),
     )
     services._raiseSynchronously = True
