@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    SSL4ClientEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 

@@ -29,7 +29,12 @@ import resource
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+)
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import react

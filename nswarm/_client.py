@@ -30,7 +30,6 @@ from nswarm.amp_commands import (
     remote_error,
 )
 
-
 ASK, ANSWER, COMMAND, ERROR = amp.ASK, amp.ANSWER, amp.COMMAND, amp.ERROR
 CALL, CALL_ALL, PUBLISH, CANCEL = b"Call", b"CallAll", b"Publish", b"Cancel"
 

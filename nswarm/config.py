@@ -6,8 +6,8 @@ from files, and the client configuration the SDKs read.
 from __future__ import annotations
 
 import configparser
-import sys
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 

@@ -14,14 +14,20 @@ from __future__ import annotations
 import hmac
 from typing import Any, Container, Iterable, cast
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD, HEARTBEAT, FastBoxes, serialize
+from nswarm._boxes import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_PAYLOAD,
+    HEARTBEAT,
+    FastBoxes,
+    serialize,
+)
 from nswarm.amp_commands import (
     Authenticate,
     AuthenticationFailed,
@@ -33,8 +39,8 @@ from nswarm.amp_commands import (
     InvalidRequest,
     NoSuchMethod,
     NotAuthenticated,
-    Overloaded,
     NswarmError,
+    Overloaded,
     PayloadTooLarge,
     Subscribe,
     Unimplement,

@@ -29,7 +29,13 @@ from inspect import iscoroutine
 from typing import Any, Callable, ClassVar, TypeVar, cast, overload
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver

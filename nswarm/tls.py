@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
 from nswarm.config import ConfigError
 
 

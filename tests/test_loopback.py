@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 import pytest_twisted
+from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
@@ -21,10 +22,15 @@ from twisted.internet.error import ConnectionClosed
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
-from OpenSSL.SSL import Error as TLSError
 
 from nswarm import api
-from nswarm.amp_commands import Authenticate, AuthenticationFailed, Call, HandlerFailed, NotAuthenticated
+from nswarm.amp_commands import (
+    Authenticate,
+    AuthenticationFailed,
+    Call,
+    HandlerFailed,
+    NotAuthenticated,
+)
 from nswarm.config import read_secret_file
 from nswarm.master import tap as master_tap
 from nswarm.node import tap as node_tap

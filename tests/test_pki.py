@@ -20,9 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from service_identity import VerificationError
-from hypothesis import strategies as st
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS

@@ -9,13 +9,25 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from nswarm.config import DaemonOptions, count, non_negative, path, port, positive, secret_parameters
 from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
+from nswarm.config import (
+    DaemonOptions,
+    count,
+    non_negative,
+    path,
+    port,
+    positive,
+    secret_parameters,
+)
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options

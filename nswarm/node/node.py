@@ -22,7 +22,14 @@ from nswarm.amp_commands import (
     Unsubscribe,
     UpstreamUnavailable,
 )
-from nswarm.forwarding import CALL, EXCLUDE, Downstream, Relay, RelayProtocol, routed_name
+from nswarm.forwarding import (
+    CALL,
+    EXCLUDE,
+    Downstream,
+    Relay,
+    RelayProtocol,
+    routed_name,
+)
 from nswarm.routing import Request
 
 

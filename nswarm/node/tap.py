@@ -13,6 +13,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
+from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
 from nswarm.config import (
@@ -26,7 +27,6 @@ from nswarm.config import (
     positive,
     secret_parameters,
 )
-from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
 from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
