@@ -12,6 +12,7 @@ from typing import Any, Callable, Container, Generic, Hashable, Iterable, TypeVa
 from nswarm.amp_commands import InvalidRequest
 
 P = TypeVar("P", bound=Hashable)
+T = TypeVar("T", bound=Hashable)
 
 MAX_NAME_LENGTH = 255
 
@@ -72,6 +73,34 @@ def matches(pattern: str, event: str) -> bool:
 def is_pattern(name: str) -> bool:
     tokens = name.split(".")
     return "*" in tokens or tokens[-1] == ">"
+
+
+class Matches(Generic[T]):
+    """
+    For each event name, the values registered under the subscription
+    patterns that match it (each value once), computed on first use and
+    cached until L{clear}. C{patterns} is read live: clear after changing it.
+    """
+
+    def __init__(self, patterns: dict[str, list[T]]) -> None:
+        self.patterns = patterns
+        self._cache: dict[str, list[T]] = {}
+
+    def __call__(self, event: str) -> list[T]:
+        found = self._cache.get(event)
+        if found is None:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            found = list(
+                dict.fromkeys(
+                    value for pattern, values in self.patterns.items() if matches(pattern, event) for value in values
+                )
+            )
+            self._cache[event] = found
+        return found
+
+    def clear(self) -> None:
+        self._cache.clear()
 
 
 class _Index(Generic[P]):
@@ -136,8 +165,8 @@ class Registry(Generic[P]):
         self.limits: dict[tuple[P, str], int] = {}
         #: The methods somebody implements (a live view, for fast membership tests).
         self.method_names: Container[str] = self._methods.peers.keys()
-        #: Event name -> its subscribers, computed on demand; cleared when subscriptions change.
-        self._deliveries: dict[str, list[P]] = {}
+        #: Event name -> its subscribers; cleared when subscriptions change.
+        self._deliveries: Matches[P] = Matches(self._events.peers)
 
     def implement(
         self,
@@ -203,10 +232,6 @@ class Registry(Generic[P]):
         """Whether C{peer} registered C{method} as idempotent."""
         return bool(self.idempotent) and (peer, method) in self.idempotent
 
-    def has_limits(self) -> bool:
-        """Whether any implementer has a concurrency limit."""
-        return bool(self.limits)
-
     def idempotent_everywhere(self, method: str) -> bool:
         """Whether every implementer of C{method} registered it as idempotent."""
         peers = self._methods.peers.get(method, [])
@@ -270,20 +295,7 @@ class Registry(Generic[P]):
 
     def subscribers(self, event: str) -> list[P]:
         """The peers with a subscription matching C{event}, each once."""
-        found = self._deliveries.get(event)
-        if found is None:
-            if len(self._deliveries) > 10_000:
-                self._deliveries.clear()
-            found = list(
-                dict.fromkeys(
-                    peer
-                    for pattern, peers in self._events.peers.items()
-                    if matches(pattern, event)
-                    for peer in peers
-                )
-            )
-            self._deliveries[event] = found
-        return found
+        return self._deliveries(event)
 
     def methods(self) -> list[str]:
         """Every method some peer implements."""

@@ -73,7 +73,7 @@ from nswarm.amp_commands import (
     put_payload,
 )
 from nswarm.config import path, read_client_config, read_secret_file
-from nswarm.routing import matches
+from nswarm.routing import Matches
 
 __all__ = ["Service", "implement", "subscribe"]
 
@@ -229,7 +229,7 @@ class Service(ClientFactory):
         self.connection: ServiceProtocol | None = None
         self.client_service: ClientService | None = None
         self._waiting: list[Deferred[None]] = []
-        self._handlers_by_event: dict[str, list[str]] = {}
+        self._handlers: Matches[str] = Matches(self.nswarm_events)
 
     def ready(self) -> Deferred[None]:
         """Fires once this service is connected to its node and registered."""
@@ -457,25 +457,8 @@ class Service(ClientFactory):
         def failed(failure: Failure, handler: str) -> None:
             self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
 
-        for attribute in self._handlers(event):
+        for attribute in self._handlers(event):  # the handlers whose subscription matches
             maybeDeferred(getattr(self, attribute), event, value).addErrback(failed, attribute)
-
-    def _handlers(self, event: str) -> list[str]:
-        """The names of the handlers whose subscription (exact or wildcard) matches C{event}."""
-        handlers = self._handlers_by_event.get(event)
-        if handlers is None:
-            if len(self._handlers_by_event) > 10_000:
-                self._handlers_by_event.clear()
-            handlers = list(
-                dict.fromkeys(
-                    attribute
-                    for pattern, attributes in self.nswarm_events.items()
-                    if matches(pattern, event)
-                    for attribute in attributes
-                )
-            )
-            self._handlers_by_event[event] = handlers
-        return handlers
 
 
 class RunOptions(usage.Options):

@@ -6,7 +6,7 @@ a Clock for time. Nothing here opens a socket.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -133,6 +133,3 @@ def disconnect(proto: RelayProtocol | amp.AMP, cluster: Cluster) -> None:
     proto.transport.loseConnection()
     cluster.flush()
 
-
-def later(clock: Clock, seconds: float, function: Callable[[], Any]) -> None:
-    clock.callLater(seconds, function)
