@@ -14,7 +14,7 @@ start TLS inside AMP, which the stock sendBox also handles.)
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime, ITransport
@@ -83,8 +83,7 @@ class FastBoxes:
             stop = start + ((buffer[offset] << 8) | buffer[offset + 1])
             if key is None and stop - start > MAX_KEY_LENGTH:
                 self._keyLengthLimitExceeded = True
-                if self.transport is not None:
-                    self.transport.loseConnection()
+                self.close_connection()
                 return
             if stop > end:
                 break
@@ -152,8 +151,13 @@ class FastBoxes:
         that can answer a typed error instead override this.
         """
         log.warn("closing the connection to {peer}: it sent a box over the size limit", peer=self._peer())
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self.close_connection()
+
+    def close_connection(self, abort: bool = False) -> None:
+        """Close the connection (at once, dropping buffered data, if C{abort})."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection() if abort else transport.loseConnection()
 
     def _peer(self) -> Any:
         return self.transport.getPeer() if self.transport is not None else None
@@ -188,8 +192,7 @@ class FastBoxes:
                         seconds=3 * interval,
                     )
                     self.stop_heartbeats()
-                    if self.transport is not None:
-                        cast(Any, self.transport).abortConnection()
+                    self.close_connection(abort=True)
                     return
             self.send(_HEARTBEAT)
 

@@ -15,11 +15,12 @@ import hmac
 from typing import Any, Container, Iterable, cast
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nswarm._boxes import (
     DEFAULT_HEARTBEAT,
@@ -77,6 +78,10 @@ DEFAULT_CALL_TIMEOUT = 30.0
 MAX_CALL_TIMEOUT = 24 * 3600.0
 #: How often a relay with calls in flight looks for passed deadlines.
 SWEEP_INTERVAL = 0.05
+#: Bytes of events that may wait for a subscriber that is not reading them.
+DEFAULT_SUBSCRIBER_BUFFER = 8 * 1024 * 1024
+#: Seconds between two warnings about events dropped for one subscriber.
+DROP_LOG_INTERVAL = 10.0
 
 
 def time_left(box: amp.AmpBox) -> float:
@@ -343,12 +348,13 @@ class Relay:
         """
         Send event C{box} to every peer but C{exclude}, without asking for an
         answer. The box is serialised once and the same bytes written to every
-        connection.
+        connection. A peer whose connection is not keeping up may drop it
+        (see L{RelayProtocol.may_buffer}); nobody else waits for that.
         """
         box.pop(ASK, None)
         data = serialize(box)
         for peer in peers:
-            if peer is not exclude:
+            if peer is not exclude and (not peer.paused or peer.may_buffer(len(data))):
                 peer.write(data)
 
     def peer_lost(self, peer: RelayProtocol) -> None:
@@ -426,6 +432,14 @@ class RelayProtocol(FastBoxes, amp.AMP):
 
     log = Logger()
     kind = "peer"
+    #: True while the transport's buffer is full (see L{Downstream}).
+    paused = False
+    #: Bytes of events written since the transport's buffer filled.
+    backlog = 0
+    #: Events dropped because this peer was not reading them.
+    events_dropped = 0
+    _drops_unlogged = 0
+    _next_drop_log = 0.0
 
     def __init__(
         self,
@@ -435,11 +449,13 @@ class RelayProtocol(FastBoxes, amp.AMP):
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
     ) -> None:
         super().__init__()
         self.relay = relay
         self.heartbeat = heartbeat
         self.max_payload = max_payload
+        self.subscriber_buffer = subscriber_buffer
         self._limit_boxes(UNAUTHENTICATED_MAX_BOX if auth_key is not None else max_payload)
         self.clock = clock
         self._auth_key = auth_key
@@ -465,16 +481,10 @@ class RelayProtocol(FastBoxes, amp.AMP):
         """The peer's address, for logs."""
         return self.transport.getPeer() if self.transport is not None else None
 
-    def close(self, abort: bool = False) -> None:
-        """Close the connection (at once, dropping buffered data, if C{abort})."""
-        transport: Any = self.transport
-        if transport is not None:
-            transport.abortConnection() if abort else transport.loseConnection()
-
     def _authentication_timed_out(self) -> None:
         self._auth_timer = None
         self.log.info("closing {peer}: no authentication within {timeout}s", peer=self.address, timeout=self._auth_timeout)
-        self.close(abort=True)
+        self.close_connection(abort=True)
 
     @Authenticate.responder
     def authenticate(self, key: bytes, name: str | None = None) -> dict[str, Any]:
@@ -548,7 +558,7 @@ class RelayProtocol(FastBoxes, amp.AMP):
         tag = box.get(ASK)
         if tag is not None:
             self.sendBox(error_box(tag, NotAuthenticated("authenticate first: send Authenticate with the auth key")))
-        self.close()
+        self.close_connection()
 
     def write(self, data: bytes) -> None:
         """Write an already serialised box unless the connection is gone."""
@@ -560,6 +570,35 @@ class RelayProtocol(FastBoxes, amp.AMP):
         if tag is not None:
             self.send(error_box(tag, error))
 
+    def may_buffer(self, size: int) -> bool:
+        """
+        The transport's buffer is full: may an event of C{size} bytes wait
+        in it too? Up to L{subscriber_buffer} bytes may; past that the event
+        is dropped, counted, and logged at most every L{DROP_LOG_INTERVAL}
+        seconds.
+        """
+        if self.backlog + size <= self.subscriber_buffer:
+            self.backlog += size
+            return True
+        self.events_dropped += 1
+        self._drops_unlogged += 1
+        now = self.clock.seconds()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + DROP_LOG_INTERVAL
+            self._log_drops()
+        return False
+
+    def _log_drops(self) -> None:
+        self.log.warn(
+            "{peer} is not reading its events as fast as they come and {limit:,} bytes already wait for it: "
+            "dropped {count} since the last warning, {total} in all; make it faster or raise subscriber-buffer",
+            count=self._drops_unlogged,
+            peer=self.description,
+            total=self.events_dropped,
+            limit=self.subscriber_buffer,
+        )
+        self._drops_unlogged = 0
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.stop_heartbeats()
         if self._auth_timer is not None:
@@ -567,16 +606,45 @@ class RelayProtocol(FastBoxes, amp.AMP):
             self._auth_timer = None
         if isinstance(self.factory, RelayFactory):
             self.factory.connections.discard(self)
+        if self._drops_unlogged:
+            self._log_drops()
         super().connectionLost(reason)
         if self.authenticated:
             self.relay.peer_lost(self)
 
 
+@implementer(IPushProducer)
 class Downstream(RelayProtocol):
     """
     A relay connection whose peer registers here what it implements and
     subscribes to: a node at the master, a service at the node.
+
+    It is a streaming producer on its transport, which pauses it when its
+    buffer fills (the peer is not reading) and resumes it once that buffer
+    has drained; while paused, events for the peer are bounded by
+    L{subscriber_buffer}.
     """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:
+        pass  # the connection is lost: connectionLost follows.
+
+    def close_connection(self, abort: bool = False) -> None:
+        # A transport with a producer registered does not close cleanly
+        # (TLS waits for it to be unregistered): unregister first.
+        if self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        super().close_connection(abort)
 
     @Implement.responder
     def _implement(
@@ -615,10 +683,12 @@ class RelayFactory(Factory):
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
     ) -> None:
         self.relay_protocol = protocol
         self.heartbeat = heartbeat
         self.max_payload = max_payload
+        self.subscriber_buffer = subscriber_buffer
         self.relay = relay
         self.clock = clock
         self.auth_key = auth_key
@@ -628,7 +698,13 @@ class RelayFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> RelayProtocol:
         proto = self.relay_protocol(
-            self.relay, self.clock, self.auth_key, self.auth_timeout, self.heartbeat, self.max_payload
+            self.relay,
+            self.clock,
+            self.auth_key,
+            self.auth_timeout,
+            self.heartbeat,
+            self.max_payload,
+            self.subscriber_buffer,
         )
         proto.factory = self
         return proto

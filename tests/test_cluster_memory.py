@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import capturedLogs
 
 from nswarm.amp_commands import (
     HandlerFailed,
@@ -888,3 +889,56 @@ def test_a_grace_call_whose_method_appears_busy_waits_for_a_slot(cluster: Cluste
     limited.held[2].callback(None)
     cluster.flush()
     assert result_of(calls[2]) == 2
+
+
+def test_a_subscriber_that_stops_reading_loses_events_and_nobody_else_does(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    slow, fast = Counter("slow"), Counter("fast")
+    _, slow_server = cluster.add_service(node, slow)
+    cluster.add_service(node, fast)
+    api, _ = cluster.add_api()
+    # The slow service stops reading: bytes for it stay in its transport, and
+    # the transport pauses its producer, as a full socket buffer makes it do.
+    slow_pump = next(pump for pump in cluster.pumps if pump.server is slow_server)
+    cluster.pumps.remove(slow_pump)
+    slow_server.subscriber_buffer = 4096
+    slow_server.pauseProducing()
+    with capturedLogs() as logged:
+        for n in range(20):
+            result_of(cluster.run(api.publish("orders.created", [n, "x" * 1000])))
+        assert [payload[0] for _, payload in fast.events_seen] == list(range(20))
+        assert 0 < slow_server.backlog <= 4096
+        kept = 20 - slow_server.events_dropped
+        assert 0 < kept < 20
+        warnings = [event for event in logged if "dropped" in event["log_format"]]
+        assert [(w["count"], w["peer"]) for w in warnings] == [(1, "service 'Counter'")]  # once per interval
+        cluster.clock.advance(10)
+        result_of(cluster.run(api.publish("orders.created", [20, "x" * 1000])))
+        warnings = [event for event in logged if "dropped" in event["log_format"]]
+        assert [(w["count"], w["total"]) for w in warnings] == [(1, 1), (20 - kept, 21 - kept)]
+        assert not any("xxx" in str(event) for event in logged)
+    # It reads again: it gets what was kept for it, in order, and then new events.
+    cluster.pumps.append(slow_pump)
+    slow_server.resumeProducing()
+    cluster.flush()
+    assert [payload[0] for _, payload in slow.events_seen] == list(range(kept))
+    result_of(cluster.run(api.publish("orders.created", [21, None])))
+    assert slow.events_seen[-1] == ("orders.created", [21, None])
+    assert fast.events_seen[-1] == ("orders.created", [21, None]) and len(fast.events_seen) == 22
+
+
+def test_a_node_that_stops_reading_loses_events_at_the_master(cluster: Cluster) -> None:
+    node_a, _, server_a = cluster.add_node("a")
+    node_b, _, _ = cluster.add_node("b")
+    slow, fast = Counter("slow"), Counter("fast")
+    cluster.add_service(node_a, slow)
+    cluster.add_service(node_b, fast)
+    api, _ = cluster.add_api()
+    server_a.subscriber_buffer = 0
+    server_a.pauseProducing()
+    result_of(cluster.run(api.publish("orders.created", 1)))
+    assert server_a.events_dropped == 1 and slow.events_seen == []
+    assert fast.events_seen == [("orders.created", 1)]
+    server_a.resumeProducing()
+    result_of(cluster.run(api.publish("orders.created", 2)))
+    assert slow.events_seen == [("orders.created", 2)]

@@ -114,7 +114,7 @@ class Cluster:
         await self.master_service.stopService()
         for factory in self.factories:
             for connection in list(factory.connections):
-                connection.close()
+                connection.close_connection()
         await wait_until(lambda: not any(f.connections for f in self.factories), "connections to close")
 
 
@@ -248,7 +248,7 @@ async def test_service_reconnects_when_its_node_restarts(cluster: Cluster) -> No
     try:
         await cluster.node_service.stopService()
         for connection in list(cluster.factories[2].connections):
-            connection.close()
+            connection.close_connection()
         await wait_until(lambda: service.connection is None, "the service to notice")
         assert cluster.master.registry.methods() == []
         # A new node process would make a new service tree on the same socket.
@@ -293,3 +293,51 @@ async def test_service_with_a_wrong_key_is_refused_and_the_node_stays_up(cluster
         await intruder.stop()
     service = await start_echo(cluster)
     await service.stop()
+
+
+class Listener(Service):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    @subscribe("blobs")
+    def blob(self, event: str, payload: Any) -> None:
+        self.seen.append(payload[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_stops_reading_costs_only_its_own_events(cluster: Cluster) -> None:
+    factory = cluster.factories[2]
+    factory.subscriber_buffer = 128 * 1024
+    slow, fast = Listener(), Listener()
+    slow.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
+    await slow.ready()
+    (slow_server,) = factory.connections
+    fast.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
+    await fast.ready()
+    await wait_until(lambda: cluster.master.registry.subscribers("blobs"), "the master to learn of the subscribers")
+    client = await cluster.api()
+    try:
+        assert slow.connection is not None and slow.connection.transport is not None
+        slow.connection.transport.pauseProducing()  # it stops reading its socket
+        blob = "x" * 65536
+        for n in range(32):
+            await client.publish("blobs", [n, blob])
+            await wait_until(lambda n=n: len(fast.seen) > n, "the fast subscriber to get its event")
+        assert fast.seen == list(range(32))
+        assert slow.seen == []
+        dropped = slow_server.events_dropped
+        assert 0 < dropped < 32
+        # What waits for it at the node is bounded (FileDescriptor's buffer, read for this check only).
+        transport = slow_server.transport
+        waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        assert waiting <= 2**16 + 2 * len(blob) + factory.subscriber_buffer
+        slow.connection.transport.resumeProducing()
+        await wait_until(lambda: len(slow.seen) == 32 - dropped, "the slow subscriber to catch up")
+        assert slow.seen == list(range(32 - dropped))  # what was kept, in order
+        await client.publish("blobs", [99, None])
+        await wait_until(lambda: slow.seen[-1] == 99 and fast.seen[-1] == 99, "both to get a new event")
+    finally:
+        await client.close()
+        await slow.stop()
+        await fast.stop()

@@ -143,6 +143,7 @@ def test_node_makes_an_upstream_client_and_a_private_service_socket(cluster_dir:
         "--config", str(cluster_dir / "node.conf"),
         "--service-socket", str(socket_path),
         "--upstream-port", "7000",
+        "--subscriber-buffer", "4096",
     )
     assert options["service-socket-mode"] == 0o600
     reactor = MemoryReactorClock()
@@ -157,6 +158,7 @@ def test_node_makes_an_upstream_client_and_a_private_service_socket(cluster_dir:
     [(address, server_factory, _, mode, want_pid)] = reactor.unixServers
     assert address == str(socket_path) and mode == 0o600 and want_pid
     assert server_factory.relay_protocol is ServiceServerProtocol
+    assert server_factory.subscriber_buffer == 4096
     assert (socket_path.parent.stat().st_mode & 0o777) == 0o700
     service.stopService()
 
@@ -181,11 +183,15 @@ def test_defaults_arrive_coerced_like_command_line_values(tmp_path: Path) -> Non
     assert "[default: 600]" in str(options)
 
 
-def test_payload_limit_reaches_the_listeners(cluster_dir: Path) -> None:
-    options = parse(master_tap.Options(), "--config", str(cluster_dir / "master.conf"), "--max-payload", "1048576")
+def test_payload_and_subscriber_limits_reach_the_listeners(cluster_dir: Path) -> None:
+    options = parse(
+        master_tap.Options(), "--config", str(cluster_dir / "master.conf"),
+        "--max-payload", "1048576", "--subscriber-buffer", "65536",
+    )
     reactor = MemoryReactorClock()
     service = master_tap.makeService(options, reactor=reactor)
     service.privilegedStartService()
     service.startService()
-    assert {factory.max_payload for _, factory, _, _, _ in reactor.sslServers} == {1048576}
+    factories = [factory for _, factory, _, _, _ in reactor.sslServers]
+    assert {(f.max_payload, f.subscriber_buffer) for f in factories} == {(1048576, 65536)}
     service.stopService()

@@ -77,7 +77,7 @@ class Master(Relay):
         self.nodes[peer.name] = peer
         if stale is not None and stale is not peer:
             self.log.warn("node {name!r} connected again: closing its stale connection", name=peer.name)
-            stale.close(abort=True)
+            stale.close_connection(abort=True)
 
     def peer_lost(self, peer: RelayProtocol) -> None:
         if self.nodes.get(peer.name) is peer:

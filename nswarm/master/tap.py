@@ -28,7 +28,12 @@ from nswarm.config import (
     positive,
     secret_parameters,
 )
-from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
+from nswarm.forwarding import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_SUBSCRIBER_BUFFER,
+    RelayFactory,
+    RelayService,
+)
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options
 
@@ -66,6 +71,11 @@ class Options(DaemonOptions):
         [
             "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
             "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
+        [
+            "subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
+            "Bytes of events that may wait for a node that is not reading them; past it they are dropped",
             count,
         ],
         [
@@ -140,7 +150,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for name, number, tls, protocol, key in servers:
         endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
         factory = RelayFactory(
-            protocol, master, reactor, key, options["auth-timeout"], options["heartbeat"], options["max-payload"]
+            protocol,
+            master,
+            reactor,
+            key,
+            options["auth-timeout"],
+            options["heartbeat"],
+            options["max-payload"],
+            options["subscriber-buffer"],
         )
         server = StreamServerEndpointService(_Announced(endpoint, name, ports), factory)
         # As strports.service does: a port that cannot be bound fails the start.

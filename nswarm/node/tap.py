@@ -27,7 +27,12 @@ from nswarm.config import (
     positive,
     secret_parameters,
 )
-from nswarm.forwarding import DEFAULT_AUTH_TIMEOUT, RelayFactory, RelayService
+from nswarm.forwarding import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_SUBSCRIBER_BUFFER,
+    RelayFactory,
+    RelayService,
+)
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
 
@@ -64,6 +69,11 @@ class Options(DaemonOptions):
         [
             "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
             "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
+        [
+            "subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
+            "Bytes of events that may wait for a service that is not reading them; past it they are dropped",
             count,
         ],
         ["drain-timeout", None, "10", "On stop, seconds to let calls in flight finish after withdrawing", non_negative],
@@ -151,6 +161,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["auth-timeout"],
             options["heartbeat"],
             options["max-payload"],
+            options["subscriber-buffer"],
         ),
     )
     services._raiseSynchronously = True
