@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import statistics
@@ -44,6 +45,10 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results.jsonl"
 SUBSCRIBERS = 10
+#: W5's extra subscriber, stopped while it runs.
+STALLED = "sub-stalled"
+#: W5's events a second.
+W5_RATE = 2000
 EVENT = "bench.event"
 #: Publishes the W4 publisher keeps unanswered at once (the master answers once it has handed an event on).
 PUBLISH_WINDOW = 100
@@ -71,6 +76,17 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("W3", "echo 32 KiB, 16 outstanding", 32 * 1024, 16, 5000 // scale, 0, 240),
         Workload(
             "W4", f"publish 64 B to {SUBSCRIBERS} subscribers", 64, PUBLISH_WINDOW, 20_000 // scale, 200 // scale, 240
+        ),
+        # Paced at W5_RATE, a load the subscribers keep up with; enough 1 KiB
+        # events, even in a quick run, to overflow the stopped one's 8 MiB.
+        Workload(
+            "W5",
+            f"{W5_RATE} events/s of 1 KiB to {SUBSCRIBERS} subscribers and an 11th, stopped in the nswarm run",
+            1024,
+            0,
+            12_000 if quick else 24_000,
+            200 // scale,
+            240,
         ),
     ]
 
@@ -188,6 +204,45 @@ def closed_loop(
     return done
 
 
+def paced(reactor: Any, call: Callable[[], Deferred[Any]], total: int, rate: int, progress: Progress) -> Deferred[Run]:
+    """
+    Make C{total} calls at C{rate} a second (a batch every 10 ms), whether
+    or not earlier ones have been answered; fires with the elapsed time
+    until the last answer and each call's latency, or the first failure.
+    """
+    done: Deferred[Run] = Deferred()
+    issued = completed = 0
+    measured: list[float] = []
+    start = time.perf_counter()
+
+    def tick() -> None:
+        nonlocal issued
+        due = min(total, round((time.perf_counter() - start) * rate) + 1)
+        while issued < due:
+            issued += 1
+            call().addCallbacks(finished, failed, callbackArgs=(time.perf_counter(),))
+        if issued == total:
+            loop.stop()
+
+    def finished(_: object, sent: float) -> None:
+        nonlocal completed
+        now = time.perf_counter()
+        measured.append(now - sent)
+        completed += 1
+        progress.done = completed
+        if completed == total and not done.called:
+            done.callback(Run(now - start, measured))
+
+    def failed(failure: Any) -> None:
+        if not done.called:
+            done.errback(failure)
+
+    loop = LoopingCall(tick)
+    loop.clock = reactor
+    loop.start(0.01)
+    return done
+
+
 def echo_figures(workload: Workload, run: Run) -> dict[str, float]:
     calls = workload.count / run.elapsed
     figures: dict[str, float] = {"calls/s": round(calls)}
@@ -224,6 +279,7 @@ async def fan_out(
     label: str,
     progress: Progress,
     pids: dict[str, list[int]],
+    rate: int | None = None,
 ) -> Figures:
     """
     W4 on either side. C{publish} sends one event: with C{answered} it
@@ -231,14 +287,19 @@ async def fan_out(
     it nothing (C{requiresAnswer=False}). C{counts} asks every receiver how
     many events it got and when the last came. Deliveries/s is the total
     deliveries over the time from the first publish to the last delivery.
+    With C{rate}, answered events are published at that rate (W5), and the
+    figures include how long the publisher waited for its answers.
     """
     receivers = len(await counts())
+    waits: list[float] = []
 
     async def send(total: int) -> tuple[float, int]:
         """Publish C{total} events; return when the first went out and the receivers' count before it."""
         before = sum(count for count, _ in await counts())
         first = time.monotonic()
-        if answered:
+        if rate:
+            waits[:] = (await paced(reactor, publish, total, rate, progress)).latencies  # type: ignore[arg-type]
+        elif answered:
             # The master answers each publish once handed on: a closed loop of PUBLISH_WINDOW outstanding.
             await closed_loop(publish, total, PUBLISH_WINDOW, progress)  # type: ignore[arg-type]
         else:
@@ -276,9 +337,17 @@ async def fan_out(
         progress.begin(f"{label} events published", workload.count)
         first, before = await send(workload.count)
         progress.begin(f"{label} deliveries", expected)
+        published = time.monotonic()
         got, last = await delivered(before, expected)
     progress.end()
-    return {"deliveries/s": round(got / (last - first)) if last > first else 0, "lost": expected - got}, window.percent
+    figures = {"deliveries/s": round(got / (last - first)) if last > first else 0, "lost": expected - got}
+    if answered:
+        figures["publishes/s"] = round(workload.count / (published - first))
+    if waits:
+        waits.sort()
+        figures["publish p50 µs"] = round(statistics.median(waits) * 1e6, 1)
+        figures["publish p99 µs"] = round(waits[int(len(waits) * 0.99) - 1] * 1e6, 1)
+    return figures, window.percent
 
 
 # -- the two sides -------------------------------------------------------------
@@ -343,6 +412,7 @@ class Sides:
     echo: amp.AMP  # to the floor echo server
     receivers: list[amp.AMP]  # to the floor receivers
     api: APIClient  # to the cluster's master
+    cluster: LocalCluster
     subscribers: list[str]  # names of the cluster's subscriber services
     floor_pids: dict[str, list[int]]
     fan_out_pids: dict[str, list[int]]
@@ -361,6 +431,7 @@ class Sides:
             echo,
             receivers,
             api,
+            setup.cluster,
             subscribers,
             floor_pids={"harness": me, "echo-server": [setup.echo_pid]},
             fan_out_pids={"harness": me, f"receivers x{len(receivers)}": setup.receiver_pids},
@@ -407,23 +478,61 @@ class Sides:
         def bare_counts() -> Deferred[list[tuple[int, float]]]:
             return gatherResults([receiver.callRemote(Count).addCallback(_count) for receiver in self.receivers])
 
-        def cluster_counts() -> Deferred[list[tuple[int, float]]]:
-            return gatherResults(
-                [self.api.call(f"bench.count.{name}").addCallback(_count) for name in self.subscribers]
-            )
-
         floor = await fan_out(reactor, workload, send_bare, False, bare_counts, "W4 floor", progress, self.fan_out_pids)
         ours = await fan_out(
             reactor,
             workload,
             lambda: self.api.publish(EVENT, text),
             True,
-            cluster_counts,
+            self.cluster_counts,
             "W4 nswarm",
             progress,
             self.w4_pids,
         )
         return floor, ours
+
+    def cluster_counts(self) -> Deferred[list[tuple[int, float]]]:
+        """What each of the W4 subscribers received, and when the last came."""
+        return gatherResults([self.api.call(f"bench.count.{name}").addCallback(_count) for name in self.subscribers])
+
+    async def stalled_workload(self, reactor: Any, workload: Workload, progress: Progress) -> Measured:
+        """
+        W5: the same cluster publishing to the W4 subscribers and one more,
+        which reads in the first run (the "floor") and is stopped with
+        SIGSTOP in the second. Deliveries count the W4 subscribers only;
+        "dropped" is what the node logged dropping for the stopped one.
+        """
+        cluster = self.cluster
+        node = next(process for process in cluster.processes if process.name == "node-1")
+        # Blocks the harness for a moment, outside any measured window.
+        stalled = cluster.start_service(BENCH / "subscriber.py", "--bench-name", STALLED, name=STALLED)
+        text = "x" * workload.payload
+        pids = {**self.w4_pids, STALLED: [stalled.pid]}
+        start = node.log_size()
+
+        def dropped() -> int:
+            # The node's warnings (at most one each 10 s, and one as the
+            # connection closes) say how many it has dropped in all.
+            totals = re.findall(rf"service {STALLED!r} .* (\d+) in all", node.read_log(start))
+            return int(totals[-1]) if totals else 0
+
+        runs: list[Figures] = []
+        try:
+            for label in ("W5 all reading", "W5 one stopped"):
+                if runs:
+                    runs[0][0]["dropped"] = dropped()  # so far: later drops are logged later
+                    os.kill(stalled.pid, signal.SIGSTOP)
+                runs.append(
+                    await fan_out(
+                        reactor, workload, lambda: self.api.publish(EVENT, text), True, self.cluster_counts, label,
+                        progress, pids, W5_RATE,
+                    )
+                )
+        finally:
+            cluster.kill(stalled)
+        await cluster.when_line(reactor, node, f"service {STALLED!r} disconnected", after=start)
+        runs[1][0]["dropped"] = dropped() - runs[0][0]["dropped"]
+        return runs[0], runs[1]
 
 
 def _count(answer: dict[str, Any]) -> tuple[int, float]:
@@ -441,7 +550,7 @@ async def run_workload(
         "count": workload.count,
         "outstanding": workload.outstanding,
     }
-    run = sides.fan_out_workload if workload.name == "W4" else sides.echo_workload
+    run = {"W4": sides.fan_out_workload, "W5": sides.stalled_workload}.get(workload.name, sides.echo_workload)
     try:
         measured = await ensureDeferred(run(reactor, workload, progress)).addTimeout(limit or workload.limit, reactor)
     except Exception as error:  # a failed or timed-out workload is reported; the others still run
@@ -485,7 +594,7 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
 
 # -- S1: a master with 1000 nodes ----------------------------------------------
 
-WORKLOADS = ["W1", "W2", "W3", "W4", "S1"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "S1"]
 #: Nodes S1 simulates, and the processes (bench/scale.py) that share them.
 S1_NODES = 1000
 S1_PROCESSES = 4
@@ -723,6 +832,9 @@ TARGETS = {
     ("W3", "calls/s"): ">= 0.35x",
     ("W4", "deliveries/s"): ">= 0.8x",
     ("W4", "lost"): "0",
+    ("W5", "deliveries/s"): ">= 0.9x",
+    ("W5", "lost"): "0",
+    ("W5", "publishes/s"): ">= 0.9x",
     ("S1", "RSS MB"): "<= 150 MB",
     ("S1", "W2 calls/s"): ">= 0.9x",
 }
