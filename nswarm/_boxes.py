@@ -37,6 +37,11 @@ MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
 _END = b"\x00\x00"
 
 
+def _control(box: amp.AmpBox) -> amp.AmpBox:
+    """The AMP control keys of C{box}: what answering it needs."""
+    return amp.AmpBox({key: value for key, value in box.items() if key in _CONTROL})
+
+
 def serialize(box: dict[bytes, bytes]) -> bytes:
     """The wire bytes of C{box}, or L{amp.TooLong} if a key or value is too long for AMP."""
     parts: list[bytes] = []
@@ -64,19 +69,22 @@ class FastBoxes:
     max_box_size = DEFAULT_MAX_PAYLOAD + 64 * 1024
     max_keys = DEFAULT_MAX_PAYLOAD // MAX_VALUE_LENGTH + 64
     _size = 0
-    _keys = 0
     _oversized = False
     #: Complete boxes received so far (heartbeats watch it move).
     boxes_received = 0
     _heartbeat: LoopingCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        # Limits are checked once per box and once per chunk of data, not per
+        # key: a box can outgrow them by one chunk (at most 64 KiB from a
+        # socket) before the excess is dropped.
         buffer = self._unparsed + data if self._unparsed else data
         end = len(buffer)
         offset = 0
-        box = self._box
-        key = self._key
-        size = self._size
+        box, key, oversized = self._box, self._key, self._oversized
+        # The box being read began at offset `begun` of this buffer (before
+        # it, if it began in earlier data).
+        begun = -self._size
         received = self.boxReceiver.ampBoxReceived
         while offset + 2 <= end:
             start = offset + 2
@@ -88,42 +96,37 @@ class FastBoxes:
             if stop > end:
                 break
             offset = stop
-            size += stop - start
             if key is not None:
-                if not self._oversized or key in _CONTROL:
+                if not oversized or key in _CONTROL:
                     box[key] = buffer[start:stop]  # type: ignore[index]
                 key = None
             elif stop > start:
                 key = buffer[start:stop]
                 if box is None:
                     box = amp.AmpBox()
-                self._keys += 1
-                if size > self.max_box_size or self._keys > self.max_keys:
-                    # Too big: read the rest of the box, keeping only what is
-                    # needed to answer it, and hand it over as too large.
-                    if not self._oversized:
-                        self._oversized = True
-                        box = amp.AmpBox({k: v for k, v in box.items() if k in _CONTROL})
             else:
                 # An empty key ends the box.
                 self.boxes_received += 1
                 self._box = None
                 complete = box if box is not None else amp.AmpBox()
-                box, size, self._keys = None, 0, 0
                 try:
-                    if self._oversized:
-                        self._oversized = False
-                        self.box_too_large(complete)
+                    if oversized or offset - begun > self.max_box_size or len(complete) > self.max_keys:
+                        oversized = False
+                        self.box_too_large(_control(complete))
                     else:
                         received(complete)
                 except Exception:
                     self._malformed(complete)
+                box, begun = None, offset
                 if self.transport is None or getattr(self.transport, "disconnecting", False):
                     return
+        if box is not None and not oversized and (offset - begun > self.max_box_size or len(box) > self.max_keys):
+            # Too big: read the rest of the box, keeping only what is needed
+            # to answer it, and hand it over as too large.
+            oversized = True
+            box = _control(box)
         self._unparsed = buffer[offset:]
-        self._box = box
-        self._key = key
-        self._size = size
+        self._box, self._key, self._size, self._oversized = box, key, offset - begun, oversized
 
     def _malformed(self, box: amp.AmpBox) -> None:
         """

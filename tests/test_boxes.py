@@ -71,6 +71,47 @@ def test_parsing_stops_once_the_receiver_closes_the_connection() -> None:
     assert protocol.boxes == [{b"a": b"1"}]
 
 
+class LimitedRecorder(FastRecorder):
+    max_box_size = 10_000
+    max_keys = 50
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.too_large: list[dict[bytes, bytes]] = []
+
+    def box_too_large(self, box: amp.AmpBox) -> None:
+        self.too_large.append(dict(box))
+
+
+@settings(max_examples=100)
+@given(
+    st.one_of(
+        st.builds(lambda n: {b"v%d" % i: b"x" * 1000 for i in range(n)}, st.integers(11, 40)),  # too many bytes
+        st.builds(lambda n: {b"k%d" % i: b"" for i in range(n)}, st.integers(51, 400)),  # too many keys
+    ),
+    st.integers(min_value=1, max_value=2000),
+)
+def test_an_oversized_box_arriving_in_chunks_is_not_kept(big: dict[bytes, bytes], chunk: int) -> None:
+    protocol = LimitedRecorder()
+    protocol.makeConnection(StringTransport())
+    data = amp.AmpBox({b"_command": b"Call", b"_ask": b"7", **big}).serialize()
+    after = amp.AmpBox(next=b"1").serialize()
+    most_keys = most_bytes = 0
+    for at in range(0, len(data), chunk):
+        protocol.dataReceived(data[at : at + chunk])
+        if protocol._box is not None:
+            most_keys = max(most_keys, len(protocol._box))
+            most_bytes = max(most_bytes, sum(len(k) + len(v) for k, v in protocol._box.items()))
+    protocol.dataReceived(after)
+    # Once a chunk ends past a limit, only what answering the box needs is
+    # kept: a box outgrows the limits by one chunk at most (an entry takes at
+    # least 6 bytes).
+    assert most_bytes <= protocol.max_box_size + chunk
+    assert most_keys <= protocol.max_keys + chunk // 6 + 1
+    assert protocol.too_large == [{b"_command": b"Call", b"_ask": b"7"}]
+    assert protocol.boxes == [{b"next": b"1"}]
+
+
 @settings(max_examples=100)
 @given(st.dictionaries(keys, values, max_size=6))
 def test_serialize_reads_back_as_the_same_box(box: dict[bytes, bytes]) -> None:
