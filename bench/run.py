@@ -165,12 +165,19 @@ class Run:
 
 
 def closed_loop(
-    call: Callable[[], Deferred[Any]], total: int, outstanding: int, progress: Progress | None, latencies: bool = False
+    call: Callable[[], Deferred[Any]],
+    total: int,
+    outstanding: int,
+    progress: Progress | None,
+    latencies: bool = False,
+    rate: int = 0,
+    reactor: Any = None,
 ) -> Deferred[Run]:
     """
     Keep C{outstanding} calls in flight until C{total} have been answered;
     fires with the elapsed time (and each call's latency if asked), or with
-    the first failure.
+    the first failure. With C{rate}, an open loop instead: C{rate} calls a
+    second on C{reactor}'s clock (a batch every 10 ms), answered or not.
     """
     done: Deferred[Run] = Deferred()
     issued = completed = 0
@@ -192,54 +199,27 @@ def closed_loop(
             progress.done = completed
         if completed == total and not done.called:
             done.callback(Run(now - start, measured))
-        elif issued < total and not done.called:
+        elif issued < total and not done.called and not rate:
             launch()
 
     def failed(failure: Any) -> None:
         if not done.called:
             done.errback(failure)
 
-    for _ in range(min(outstanding, total)):
-        launch()
-    return done
-
-
-def paced(reactor: Any, call: Callable[[], Deferred[Any]], total: int, rate: int, progress: Progress) -> Deferred[Run]:
-    """
-    Make C{total} calls at C{rate} a second (a batch every 10 ms), whether
-    or not earlier ones have been answered; fires with the elapsed time
-    until the last answer and each call's latency, or the first failure.
-    """
-    done: Deferred[Run] = Deferred()
-    issued = completed = 0
-    measured: list[float] = []
-    start = time.perf_counter()
-
     def tick() -> None:
-        nonlocal issued
         due = min(total, round((time.perf_counter() - start) * rate) + 1)
         while issued < due:
-            issued += 1
-            call().addCallbacks(finished, failed, callbackArgs=(time.perf_counter(),))
+            launch()
         if issued == total:
-            loop.stop()
+            pacer.stop()
 
-    def finished(_: object, sent: float) -> None:
-        nonlocal completed
-        now = time.perf_counter()
-        measured.append(now - sent)
-        completed += 1
-        progress.done = completed
-        if completed == total and not done.called:
-            done.callback(Run(now - start, measured))
-
-    def failed(failure: Any) -> None:
-        if not done.called:
-            done.errback(failure)
-
-    loop = LoopingCall(tick)
-    loop.clock = reactor
-    loop.start(0.01)
+    if rate:
+        pacer = LoopingCall(tick)
+        pacer.clock = reactor
+        pacer.start(0.01)
+    else:
+        for _ in range(min(outstanding, total)):
+            launch()
     return done
 
 
@@ -298,7 +278,8 @@ async def fan_out(
         before = sum(count for count, _ in await counts())
         first = time.monotonic()
         if rate:
-            waits[:] = (await paced(reactor, publish, total, rate, progress)).latencies  # type: ignore[arg-type]
+            run = await closed_loop(publish, total, 0, progress, True, rate, reactor)  # type: ignore[arg-type]
+            waits[:] = run.latencies
         elif answered:
             # The master answers each publish once handed on: a closed loop of PUBLISH_WINDOW outstanding.
             await closed_loop(publish, total, PUBLISH_WINDOW, progress)  # type: ignore[arg-type]
