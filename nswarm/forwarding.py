@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -619,15 +620,24 @@ class Downstream(RelayProtocol):
     A relay connection whose peer registers here what it implements and
     subscribes to: a node at the master, a service at the node.
 
-    It is a streaming producer on its transport, which pauses it when its
-    buffer fills (the peer is not reading) and resumes it once that buffer
-    has drained; while paused, events for the peer are bounded by
-    L{subscriber_buffer}.
+    It is a streaming producer on its socket's transport (under TLS, if
+    any), which pauses it when its buffer fills (the peer is not reading)
+    and resumes it once that buffer has drained; while paused, events for
+    the peer are bounded by L{subscriber_buffer}.
     """
+
+    _socket: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        # Registered below TLS: a TLS transport with a producer registered
+        # does not close until it is unregistered, which Twisted's own
+        # loseConnection calls (AMP's, on a fatal error) would not do.
+        socket: Any = self.transport
+        while isinstance(socket, ProtocolWrapper):
+            socket = socket.transport
+        self._socket = socket
+        socket.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -635,16 +645,13 @@ class Downstream(RelayProtocol):
     def resumeProducing(self) -> None:
         self.paused = False
         self.backlog = 0
+        if self._socket.disconnecting:
+            # A closing transport resumes a paused producer, instead of
+            # closing, once its buffer has drained: let it close.
+            self._socket.unregisterProducer()
 
     def stopProducing(self) -> None:
         pass  # the connection is lost: connectionLost follows.
-
-    def close_connection(self, abort: bool = False) -> None:
-        # A transport with a producer registered does not close cleanly
-        # (TLS waits for it to be unregistered): unregister first.
-        if self.transport is not None:
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
-        super().close_connection(abort)
 
     @Implement.responder
     def _implement(

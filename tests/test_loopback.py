@@ -202,6 +202,7 @@ async def closed(connection: amp.AMP) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_wrong_node_key_is_refused(cluster: Cluster) -> None:
+    cluster.factories[0].auth_timeout = 3600.0  # the refusal itself must close the connection
     connection = await raw_node_connection(cluster, cluster.directory)
     with pytest.raises(AuthenticationFailed):
         await connection.callRemote(Authenticate, key=b"not-the-node-key", name="intruder")
@@ -305,25 +306,50 @@ class Listener(Service):
         self.seen.append(payload[0])
 
 
+class Stalled:
+    """Two subscribers on the node, the first of which has stopped reading its socket."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.factory = cluster.factories[2]
+        self.factory.subscriber_buffer = 128 * 1024
+        self.slow, self.fast = Listener(), Listener()
+
+    async def start(self) -> None:
+        key = self.cluster.key("service-auth.key")
+        self.slow.start(reactor, str(self.cluster.socket), key)
+        await self.slow.ready()
+        (self.slow_server,) = self.factory.connections
+        self.fast.start(reactor, str(self.cluster.socket), key)
+        await self.fast.ready()
+        await wait_until(lambda: self.cluster.master.registry.subscribers("blobs"), "the master to learn of them")
+        self.client = await self.cluster.api()
+        self.slow_reading(False)
+
+    def slow_reading(self, reading: bool) -> None:
+        transport: Any = self.slow.connection.transport  # type: ignore[union-attr]
+        transport.resumeProducing() if reading else transport.pauseProducing()
+
+    async def publish(self, count: int) -> None:
+        """Publish C{count} events of 64 KiB, one at a time, each once the fast subscriber has it."""
+        for _ in range(count):
+            n = len(self.fast.seen)
+            await self.client.publish("blobs", [n, "x" * 65536])
+            await wait_until(lambda: len(self.fast.seen) > n, "the fast subscriber to get its event")
+
+    async def stop(self) -> None:
+        await self.client.close()
+        await self.slow.stop()
+        await self.fast.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_subscriber_that_stops_reading_costs_only_its_own_events(cluster: Cluster) -> None:
-    factory = cluster.factories[2]
-    factory.subscriber_buffer = 128 * 1024
-    slow, fast = Listener(), Listener()
-    slow.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
-    await slow.ready()
-    (slow_server,) = factory.connections
-    fast.start(reactor, str(cluster.socket), cluster.key("service-auth.key"))
-    await fast.ready()
-    await wait_until(lambda: cluster.master.registry.subscribers("blobs"), "the master to learn of the subscribers")
-    client = await cluster.api()
+    stalled = Stalled(cluster)
+    await stalled.start()
+    slow, fast, slow_server = stalled.slow, stalled.fast, stalled.slow_server
     try:
-        assert slow.connection is not None and slow.connection.transport is not None
-        slow.connection.transport.pauseProducing()  # it stops reading its socket
-        blob = "x" * 65536
-        for n in range(32):
-            await client.publish("blobs", [n, blob])
-            await wait_until(lambda n=n: len(fast.seen) > n, "the fast subscriber to get its event")
+        await stalled.publish(32)
         assert fast.seen == list(range(32))
         assert slow.seen == []
         dropped = slow_server.events_dropped
@@ -331,13 +357,28 @@ async def test_a_subscriber_that_stops_reading_costs_only_its_own_events(cluster
         # What waits for it at the node is bounded (FileDescriptor's buffer, read for this check only).
         transport = slow_server.transport
         waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        assert waiting <= 2**16 + 2 * len(blob) + factory.subscriber_buffer
-        slow.connection.transport.resumeProducing()
+        assert waiting <= 2**16 + 2 * 65600 + stalled.factory.subscriber_buffer
+        stalled.slow_reading(True)
         await wait_until(lambda: len(slow.seen) == 32 - dropped, "the slow subscriber to catch up")
         assert slow.seen == list(range(32 - dropped))  # what was kept, in order
-        await client.publish("blobs", [99, None])
+        await stalled.client.publish("blobs", [99, None])
         await wait_until(lambda: slow.seen[-1] == 99 and fast.seen[-1] == 99, "both to get a new event")
     finally:
-        await client.close()
-        await slow.stop()
-        await fast.stop()
+        await stalled.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_while_its_subscriber_is_stalled_closes_once_drained(cluster: Cluster) -> None:
+    stalled = Stalled(cluster)
+    stalled.factory.heartbeat = 3600.0  # so that no heartbeat written later lets the connection close
+    await stalled.start()
+    try:
+        await stalled.publish(8)
+        assert stalled.slow_server.paused
+        # As AMP itself does on a fatal error: the transport's own loseConnection.
+        stalled.slow_server.transport.loseConnection()
+        stalled.slow_reading(True)
+        await wait_until(lambda: stalled.slow.connection is None, "the node to close the connection")
+        assert len(stalled.slow.seen) > 0
+    finally:
+        await stalled.stop()
