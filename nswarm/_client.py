@@ -10,7 +10,7 @@ import random
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -99,11 +99,18 @@ def reconnecting(
             nonlocal failures
             failures = 0
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Deferred[None] | None:
             nonlocal failures
+            protocol.transport.loseConnection()
+            if failure.check(CancelledError):
+                # The service is stopping and ClientService cancelled this
+                # attempt. The connection's loss completes the stop; after
+                # that ClientService has no transition for this attempt's
+                # outcome, whatever it is, so it never gets one.
+                return Deferred()
             failures += 1
             log.error("{what} could not connect: {error}; retrying", what=what, error=failure.getErrorMessage())
-            protocol.transport.loseConnection()
+            return None
 
         return maybeDeferred(prepare, protocol).addCallbacks(succeeded, failed)
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nswarm.amp_commands import (
     Authenticate,
@@ -17,6 +25,7 @@ from nswarm.amp_commands import (
     NotAuthenticated,
     Publish,
 )
+from nswarm._client import reconnecting
 from nswarm.forwarding import RelayProtocol
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.node.node import Node, ServiceServerProtocol
@@ -168,3 +177,35 @@ def test_a_half_sent_frame_before_authentication_is_closed_on_the_timeout(pair: 
     clock.advance(5.1)
     pump.flush()
     assert server.transport is None
+
+
+@pytest.mark.parametrize("outcome", ["stopped", "refused"])
+def test_a_client_stopped_while_authenticating_stops_once_its_connection_closes(outcome: str) -> None:
+    connections: list[tuple[Protocol, StringTransport]] = []
+
+    @implementer(IStreamClientEndpoint)
+    class Endpoint:
+        def connect(self, factory: Factory) -> Deferred[Protocol]:
+            protocol, transport = factory.buildProtocol(None), StringTransport()
+            protocol.makeConnection(transport)
+            connections.append((protocol, transport))
+            return succeed(protocol)
+
+    answer: Deferred[None] = Deferred()  # the authentication under way
+    clock = Clock()
+    service = reconnecting(clock, Endpoint(), Factory.forProtocol(Protocol), lambda _: answer, "test client", 30)
+    with capturedLogs() as logged:
+        service.startService()
+        if outcome == "refused":  # refused, then stopped while waiting to retry
+            answer.errback(AuthenticationFailed("wrong key"))
+            connections[0][0].connectionLost(Failure(ConnectionDone()))
+            assert [event["error"] for event in logged if "error" in event] == ["wrong key"]
+        stopped = service.stopService()
+        protocol, transport = connections[-1]
+        assert transport.disconnecting
+        if outcome == "stopped":
+            assert not stopped.called  # until the connection has closed
+            protocol.connectionLost(Failure(ConnectionDone()))
+        assert result_of(stopped) is None
+    assert not [event for event in logged if "log_failure" in event]
+    assert not clock.getDelayedCalls()
