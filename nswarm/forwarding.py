@@ -54,6 +54,7 @@ from nswarm.amp_commands import (
     remote_error,
     result_frame,
 )
+from nswarm.config import count
 from nswarm.routing import PendingCalls, Registry, Request, check_event, check_name
 
 ASK = amp.ASK
@@ -83,6 +84,22 @@ SWEEP_INTERVAL = 0.05
 DEFAULT_SUBSCRIBER_BUFFER = 8 * 1024 * 1024
 #: Seconds between two warnings about events dropped for one subscriber.
 DROP_LOG_INTERVAL = 10.0
+
+
+def limit_parameters(subscriber: str) -> list[list[Any]]:
+    """The C{--max-payload} and C{--subscriber-buffer} options of a daemon whose subscribers are C{subscriber}s."""
+    return [
+        [
+            "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
+            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
+        [
+            "subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
+            f"Bytes of events that may wait for {subscriber} that is not reading them; past it they are dropped",
+            count,
+        ],
+    ]
 
 
 def time_left(box: amp.AmpBox) -> float:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm.config import (
     DaemonOptions,
     count,
@@ -30,9 +30,9 @@ from nswarm.config import (
 )
 from nswarm.forwarding import (
     DEFAULT_AUTH_TIMEOUT,
-    DEFAULT_SUBSCRIBER_BUFFER,
     RelayFactory,
     RelayService,
+    limit_parameters,
 )
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.tls import server_options
@@ -68,16 +68,7 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
-        [
-            "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
-            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
-            count,
-        ],
-        [
-            "subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-            "Bytes of events that may wait for a node that is not reading them; past it they are dropped",
-            count,
-        ],
+        *limit_parameters("a node"),
         [
             "queue-size", None, "1000",
             "Most calls held back at once (waiting for a busy implementer or the grace period); more get Overloaded",

@@ -13,13 +13,12 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
-from nswarm._boxes import DEFAULT_HEARTBEAT, DEFAULT_MAX_PAYLOAD
+from nswarm._boxes import DEFAULT_HEARTBEAT
 from nswarm._client import reconnecting
 from nswarm.amp_commands import Authenticate
 from nswarm.config import (
     DaemonOptions,
     boolean,
-    count,
     file_mode,
     non_negative,
     path,
@@ -29,9 +28,9 @@ from nswarm.config import (
 )
 from nswarm.forwarding import (
     DEFAULT_AUTH_TIMEOUT,
-    DEFAULT_SUBSCRIBER_BUFFER,
     RelayFactory,
     RelayService,
+    limit_parameters,
 )
 from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
 from nswarm.tls import client_options
@@ -66,16 +65,7 @@ class Options(DaemonOptions):
         ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         ["reconnect-max-delay", None, "30", "Longest wait, in seconds, between reconnection attempts", positive],
         ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
-        [
-            "max-payload", None, str(DEFAULT_MAX_PAYLOAD),
-            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
-            count,
-        ],
-        [
-            "subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-            "Bytes of events that may wait for a service that is not reading them; past it they are dropped",
-            count,
-        ],
+        *limit_parameters("a service"),
         ["drain-timeout", None, "10", "On stop, seconds to let calls in flight finish after withdrawing", non_negative],
         ["local-first", None, "yes", "While the master is unreachable, serve calls this node implements itself", boolean],
     ]
