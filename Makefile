@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.cfg pyproject.toml $(shell find nswarm twisted -name '*.py' 2>/dev/null)
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint docs bench clean
 
 $(VENV)/.deps: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.deps: setup.cfg pyproject.toml
 # editable install would hide it). Reinstalled whenever a source file changes.
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
-	rm -rf build
+	rm -rf build/lib build/bdist*
 	touch $@
 
 demo: $(VENV)/.installed
@@ -25,9 +25,19 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
 
-test: $(VENV)/.installed
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: lint docs $(VENV)/.installed
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+# The API reference, from the docstrings (pydoctor, as Twisted's own); warnings fail the build.
+docs: $(VENV)/.deps
+	$(VENV)/bin/pydoctor --project-name=nswarm --docformat=epytext \
+		--html-output=build/api --quiet --warnings-as-errors nswarm
+	@echo "API reference written to build/api/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import signal
 import statistics
@@ -39,7 +38,7 @@ from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.protocols import amp
 
 from nswarm.api import APIClient
-from nswarm.local import ClusterError, LocalCluster
+from nswarm.testing.local import ClusterError, LocalCluster, Process, nswarm_event
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -147,7 +146,8 @@ class CPUWindow:
     def __exit__(self, *exc_info: object) -> None:
         wall = time.perf_counter() - self.start
         for name, pids in self.pids.items():
-            used = sum((cpu_seconds(pid) or before) - before for pid, before in zip(pids, self.before[name]))
+            before = self.before[name]
+            used = sum((cpu_seconds(pid) or start) - start for pid, start in zip(pids, before, strict=True))
             self.percent[name] = round(100 * used / wall, 1) if wall > 0 else 0.0
 
 
@@ -481,7 +481,8 @@ class Sides:
         W5: the same cluster publishing to the W4 subscribers and one more,
         which reads in the first run (the "floor") and is stopped with
         SIGSTOP in the second. Deliveries count the W4 subscribers only;
-        "dropped" is what the node logged dropping for the stopped one.
+        "dropped" is what the node logged dropping for the stopped one (the
+        field total of its last "events_dropped" event for it).
         """
         cluster = self.cluster
         node = next(process for process in cluster.processes if process.name == "node-1")
@@ -489,13 +490,14 @@ class Sides:
         stalled = cluster.start_service(BENCH / "subscriber.py", "--bench-name", STALLED, name=STALLED)
         text = "x" * workload.payload
         pids = {**self.w4_pids, STALLED: [stalled.pid]}
-        start = node.log_size()
+        start = node.mark()
+        drops = nswarm_event("events_dropped", role="service", name=STALLED)
 
         def dropped() -> int:
-            # The node's warnings (at most one each 10 s, and one as the
-            # connection closes) say how many it has dropped in all.
-            totals = re.findall(rf"service {STALLED!r} .* (\d+) in all", node.read_log(start))
-            return int(totals[-1]) if totals else 0
+            # The node's events_dropped (at most one each 10 s, and one as
+            # the connection closes) say how many it has dropped in all.
+            logged = node.events(drops, after=start)
+            return int(logged[-1]["total"]) if logged else 0
 
         runs: list[Figures] = []
         try:
@@ -505,13 +507,20 @@ class Sides:
                     os.kill(stalled.pid, signal.SIGSTOP)
                 runs.append(
                     await fan_out(
-                        reactor, workload, lambda: self.api.publish(EVENT, text), True, self.cluster_counts, label,
-                        progress, pids, W5_RATE,
+                        reactor,
+                        workload,
+                        lambda: self.api.publish(EVENT, text),
+                        True,
+                        self.cluster_counts,
+                        label,
+                        progress,
+                        pids,
+                        W5_RATE,
                     )
                 )
         finally:
             cluster.kill(stalled)
-        await cluster.when_line(reactor, node, f"service {STALLED!r} disconnected", after=start)
+        await node.when(reactor, nswarm_event("disconnected", role="service", name=STALLED), after=start)
         runs[1][0]["dropped"] = dropped() - runs[0][0]["dropped"]
         return runs[0], runs[1]
 
@@ -615,9 +624,7 @@ async def start_simulated_nodes(
     """
     cluster = setup.cluster
     directory = cluster.directory
-    environment = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     outputs: list[Path] = []
     share, extra = divmod(nodes, S1_PROCESSES)
     first = 0
@@ -660,7 +667,7 @@ async def start_simulated_nodes(
     deadline = time.monotonic() + S1_REGISTER_LIMIT
     progress.begin("S1 simulated processes registered", len(processes))
     while None in reports:
-        for number, (process, output) in enumerate(zip(processes, outputs)):
+        for number, (process, output) in enumerate(zip(processes, outputs, strict=True)):
             if reports[number] is None:
                 line = output.read_text().partition("\n")[0] if output.exists() else ""
                 if line:
@@ -694,6 +701,31 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> list[int]:
     return [process.returncode for process in processes]
 
 
+def simulated(event: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: the master's C{event} (with C{fields}) about one of the simulated nodes, named 'sim-...'."""
+    match = nswarm_event(event, role="node", **fields)
+    return lambda logged: match(logged) and str(logged.get("name", "")).startswith("sim-")
+
+
+async def master_count(
+    reactor: Any,
+    master: Process,
+    predicate: Callable[[dict[str, Any]], bool],
+    after: int,
+    count: int,
+    timeout: float = 10.0,
+) -> int:
+    """
+    How many of C{master}'s events after the first C{after} satisfy
+    C{predicate}, once C{count} do (or once C{timeout} seconds have passed).
+    """
+    try:
+        await master.when(reactor, predicate, timeout, f"{count} such events", after=after, count=count)
+    except ClusterError:
+        pass  # reported as a count short of C{count}
+    return len(master.events(predicate, after=after))
+
+
 async def run_scale(
     reactor: Any, setup: Setup, sides: Sides, progress: Progress, options: argparse.Namespace
 ) -> dict[str, Any]:
@@ -724,7 +756,7 @@ async def run_scale(
         without, without_cpu = await run_echo(
             w2, lambda: sides.api.call("echo", text), "S1 W2 without", progress, sides.cluster_pids
         )
-        log_offset = master.log_size()
+        log_offset = master.mark()
         started = time.monotonic()
         with CPUWindow({"master": [master.pid]}) as window:
             reports = await start_simulated_nodes(reactor, setup, nodes, progress, processes)
@@ -737,10 +769,8 @@ async def run_scale(
         first = min(report["first_attempt"] for report in reports)
         last = max(report["last_registered"] for report in reports)
         rss_after, _ = rss_mb(master.pid)
-        # Cross-check with the master's own account: one "implements" line per simulated node.
-        logged = sum(
-            1 for line in master.read_log(log_offset).splitlines() if "'sim-" in line and " implements " in line
-        )
+        # Cross-check with the master's own account: one "implements" event per simulated node.
+        logged = await master_count(reactor, master, simulated("registration", action="implements"), log_offset, nodes)
         sim_cpu = {f"sims x{len(processes)}": [process.pid for process in processes]}
         with_cpu_pids = {**sides.cluster_pids, **sim_cpu}
         with_nodes, with_cpu = await run_echo(
@@ -749,15 +779,9 @@ async def run_scale(
         _, rss_peak = rss_mb(master.pid)
         # W2 without them once more, once the master has seen them all go: the "without" figure is the
         # mean of the runs before and after, so a drift in the machine's load does not favour one side.
-        log_offset = master.log_size()
+        log_offset = master.mark()
         codes = stop_processes(processes)
-        gone = 0
-        for _ in range(int(S1_REGISTER_LIMIT / 0.05)):
-            lines = master.read_log(log_offset).splitlines()
-            gone = sum(1 for line in lines if "'sim-" in line and line.endswith(" disconnected"))
-            if gone >= nodes:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
+        gone = await master_count(reactor, master, simulated("disconnected"), log_offset, nodes, S1_REGISTER_LIMIT)
         after, _ = await run_echo(
             w2, lambda: sides.api.call("echo", text), "S1 W2 without, after", progress, sides.cluster_pids
         )
@@ -902,9 +926,7 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", metavar="W", choices=WORKLOADS, help=f"run only these workloads ({' '.join(WORKLOADS)})"
     )
-    parser.add_argument(
-        "--s1-nodes", type=int, default=S1_NODES, help=f"simulated nodes in S1 (default {S1_NODES})"
-    )
+    parser.add_argument("--s1-nodes", type=int, default=S1_NODES, help=f"simulated nodes in S1 (default {S1_NODES})")
     parser.add_argument("--limit", type=float, help="seconds each workload may take (default: its own limit)")
     options = parser.parse_args()
     # SIGTERM before the reactor runs (it installs its own handler) unwinds too, stopping every child.

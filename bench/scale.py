@@ -87,9 +87,7 @@ async def simulate(reactor: Any, options: argparse.Namespace) -> None:
         registered_at.append(time.monotonic())
 
     indexes = range(options.first, options.first + options.count)
-    results = await DeferredList(
-        [gate.run(register, index) for index in indexes], consumeErrors=True
-    )
+    results = await DeferredList([gate.run(register, index) for index in indexes], consumeErrors=True)
     failures: list[Any] = [result for ok, result in results if not ok]
     report: dict[str, Any] = {
         "first": options.first,

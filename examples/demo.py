@@ -7,6 +7,7 @@ round-trip latency of a call. Run with `make demo` or
     python examples/demo.py
 """
 
+import json
 import statistics
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from twisted.internet.defer import TimeoutError, ensureDeferred
 from twisted.internet.task import react
 
 from nswarm.amp_commands import HandlerFailed, NoSuchMethod
-from nswarm.local import ClusterError, LocalCluster, Process
+from nswarm.testing.local import ClusterError, LocalCluster, Process, event_matching
 
 GREETER = Path(__file__).resolve().parent / "greeter.py"
 LATENCY_CALLS = 300
@@ -44,8 +45,10 @@ async def talk(reactor, cluster: LocalCluster, greeter: Process) -> None:
             raise RuntimeError("fail() should have failed with HandlerFailed")
 
         await client.publish("orders.created", {"id": 7, "item": "tea"})
-        line = await cluster.when_line(reactor, greeter, "greeter got event orders.created", timeout=10)
-        print(f"publish(orders.created) -> {line[line.index('greeter got'):]}")
+        got = await greeter.when(reactor, event_matching(greeter="event", event="orders.created"), timeout=10)
+        print(
+            f"publish(orders.created) -> greeter got event {got['event']}: {json.dumps(got['order'], sort_keys=True)}"
+        )
 
         latencies = []
         for number in range(LATENCY_CALLS):

@@ -1,11 +1,13 @@
 """
-An example nswarm service: it implements a few methods and prints the
+An example nswarm service: it implements a few methods and logs the
 events it subscribes to. Run it beside a node:
 
     python examples/greeter.py --config DIR/client.conf
-"""
 
-import json
+It logs with its C{twisted.logger.Logger}, C{self.log}, each event with a
+field C{greeter} saying what happened ("event", "hanging"), so that a
+program reading its JSON log (C{--json-log}) can wait for one.
+"""
 
 from twisted.internet.defer import Deferred
 
@@ -29,12 +31,12 @@ class Greeter(Service):
     @implement
     def hang(self) -> "Deferred[None]":
         """Never answer (the tests kill the service while a call waits here)."""
-        print("greeter is hanging", flush=True)
+        self.log.info("greeter is hanging", greeter="hanging")
         return Deferred()
 
     @subscribe("orders.created")
     def order_created(self, event: str, order: object) -> None:
-        print(f"greeter got event {event}: {json.dumps(order, sort_keys=True)}", flush=True)
+        self.log.info("greeter got event {event}: {order}", event=event, order=order, greeter="event")
 
 
 if __name__ == "__main__":

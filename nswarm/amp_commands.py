@@ -3,13 +3,13 @@ The nswarm wire protocol: every AMP command, argument type and error.
 
 Four ideas from the original design travel as typed AMP commands:
 
-- authenticate: L{Authenticate}, the first command on every connection;
-- implement: L{Implement} / L{Unimplement};
-- subscribe: L{Subscribe} / L{Unsubscribe};
-- task: L{Call} (a method call, answered), L{Cancel} (of a call) and
-  L{Publish} (an event).
+  - authenticate: L{Authenticate}, the first command on every connection;
+  - implement: L{Implement} / L{Unimplement};
+  - subscribe: L{Subscribe} / L{Unsubscribe};
+  - task: L{Call} (a method call, answered), L{Cancel} (of a call) and
+    L{Publish} (an event).
 
-Connections (client side first):
+Connections (client side first)::
 
     API user        -> master api server    TLS, api auth key
     node upstream   -> master node server   mutual TLS (cluster CA), node auth key
@@ -28,6 +28,10 @@ from typing import Any
 from twisted.protocols import amp
 
 __all__ = [
+    "ASK",
+    "ANSWER",
+    "ERROR",
+    "COMMAND",
     "Authenticate",
     "Call",
     "Implement",
@@ -96,14 +100,17 @@ class HandlerFailed(NswarmError):
 
     @classmethod
     def from_exception(cls, exception: BaseException) -> HandlerFailed:
+        """The error that reports C{exception}, raised by a handler, to its caller."""
         return cls(f"{type(exception).__name__}: {exception}")
 
     @property
     def remote_type(self) -> str:
+        """The name of the exception's type in the handler, such as C{"ValueError"}."""
         return str(self).partition(": ")[0]
 
     @property
     def remote_message(self) -> str:
+        """The exception's message in the handler."""
         return str(self).partition(": ")[2]
 
 
@@ -213,78 +220,17 @@ class Payload(amp.Argument):
         objects[name.decode("ascii")] = b"".join(chunks)
 
 
-def put_payload(box: dict[bytes, bytes], name: bytes, value: bytes) -> None:
-    """Store C{value} in C{box} under C{name} as L{Payload} does."""
-    if len(value) <= CHUNK:
-        box[name] = value
-    else:
-        Payload().toBox(name, box, {name.decode("ascii"): value}, None)
+# -- commands, with their names and box keys ---------------------------------
+#
+# Relays and SDK ends read and build boxes directly (DESIGN.md, principle 2):
+# the byte strings below are every command name and key they use.
 
+#: AMP's own control keys: the tag of a request, of its answer, of its error.
+ASK, ANSWER, ERROR = amp.ASK, amp.ANSWER, amp.ERROR
+COMMAND, ERROR_CODE, ERROR_DESCRIPTION = amp.COMMAND, amp.ERROR_CODE, amp.ERROR_DESCRIPTION
 
-def get_payload(box: dict[bytes, bytes], name: bytes) -> bytes:
-    """The L{Payload} C{name} of C{box}, or L{InvalidRequest} if it is missing."""
-    if len(box.get(name, b"")) < CHUNK:
-        try:
-            return box[name]
-        except KeyError:
-            raise InvalidRequest(f"the box has no {name.decode('ascii')!r}: send it with an nswarm SDK")
-    objects: dict[str, Any] = {}
-    Payload().fromBox(name, box, objects, None)
-    return objects[name.decode("ascii")]
-
-
-def result_frame(payload: bytes) -> bytes:
-    """One implementer's result in a L{CallAll} answer: C{R}, a 4-byte length, the payload."""
-    return b"R" + len(payload).to_bytes(4, "big") + payload
-
-
-def error_frame(code: bytes, description: bytes) -> bytes:
-    """One implementer's error in a L{CallAll} answer: C{E}, a 4-byte length, code, newline, description."""
-    body = code + b"\n" + description
-    return b"E" + len(body).to_bytes(4, "big") + body
-
-
-def parse_frames(data: bytes) -> list[bytes | NswarmError]:
-    """The results (payload bytes) and errors (exceptions) in a L{CallAll} answer, in order."""
-    outcomes: list[bytes | NswarmError] = []
-    offset = 0
-    while offset < len(data):
-        kind, length = data[offset : offset + 1], int.from_bytes(data[offset + 1 : offset + 5], "big")
-        body = data[offset + 5 : offset + 5 + length]
-        if kind not in (b"R", b"E") or len(body) != length:
-            raise InvalidRequest("a call_all answer is malformed: it was not made by nswarm")
-        offset += 5 + length
-        if kind == b"R":
-            outcomes.append(body)
-        else:
-            code, _, description = body.partition(b"\n")
-            outcomes.append(ERRORS.get(code, InternalError)(description.decode("utf-8", "replace")))
-    return outcomes
-
-
-def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:
-    """The AMP error box that answers request C{tag} with C{error}."""
-    return amp.AmpBox(
-        {
-            amp.ERROR: tag,
-            amp.ERROR_CODE: error.code,
-            amp.ERROR_DESCRIPTION: str(error).encode("utf-8", "replace"),
-        }
-    )
-
-
-def remote_error(box: dict[bytes, bytes]) -> Exception:
-    """The exception an error box carries: an L{NswarmError} for nswarm's own codes."""
-    code = box.get(amp.ERROR_CODE, amp.UNKNOWN_ERROR_CODE)
-    description = box.get(amp.ERROR_DESCRIPTION, b"").decode("utf-8", "replace")
-    if code in ERRORS:
-        return ERRORS[code](description)
-    if code in amp.PROTOCOL_ERRORS:
-        return amp.PROTOCOL_ERRORS[code](code, description)
-    return amp.RemoteAmpError(code, description)
-
-
-# -- commands ----------------------------------------------------------------
+AUTHENTICATE = b"Authenticate"
+KEY, NAME = b"key", b"name"
 
 
 class Authenticate(amp.Command):
@@ -296,9 +242,14 @@ class Authenticate(amp.Command):
     closed; a wrong key is answered L{AuthenticationFailed} and closed.
     """
 
-    arguments = [(b"key", amp.String()), (b"name", amp.Unicode(optional=True))]
+    commandName = AUTHENTICATE
+    arguments = [(KEY, amp.String()), (NAME, amp.Unicode(optional=True))]
     response = []
     fatalErrors = _codes(AuthenticationFailed, NotAuthenticated)
+
+
+IMPLEMENT, UNIMPLEMENT = b"Implement", b"Unimplement"
+METHODS, IDEMPOTENT, LIMITS = b"methods", b"idempotent", b"limits"
 
 
 class Implement(amp.Command):
@@ -310,14 +261,17 @@ class Implement(amp.Command):
     may run at once (0: no limit). The node aggregates its services: it
     tells the master of a method's first implementer, and again when the
     method's idempotence (only if every local implementer says so) or limit
-    (the sum of its services' limits, none if one has none) changes.
-    Re-announcing a method is harmless and updates both.
+    (the sum of its services' limits, none if one has none) changes. It
+    answers a service once the master has the change, so that a registered
+    service can be called at once. Re-announcing a method is harmless and
+    updates both.
     """
 
+    commandName = IMPLEMENT
     arguments = [
-        (b"methods", amp.ListOf(amp.Unicode())),
-        (b"idempotent", amp.ListOf(amp.Unicode(), optional=True)),
-        (b"limits", amp.ListOf(amp.Integer(), optional=True)),
+        (METHODS, amp.ListOf(amp.Unicode())),
+        (IDEMPOTENT, amp.ListOf(amp.Unicode(), optional=True)),
+        (LIMITS, amp.ListOf(amp.Integer(), optional=True)),
     ]
     response = []
     errors = _codes(InvalidRequest)
@@ -327,28 +281,39 @@ class Implement(amp.Command):
 class Unimplement(amp.Command):
     """Service -> node, node -> master: the sender no longer implements these methods."""
 
-    arguments = [(b"methods", amp.ListOf(amp.Unicode()))]
+    commandName = UNIMPLEMENT
+    arguments = [(METHODS, amp.ListOf(amp.Unicode()))]
     response = []
     errors = _codes(InvalidRequest)
     fatalErrors = _codes(NotAuthenticated)
 
 
-class Subscribe(amp.Command):
-    """Service -> node, node -> master: deliver these events to the sender."""
+SUBSCRIBE, UNSUBSCRIBE = b"Subscribe", b"Unsubscribe"
+EVENTS = b"events"
 
-    arguments = [(b"events", amp.ListOf(amp.Unicode()))]
+
+class Subscribe(amp.Command):
+    """Service -> node, node -> master: deliver the events matching these patterns to the sender."""
+
+    commandName = SUBSCRIBE
+    arguments = [(EVENTS, amp.ListOf(amp.Unicode()))]
     response = []
     errors = _codes(InvalidRequest)
     fatalErrors = _codes(NotAuthenticated)
 
 
 class Unsubscribe(amp.Command):
-    """Service -> node, node -> master: stop delivering these events to the sender."""
+    """Service -> node, node -> master: stop delivering the events of these patterns to the sender."""
 
-    arguments = [(b"events", amp.ListOf(amp.Unicode()))]
+    commandName = UNSUBSCRIBE
+    arguments = [(EVENTS, amp.ListOf(amp.Unicode()))]
     response = []
     errors = _codes(InvalidRequest)
     fatalErrors = _codes(NotAuthenticated)
+
+
+CALL = b"Call"
+METHOD, ARGS, TIMEOUT, RESULT = b"method", b"args", b"timeout", b"result"
 
 
 class Call(amp.Command):
@@ -362,8 +327,9 @@ class Call(amp.Command):
     passes and sends L{Cancel} on, and forwards the call with the time left.
     """
 
-    arguments = [(b"method", amp.Unicode()), (b"args", Payload()), (b"timeout", amp.Float(optional=True))]
-    response = [(b"result", Payload())]
+    commandName = CALL
+    arguments = [(METHOD, amp.Unicode()), (ARGS, Payload()), (TIMEOUT, amp.Float(optional=True))]
+    response = [(RESULT, Payload())]
     errors = _codes(
         NoSuchMethod,
         HandlerFailed,
@@ -379,20 +345,30 @@ class Call(amp.Command):
     fatalErrors = _codes(NotAuthenticated)
 
 
+CALL_ALL = b"CallAll"
+RESULTS = b"results"
+
+
 class CallAll(amp.Command):
     """
     Scatter-gather: call C{method} on every current implementer. API user or
     service -> master -> every node implementing it (as CallAll) -> every
     local service implementing it (as a plain L{Call}). Each relay gathers
     the answers of its implementers, without decoding them, into
-    C{results}: one frame per service (see L{result_frame} and
-    L{error_frame}), each a result or an error, in no particular order.
+    C{results}: one frame per service (see L{nswarm.boxes.result_frame} and
+    L{nswarm.boxes.error_frame}), each a result or an error, in no
+    particular order.
     """
 
+    commandName = CALL_ALL
     arguments = Call.arguments
-    response = [(b"results", Payload())]
+    response = [(RESULTS, Payload())]
     errors = Call.errors
     fatalErrors = Call.fatalErrors
+
+
+CANCEL = b"Cancel"
+ID = b"id"
 
 
 class Cancel(amp.Command):
@@ -403,8 +379,12 @@ class Cancel(amp.Command):
     cancelled call L{Cancelled}; the service cancels the handler's Deferred.
     """
 
-    arguments = [(b"id", amp.String())]
+    commandName = CANCEL
+    arguments = [(ID, amp.String())]
     requiresAnswer = False
+
+
+HEARTBEAT = b"Heartbeat"
 
 
 class Heartbeat(amp.Command):
@@ -414,8 +394,13 @@ class Heartbeat(amp.Command):
     arrived for three intervals is disconnected and treated as lost.
     """
 
+    commandName = HEARTBEAT
     arguments = []
     requiresAnswer = False
+
+
+PUBLISH = b"Publish"
+EVENT, PAYLOAD, EXCLUDE = b"event", b"payload", b"exclude"
 
 
 class Publish(amp.Command):
@@ -423,10 +408,19 @@ class Publish(amp.Command):
     An event. API user or service -> master (a service's event goes via its
     node), answered once the master has handed it on; then master -> each
     node with a matching subscription and node -> each matching service,
-    sent without an C{_ask} (no answer) so that fan-out never waits.
+    sent without an C{_ask} (no answer) so that fan-out never waits. With
+    C{exclude} present (the SDKs send 1), the publishing connection's own
+    subscriptions do not get the event: the node leaves out the publishing
+    service and the master the node it came through (which has delivered it
+    to its other local subscribers itself).
     """
 
-    arguments = [(b"event", amp.Unicode()), (b"payload", Payload())]
+    commandName = PUBLISH
+    arguments = [(EVENT, amp.Unicode()), (PAYLOAD, Payload()), (EXCLUDE, amp.Integer(optional=True))]
     response = []
     errors = _codes(UpstreamUnavailable, InvalidRequest, PayloadTooLarge, InternalError)
     fatalErrors = _codes(NotAuthenticated)
+
+
+#: The commands relays route as boxes rather than dispatch to responders.
+ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})

@@ -1,6 +1,6 @@
 """
 The SDK for API users: connect to a master's api server, then call methods
-and publish events.
+and publish events::
 
     client = await connect(reactor, "master.example", key=b"...", ca="ca.pem")
     print(await client.call("greet", "world"))
@@ -19,19 +19,17 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
-from nswarm._boxes import DEFAULT_HEARTBEAT
-from nswarm._client import ClientProtocol
+from nswarm import defaults
+from nswarm.client import ClientProtocol, check_key
 from nswarm.config import ConfigError, read_client_config, read_secret_file, require
 from nswarm.tls import client_options
 
 __all__ = ["APIClient", "connect", "connect_from_config"]
 
-DEFAULT_API_PORT = 6667
-
 
 class APIClient(ClientProtocol):
     """
-    An authenticated connection to the api server. L{call} and L{publish}
+    An authenticated connection to the api server. C{call} and C{publish}
     (from L{ClientProtocol}) return Deferreds; L{close} ends the connection.
     """
 
@@ -57,14 +55,14 @@ class APIClient(ClientProtocol):
 def connect(
     reactor: Any,
     host: str = "localhost",
-    port: int = DEFAULT_API_PORT,
+    port: int = defaults.API_PORT,
     *,
     key: bytes,
     ca: str,
     cert: str | None = None,
     cert_key: str | None = None,
-    timeout: float = 30,
-    heartbeat: float = DEFAULT_HEARTBEAT,
+    timeout: float = defaults.CONNECT_TIMEOUT,
+    heartbeat: float = defaults.HEARTBEAT,
 ) -> Deferred[APIClient]:
     """
     Connect to the api server at C{host}:C{port} over TLS (its certificate
@@ -74,6 +72,7 @@ def connect(
     Both ends send a heartbeat every C{heartbeat} seconds; a master silent
     for three of them is taken as gone (the connection closes).
     """
+    check_key(key)
     try:
         tls = client_options(host, ca, cert, cert_key)
     except ConfigError:
@@ -102,7 +101,7 @@ def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:
         config = read_client_config(source, "api")
         key = read_secret_file(require(config, "auth-key-file", source, "api"))
         ca = require(config, "ca", source, "api")
-        port = int(config.get("port", DEFAULT_API_PORT))
+        port = int(config.get("port", defaults.API_PORT))
     except ValueError:
         return fail()
     return connect(

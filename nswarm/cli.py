@@ -2,7 +2,7 @@
 The C{nswarm} command line.
 
 C{nswarm init DIR} writes a ready cluster configuration (see
-L{nswarm.pki.init_cluster}): a private CA, certificates, authentication keys
+L{nswarm.cluster_files.init_cluster}): a private CA, certificates, authentication keys
 and the C{master.conf}, C{node.conf} and C{client.conf} files that
 C{twistd nswarm-master}, C{twistd nswarm-node} and the SDKs read.
 """
@@ -12,12 +12,15 @@ from __future__ import annotations
 import getopt
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from twisted.python import usage
 
-from nswarm.pki import InitError, init_cluster
+from nswarm import defaults
+from nswarm.cluster_files import InitError, init_cluster
+from nswarm.config import port
 
 __all__ = ["InitOptions", "Options", "main"]
 
@@ -29,16 +32,16 @@ def _port(what: str) -> Callable[[str], int]:
 
     def coerce(value: str) -> int:
         try:
-            port = int(value)
+            int(value)
         except ValueError:
-            raise usage.UsageError(
-                f"The {what} must be a whole number, not {value!r}."
-            ) from None
-        if not 1 <= port <= 65535:
-            raise usage.UsageError(
-                f"The {what} must be between 1 and 65535, not {port}."
-            )
-        return port
+            raise usage.UsageError(f"The {what} must be a whole number, not {value!r}.") from None
+        try:
+            number = port(value)
+        except ValueError:
+            number = 0
+        if number == 0:
+            raise usage.UsageError(f"The {what} must be between 1 and 65535, not {int(value)}.")
+        return number
 
     coerce.coerceDoc = "A TCP port, 1 to 65535."  # type: ignore[attr-defined]
     return coerce
@@ -48,25 +51,15 @@ def _host(value: str) -> str:
     """Check a host name or address: one non-empty ASCII word."""
     host = value.strip()
     if not host or not host.isascii() or any(c.isspace() for c in host):
-        raise usage.UsageError(
-            f"A host must be a DNS name or an IP address, not {value!r}."
-        )
+        raise usage.UsageError(f"A host must be a DNS name or an IP address, not {value!r}.")
     return host
 
 
 def _node_name(value: str) -> str:
     """Check a node name: it goes in a certificate and a conf file."""
     name = value.strip()
-    if (
-        not name
-        or len(name) > 64
-        or not name.isascii()
-        or any(c.isspace() for c in name)
-    ):
-        raise usage.UsageError(
-            "The node name must be 1 to 64 ASCII characters without spaces,"
-            f" not {value!r}."
-        )
+    if not name or len(name) > 64 or not name.isascii() or any(c.isspace() for c in name):
+        raise usage.UsageError(f"The node name must be 1 to 64 ASCII characters without spaces, not {value!r}.")
     return name
 
 
@@ -104,12 +97,11 @@ class InitOptions(_Options):
             "master-host",
             None,
             "localhost",
-            "The name or address nodes and API clients use to reach the master"
-            " (also put in the master certificate).",
+            "The name or address nodes and API clients use to reach the master (also put in the master certificate).",
             _host,
         ],
-        ["node-port", None, 6666, "The master's port for nodes.", _port("node port")],
-        ["api-port", None, 6667, "The master's port for API clients.", _port("api port")],
+        ["node-port", None, defaults.NODE_PORT, "The master's port for nodes.", _port("node port")],
+        ["api-port", None, defaults.API_PORT, "The master's port for API clients.", _port("api port")],
         ["node-name", None, "node-1", "The name of the first node.", _node_name],
     ]
 
@@ -148,17 +140,12 @@ class InitOptions(_Options):
 
     def parseArgs(self, *args: str) -> None:
         if len(args) != 1 or not args[0]:
-            raise usage.UsageError(
-                f"Give exactly one directory: {PROGRAM} init [options] DIR."
-            )
+            raise usage.UsageError(f"Give exactly one directory: {PROGRAM} init [options] DIR.")
         self["directory"] = args[0]
 
     def postOptions(self) -> None:
         if self["node-port"] == self["api-port"]:
-            raise usage.UsageError(
-                f"The node port and the api port must differ (both are"
-                f" {self['node-port']})."
-            )
+            raise usage.UsageError(f"The node port and the api port must differ (both are {self['node-port']}).")
 
 
 class Options(_Options):
@@ -195,19 +182,16 @@ def _run_init(options: InitOptions, out: TextIO) -> None:
     directory = paths[0].parent
     print(f"Wrote a cluster configuration in {directory}:", file=out)
     print(
-        f"  master.conf  the master (node port {options['node-port']},"
-        f" api port {options['api-port']})",
+        f"  master.conf  the master (node port {options['node-port']}, api port {options['api-port']})",
         file=out,
     )
     print(
-        f"  node.conf    node {options['node-name']!r}, upstream"
-        f" {options['master-host']}:{options['node-port']}",
+        f"  node.conf    node {options['node-name']!r}, upstream {options['master-host']}:{options['node-port']}",
         file=out,
     )
     print("  client.conf  for the API and service SDKs", file=out)
     print(
-        "  plus the CA, certificates, keys and auth keys"
-        " (private files are mode 0600; keep ca.key secret).",
+        "  plus the CA, certificates, keys and auth keys (private files are mode 0600; keep ca.key secret).",
         file=out,
     )
     print("Start the cluster (each in its own terminal):", file=out)

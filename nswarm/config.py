@@ -8,10 +8,13 @@ from __future__ import annotations
 import configparser
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from twisted.python import usage
+
+from nswarm import defaults
 
 
 def port(value: str) -> int:
@@ -95,6 +98,7 @@ class DaemonOptions(usage.Options):
                 self[name] = coerce(default)
 
     def system_config_files(self) -> list[str]:
+        """The config files read before C{--config}: C{/etc/nswarm-SECTION.conf}, then C{~/.nswarm-SECTION.conf}."""
         return [f"/etc/nswarm-{self.section}.conf", os.path.expanduser(f"~/.nswarm-{self.section}.conf")]
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -168,6 +172,26 @@ def secret_parameters(name: str, doc: str) -> list[list[Any]]:
     return [
         [name, None, None, f"{doc} (visible in process listings: prefer --{name}-file)", str],
         [f"{name}-file", None, None, f"File holding the {doc}", path],
+    ]
+
+
+def limit_parameters(subscriber: str) -> list[list[Any]]:
+    """The C{--max-payload} and C{--subscriber-buffer} options of a daemon whose subscribers are C{subscriber}s."""
+    return [
+        [
+            "max-payload",
+            None,
+            str(defaults.MAX_PAYLOAD),
+            "Largest call arguments, result or event payload in bytes; larger ones get PayloadTooLarge",
+            count,
+        ],
+        [
+            "subscriber-buffer",
+            None,
+            str(defaults.SUBSCRIBER_BUFFER),
+            f"Bytes of events that may wait for {subscriber} that is not reading them; past it they are dropped",
+            count,
+        ],
     ]
 
 

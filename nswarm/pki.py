@@ -1,5 +1,6 @@
 """
-The cluster's small public key infrastructure, and C{nswarm init}.
+The cluster's small public key infrastructure: its CA, certificates and keys
+(C{nswarm init} writes them through L{nswarm.cluster_files}).
 
 One private certificate authority signs everything: the master's server
 certificate (which nodes and API clients verify) and the client certificates
@@ -17,9 +18,8 @@ import datetime
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,12 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CLOCK_SKEW",
-    "CLUSTER_FILES",
     "DEFAULT_VALIDITY",
     "CertifiedKey",
-    "InitError",
     "certificate_pem",
-    "init_cluster",
     "issue_client_certificate",
     "issue_server_certificate",
     "make_ca",
@@ -53,31 +50,6 @@ CLOCK_SKEW = datetime.timedelta(hours=1)
 behind does not reject a certificate made a moment ago."""
 
 CA_COMMON_NAME = "nswarm CA"
-
-CLUSTER_FILES = (
-    "ca.pem",
-    "ca.key",
-    "master.pem",
-    "master.key",
-    "node.pem",
-    "node.key",
-    "api.pem",
-    "api.key",
-    "node-auth.key",
-    "api-auth.key",
-    "service-auth.key",
-    "master.conf",
-    "node.conf",
-    "client.conf",
-)
-"""The files C{init_cluster} writes, in the order it writes them."""
-
-
-class InitError(Exception):
-    """
-    C{init_cluster} refused to write a cluster configuration (for example
-    because a file it would write already exists).
-    """
 
 
 @dataclass(frozen=True)
@@ -133,9 +105,7 @@ def _builder(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + valid_for)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
 
@@ -243,9 +213,7 @@ def issue_server_certificate(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_end_entity_key_usage(), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(_authority_key_identifier(ca), critical=False)
         .sign(ca.key, hashes.SHA256())
@@ -273,9 +241,7 @@ def issue_client_certificate(
         _builder(_name(name), ca.certificate.subject, key.public_key(), when, valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_end_entity_key_usage(), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(_authority_key_identifier(ca), critical=False)
         .sign(ca.key, hashes.SHA256())
@@ -333,156 +299,3 @@ def write_public(path: str | os.PathLike[str], data: bytes) -> None:
     error (C{FileExistsError}).
     """
     _write_new(path, data, 0o644)
-
-
-def _master_conf(d: Path, node_port: int, api_port: int) -> str:
-    return (
-        "[master]\n"
-        "interface = 0.0.0.0\n"
-        f"node-port = {node_port}\n"
-        f"api-port = {api_port}\n"
-        f"ca = {d / 'ca.pem'}\n"
-        f"node-cert = {d / 'master.pem'}\n"
-        f"node-cert-key = {d / 'master.key'}\n"
-        f"api-cert = {d / 'master.pem'}\n"
-        f"api-cert-key = {d / 'master.key'}\n"
-        f"node-auth-key-file = {d / 'node-auth.key'}\n"
-        f"api-auth-key-file = {d / 'api-auth.key'}\n"
-    )
-
-
-def _node_conf(d: Path, node_name: str, master_host: str, node_port: int) -> str:
-    return (
-        "[node]\n"
-        f"name = {node_name}\n"
-        f"upstream-host = {master_host}\n"
-        f"upstream-port = {node_port}\n"
-        f"ca = {d / 'ca.pem'}\n"
-        f"node-cert = {d / 'node.pem'}\n"
-        f"node-cert-key = {d / 'node.key'}\n"
-        f"upstream-auth-key-file = {d / 'node-auth.key'}\n"
-        f"service-socket = {d / 'node.sock'}\n"
-        f"service-auth-key-file = {d / 'service-auth.key'}\n"
-    )
-
-
-def _client_conf(d: Path, master_host: str, api_port: int) -> str:
-    return (
-        "[api]\n"
-        f"host = {master_host}\n"
-        f"port = {api_port}\n"
-        f"ca = {d / 'ca.pem'}\n"
-        f"auth-key-file = {d / 'api-auth.key'}\n"
-        f"cert = {d / 'api.pem'}\n"
-        f"cert-key = {d / 'api.key'}\n"
-        "\n"
-        "[service]\n"
-        f"socket = {d / 'node.sock'}\n"
-        f"auth-key-file = {d / 'service-auth.key'}\n"
-    )
-
-
-def _check_port(what: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ValueError(f"the {what} must be between 1 and 65535, not {port}")
-
-
-def _check_conf_value(what: str, value: str) -> None:
-    if not value or value != value.strip() or any(c in value for c in "\r\n"):
-        raise ValueError(
-            f"the {what} must be non-empty, without surrounding spaces or line"
-            f" breaks, not {value!r}"
-        )
-
-
-def init_cluster(
-    directory: str | os.PathLike[str],
-    hosts: Iterable[str] = (),
-    master_host: str = "localhost",
-    node_port: int = 6666,
-    api_port: int = 6667,
-    node_name: str = "node-1",
-    force: bool = False,
-    *,
-    now: datetime.datetime | None = None,
-    curve: ec.EllipticCurve | None = None,
-) -> list[Path]:
-    """
-    Write a ready cluster configuration into C{directory}: a CA, certificates
-    and keys for the master, one node and the API user, three shared
-    authentication keys, and C{master.conf}, C{node.conf} and C{client.conf}
-    whose paths are absolute.
-
-    The master certificate is valid for C{localhost}, C{127.0.0.1},
-    C{master_host} and every entry of C{hosts}. C{directory} is created (mode
-    0700) if missing.
-
-    @raise InitError: if a file it would write exists and C{force} is false;
-        then nothing is written.
-    @raise ValueError: for a port out of range or an unusable name.
-    @return: the paths written, in order.
-    """
-    _check_port("node port", node_port)
-    _check_port("api port", api_port)
-    _check_conf_value("node name", node_name)
-    _check_conf_value("master host", master_host)
-    hosts = list(hosts)
-
-    d = Path(os.path.abspath(directory))
-    paths = [d / name for name in CLUSTER_FILES]
-    for path in paths:
-        if os.path.lexists(path):
-            if not force:
-                raise InitError(
-                    f"{path} already exists: choose an empty directory or pass"
-                    " --force to overwrite it."
-                )
-            if path.is_dir() and not path.is_symlink():
-                raise InitError(f"{path} is a directory: choose another directory.")
-    if d.exists() and not d.is_dir():
-        raise InitError(f"{d} exists and is not a directory.")
-
-    # Make every secret before touching the disk, so a bad host name (a
-    # ValueError from the SAN) leaves nothing behind.
-    ca = make_ca(now=now, curve=curve)
-    master = issue_server_certificate(
-        ca, ["localhost", "127.0.0.1", master_host, *hosts], now=now, curve=curve
-    )
-    node = issue_client_certificate(ca, node_name, now=now, curve=curve)
-    api = issue_client_certificate(ca, "api", now=now, curve=curve)
-    contents: dict[str, tuple[bytes, bool]] = {
-        "ca.pem": (ca.certificate_pem(), False),
-        "ca.key": (ca.key_pem(), True),
-        "master.pem": (master.certificate_pem(), False),
-        "master.key": (master.key_pem(), True),
-        "node.pem": (node.certificate_pem(), False),
-        "node.key": (node.key_pem(), True),
-        "api.pem": (api.certificate_pem(), False),
-        "api.key": (api.key_pem(), True),
-        "node-auth.key": (new_auth_key() + b"\n", True),
-        "api-auth.key": (new_auth_key() + b"\n", True),
-        "service-auth.key": (new_auth_key() + b"\n", True),
-        "master.conf": (_master_conf(d, node_port, api_port).encode("utf-8"), False),
-        "node.conf": (
-            _node_conf(d, node_name, master_host, node_port).encode("utf-8"),
-            False,
-        ),
-        "client.conf": (_client_conf(d, master_host, api_port).encode("utf-8"), False),
-    }
-    assert tuple(contents) == CLUSTER_FILES
-
-    if not d.exists():
-        d.mkdir(mode=0o700, parents=True)
-        os.chmod(d, 0o700)
-    for path in paths:
-        data, private = contents[path.name]
-        if force and os.path.lexists(path):
-            os.unlink(path)
-        try:
-            (write_private if private else write_public)(path, data)
-        except FileExistsError as e:
-            raise InitError(
-                f"{path} appeared while writing: choose an empty directory or"
-                " pass --force to overwrite it."
-            ) from e
-    return paths

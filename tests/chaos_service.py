@@ -7,10 +7,10 @@ knows which service (hence which node) ran the call.
 - C{chaos.idempotent(i)} / C{chaos.plain(i)}: the same short piece of work
   (L{WORK} seconds, on the reactor's clock), declared idempotent or not;
   they answer C{[i, pid]}.
-- C{chaos.park_idempotent(tag)} / C{chaos.park_plain(tag)}: log
-  C{"chaos parked TAG in PID"} on arrival, then answer C{[tag, pid]} after
-  L{PARK} seconds: a call the test knows is in flight here when it kills
-  this process or its node.
+- C{chaos.park_idempotent(tag)} / C{chaos.park_plain(tag)}: log an event
+  with C{chaos="parked"}, C{tag} and C{pid} on arrival, then answer
+  C{[tag, pid]} after L{PARK} seconds: a call the test knows (from that
+  event) is in flight here when it kills this process or its node.
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class ChaosService(Service):
 
     @implement("chaos.park_idempotent", idempotent=True)
     def park_idempotent(self, tag: str) -> Deferred[list[Any]]:
-        print(f"chaos parked {tag} in {os.getpid()}", flush=True)
-        return _later(PARK, [tag, os.getpid()])
+        return self._park(tag)
 
     @implement("chaos.park_plain")
     def park_plain(self, tag: str) -> Deferred[list[Any]]:
-        print(f"chaos parked {tag} in {os.getpid()}", flush=True)
+        return self._park(tag)
+
+    def _park(self, tag: str) -> Deferred[list[Any]]:
+        self.log.info("chaos parked {tag} in {pid}", tag=tag, pid=os.getpid(), chaos="parked")
         return _later(PARK, [tag, os.getpid()])
 
 

@@ -1,7 +1,8 @@
 """
-In-memory clusters for tier-1 tests: real nswarm protocols connected through
-Twisted's iosim (kept behind this one module: it is private to Twisted), with
-a Clock for time. Nothing here opens a socket.
+In-memory clusters for tier-1 tests: real nswarm protocols connected
+through nswarm.testing.memory (which keeps Twisted's iosim behind it), with
+a Clock for time. Nothing here opens a socket. This Cluster hands the tests
+the server ends of the connections too, which MemoryCluster keeps to itself.
 """
 
 from __future__ import annotations
@@ -11,24 +12,18 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.protocols import amp
-from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from nswarm.api import APIClient
-from nswarm.forwarding import RelayProtocol
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
-from nswarm.node.node import Node, ServiceServerProtocol, UpstreamProtocol
-from nswarm.node.tap import authenticate_upstream
+from nswarm.node.node import Node, ServiceServerProtocol
+from nswarm.node.upstream import UpstreamProtocol
+from nswarm.relay.protocol import RelayProtocol
 from nswarm.service import Service
+from nswarm.service_runner import ServiceRunner
+from nswarm.testing.memory import API_KEY, NODE_KEY, SERVICE_KEY, IOPump, connect
+from nswarm.testing.memory import ProtocolProxy as Proxy
 
-NODE_KEY = b"node-key-0123456789abcdef"
-API_KEY = b"api-key-0123456789abcdef"
-SERVICE_KEY = b"service-key-0123456789abcdef"
-
-
-def connect(server: Any, client: Any) -> IOPump:
-    """Connect two protocol instances in memory; return their pump."""
-    _, _, pump = connectedServerAndClient(lambda: server, lambda: client, greet=False)
-    return pump
+__all__ = ["API_KEY", "NODE_KEY", "SERVICE_KEY", "connect"]
 
 
 def detach(d: Deferred[Any]) -> Deferred[Any]:
@@ -61,16 +56,6 @@ def failure_of(d: Deferred[Any]) -> Any:
     return results[0]
 
 
-class Proxy:
-    """Stands in for ClientService's protocol proxy, which prepareConnection receives."""
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._protocol, name)
-
-
 class Cluster:
     """A master with nodes, services and API users, all in memory."""
 
@@ -96,7 +81,7 @@ class Cluster:
         server = NodeServerProtocol(self.master, self.clock, NODE_KEY)
         upstream = UpstreamProtocol(node, self.clock)
         self._connect(server, upstream)
-        d = authenticate_upstream(node, NODE_KEY)(Proxy(upstream))
+        d = node.upstream.authenticate(NODE_KEY)(Proxy(upstream))
         self.flush()
         result_of(d)
         return node, upstream, server
@@ -104,9 +89,10 @@ class Cluster:
     def add_service(self, node: Node, service: Service) -> tuple[Any, ServiceServerProtocol]:
         """C{service} connected to C{node} and registered."""
         server = ServiceServerProtocol(node, self.clock, SERVICE_KEY)
-        proto = service.buildProtocol(None)
+        runner = ServiceRunner(service, self.clock, SERVICE_KEY)
+        proto = runner.buildProtocol(None)
         self._connect(server, proto)
-        d = service._register(Proxy(proto), SERVICE_KEY)
+        d = runner.register(Proxy(proto))
         self.flush()
         result_of(d)
         return proto, server
@@ -132,4 +118,3 @@ def disconnect(proto: RelayProtocol | amp.AMP, cluster: Cluster) -> None:
     assert proto.transport is not None
     proto.transport.loseConnection()
     cluster.flush()
-

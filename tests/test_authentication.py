@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
@@ -25,10 +26,10 @@ from nswarm.amp_commands import (
     NotAuthenticated,
     Publish,
 )
-from nswarm._client import reconnecting
-from nswarm.forwarding import RelayProtocol
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.node.node import Node, ServiceServerProtocol
+from nswarm.reconnect import reconnecting
+from nswarm.relay.protocol import RelayProtocol
 
 from .support import connect, detach, failure_of, result_of
 

@@ -1,37 +1,40 @@
 """
 Tier 3 chaos (issue 4): a real cluster in processes (master, two nodes, the
 chaos service tests/chaos_service.py on each) through
-L{nswarm.local.LocalCluster}, with the test as the API user.
+L{nswarm.testing.local.LocalCluster}, with the test as the API user.
 
 - Under a load of concurrent calls, SIGKILL one node, or one service: every
   call ends with a result or a typed L{NswarmError} before its deadline,
   calls to the idempotent method all succeed (retried on the other node),
   calls to its non-idempotent twin succeed or fail with L{ImplementerLost}.
   Two "parked" probe calls, known to be running in the victim when it is
-  killed, make the retry and the loss deterministic rather than likely.
+  killed (the service logs an event as it parks one), make the retry and the
+  loss deterministic rather than likely.
 - SIGKILL the master and start it again on the same ports: the nodes are
-  registered again within 2 s of it listening, and calls succeed.
+  registered again within 2 s of it listening (by the master's own log
+  events), and calls succeed.
 
-Every wait is bounded (LocalCluster's bounded polls, or L{until} below on the
-reactor's clock); every process is stopped, and checked gone, even on failure.
+Every wait is for the thing itself (a log event of a process, a call's
+answer), with a bound; every process is stopped, and checked gone, even on
+failure.
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, race
 
-from nswarm.amp_commands import ImplementerLost, NoSuchMethod, NswarmError
+from nswarm.amp_commands import ImplementerLost, NswarmError
 from nswarm.api import APIClient
-from nswarm.local import POLL_INTERVAL, LocalCluster, Process, alive_pids
+from nswarm.testing.local import LocalCluster, Process, alive_pids, event_matching, nswarm_event
 
 T = TypeVar("T")
 
@@ -61,7 +64,10 @@ IDEMPOTENT, PLAIN = "chaos.idempotent", "chaos.plain"
 
 @pytest.fixture
 def cluster(directory: Path) -> Iterator[LocalCluster]:
-    """A master, nodes 'node-1' and 'node-2', the chaos service on each ('chaos-1', 'chaos-2'); all stopped afterwards."""
+    """
+    A master, nodes 'node-1' and 'node-2', the chaos service on each
+    ('chaos-1', 'chaos-2'); all stopped afterwards.
+    """
     local = LocalCluster(directory, timeout=START_TIMEOUT)
     try:
         with local:
@@ -93,20 +99,6 @@ def bounded(d: Deferred[T], timeout: float = DEADLINE + MARGIN) -> Deferred[T]:
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
-
-
-async def until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll C{check} on the reactor's clock until it returns something other than None, for at most C{timeout} s."""
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s: {what}")
-        await deferLater(reactor, POLL_INTERVAL, lambda: None)
 
 
 async def api_client(cluster: LocalCluster) -> APIClient:
@@ -150,10 +142,12 @@ class Load:
     """
     LOAD_WIDTH workers calling IDEMPOTENT and PLAIN in turn until at least
     LOAD_CALLS calls were made and, once L{killed} is set, AFTER_KILL more.
+    L{going} fires once BEFORE_KILL calls have ended.
     """
 
     def __init__(self, client: APIClient) -> None:
         self.client = client
+        self.going: Deferred[None] = Deferred()
         self.outcomes: list[Outcome] = []
         self.issued = 0
         self.killed_at: float | None = None
@@ -174,22 +168,21 @@ class Load:
             self.issued += 1
             method = IDEMPOTENT if index % 2 == 0 else PLAIN
             self.outcomes.append(await timed_call(self.client, method, index))
+            if len(self.outcomes) >= BEFORE_KILL and not self.going.called:
+                self.going.callback(None)
 
     def run(self) -> Deferred[Any]:
         return gatherResults([ensureDeferred(self._worker()) for _ in range(LOAD_WIDTH)], consumeErrors=True)
 
 
-def parked_in(cluster: LocalCluster, tag: str) -> Callable[[], Process | None]:
-    """A check for L{until}: the chaos service whose log says call C{tag} is parked in it."""
-    needle = f"chaos parked {tag} in "
+async def parked_in(cluster: LocalCluster, tag: str, timeout: float = 5.0) -> Process:
+    """The chaos service that logs, within C{timeout} seconds, that call C{tag} is parked in it."""
+    from twisted.internet import reactor
 
-    def check() -> Process | None:
-        for process in services(cluster).values():
-            if needle in process.read_log(process.start_offset):
-                return process
-        return None
-
-    return check
+    candidates = list(services(cluster).values())
+    parked = event_matching(chaos="parked", tag=tag)
+    index, _ = await race([process.when(reactor, parked, timeout, f"that {tag} is parked") for process in candidates])
+    return candidates[index]
 
 
 async def chaos_under_load(cluster: LocalCluster, victim_of: Callable[[Process], Process]) -> None:
@@ -202,16 +195,16 @@ async def chaos_under_load(cluster: LocalCluster, victim_of: Callable[[Process],
     try:
         load = Load(client)
         running = load.run()
-        await until(lambda: len(load.outcomes) >= BEFORE_KILL or None, 10.0, "the load to get going")
+        await bounded(load.going, 10.0)
 
         probe_idempotent = ensureDeferred(timed_call(client, "chaos.park_idempotent", "probe-i"))
-        home = await until(parked_in(cluster, "probe-i"), 5.0, "the idempotent probe to be parked")
+        home = await parked_in(cluster, "probe-i")
         probe_plain = None
         others = []
         for attempt in range(PROBE_TRIES):
             tag = f"probe-p{attempt}"
             probe = ensureDeferred(timed_call(client, "chaos.park_plain", tag))
-            where = await until(parked_in(cluster, tag), 5.0, f"probe {tag} to be parked")
+            where = await parked_in(cluster, tag)
             if where is home:
                 probe_plain = probe
                 break
@@ -248,7 +241,9 @@ async def chaos_under_load(cluster: LocalCluster, victim_of: Callable[[Process],
     assert 0 < load.issued_at_kill < load.issued, "the kill did not happen mid-load"
 
     # Before the kill the load ran on both services.
-    before = {outcome.value[1] for outcome in load.outcomes if outcome.error is None and outcome.started < load.killed_at}
+    before = {
+        outcome.value[1] for outcome in load.outcomes if outcome.error is None and outcome.started < load.killed_at
+    }
     assert before == {home.pid, survivor.pid}
 
     # Idempotent calls all succeeded; the non-idempotent ones succeeded or lost their implementer.
@@ -261,7 +256,9 @@ async def chaos_under_load(cluster: LocalCluster, victim_of: Callable[[Process],
                 f"non-idempotent call {outcome.argument} failed with {outcome.error!r}"
             )
     # Calls started once the victim was gone ran in the survivor.
-    after = {outcome.value[1] for outcome in load.outcomes if outcome.error is None and outcome.started > load.killed_at}
+    after = {
+        outcome.value[1] for outcome in load.outcomes if outcome.error is None and outcome.started > load.killed_at
+    }
     assert after == {survivor.pid}
 
     # The probes parked in the killed service: the idempotent one was retried
@@ -293,9 +290,12 @@ async def test_sigkill_of_a_service_under_load(cluster: LocalCluster) -> None:
 async def test_master_restart_nodes_register_again_within_2s(cluster: LocalCluster) -> None:
     """
     SIGKILL the master, start it again on its ports: within REREGISTER_BOUND
-    seconds of it listening, a new API connection reaches both nodes' services,
-    and calls succeed.
+    seconds of it listening (by the times in its own log events), both nodes
+    have registered their methods with it again; then a new API connection
+    reaches both nodes' services, and calls succeed.
     """
+    from twisted.internet import reactor
+
     chaos = {service.pid for service in services(cluster).values()}
     client = await api_client(cluster)
     try:
@@ -307,40 +307,27 @@ async def test_master_restart_nodes_register_again_within_2s(cluster: LocalClust
     assert cluster.master is not None
     killed = time.monotonic()
     assert cluster.kill(cluster.master) == -signal.SIGKILL
-    cluster.start_master(node_port=node_port, api_port=api_port)
+    master = cluster.start_master(node_port=node_port, api_port=api_port)
     up = time.monotonic()
     assert (cluster.node_port, cluster.api_port) == (node_port, api_port)
 
+    registered = [
+        master.when(reactor, nswarm_event("registration", role="node", name=name, action="implements"), 10.0)
+        for name in cluster.nodes
+    ]
+    registrations = await gatherResults(registered)
+    (listening,) = master.events(nswarm_event("listening", server="node server"))
+    again = max(event["log_time"] for event in registrations) - listening["log_time"]
+    print(
+        f"\nmaster down for {up - killed:.3f}s (kill to listening); both nodes registered again "
+        f"{again:.3f}s after it listened (by the times in its log)"
+    )
+
     client = await api_client(cluster)
     try:
-        seen: set[int] = set()
-        first: float | None = None
-        attempts = 0
-        deadline = up + 10.0
-        while seen != chaos:
-            assert time.monotonic() < deadline, f"after 10s only {seen} of {chaos} answered"
-            attempts += 1
-            try:
-                value = await bounded(client.call_with_timeout(1.0, IDEMPOTENT, attempts), 2.0)
-            except NoSuchMethod:
-                from twisted.internet import reactor
-
-                await deferLater(reactor, POLL_INTERVAL, lambda: None)
-                continue
-            seen.add(value[1])
-            if first is None:
-                first = time.monotonic()
-        both = time.monotonic()
-        assert first is not None
-        print(
-            f"\nmaster down for {up - killed:.3f}s (kill to listening); first call succeeded "
-            f"{first - up:.3f}s after it listened, both nodes answered after {both - up:.3f}s "
-            f"({attempts} calls)"
-        )
-
         outcomes = await gatherResults([ensureDeferred(timed_call(client, IDEMPOTENT, i)) for i in range(LOAD_WIDTH)])
         assert [outcome.error for outcome in outcomes] == [None] * LOAD_WIDTH
         assert {outcome.value[1] for outcome in outcomes} == chaos
-        assert both - up < REREGISTER_BOUND, f"nodes registered again {both - up:.3f}s after the master came back"
+        assert again < REREGISTER_BOUND, f"nodes registered again {again:.3f}s after the master came back"
     finally:
         await close(client)

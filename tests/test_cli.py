@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from twisted.python import usage
 
-from nswarm import pki
+from nswarm import cluster_files
 from nswarm.cli import InitOptions, Options, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +81,7 @@ def test_non_numeric_port_is_a_usage_error() -> None:
         parse_init("--api-port", "http", "d")
 
 
-@pytest.mark.parametrize(
-    "argv", [["--host", ""], ["--host", "a b"], ["--master-host", "é.example"]]
-)
+@pytest.mark.parametrize("argv", [["--host", ""], ["--host", "a b"], ["--master-host", "é.example"]])
 def test_bad_host_is_a_usage_error(argv: list[str]) -> None:
     """Empty, spaced or non-ASCII hosts are refused."""
     with pytest.raises(usage.UsageError, match="DNS name or an IP address"):
@@ -100,9 +98,7 @@ def test_bad_node_name_is_a_usage_error(name: str) -> None:
 # -- main: success ---------------------------------------------------------
 
 
-def test_init_writes_a_cluster_and_prints_how_to_start_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_writes_a_cluster_and_prints_how_to_start_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 0; the output names the directory and the two twistd commands."""
     directory = tmp_path / "cluster"
     assert main(["init", str(directory)]) == 0
@@ -112,13 +108,11 @@ def test_init_writes_a_cluster_and_prints_how_to_start_it(
     assert f"nswarm-master --config {directory}/master.conf" in out
     assert f"nswarm-node --config {directory}/node.conf" in out
     assert "twistd -n" in out
-    assert sorted(p.name for p in directory.iterdir()) == sorted(pki.CLUSTER_FILES)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(cluster_files.CLUSTER_FILES)
     assert stat.S_IMODE(os.stat(directory / "ca.key").st_mode) == 0o600
 
 
-def test_start_commands_use_separate_pidfiles(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_start_commands_use_separate_pidfiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Master and node started from one directory do not fight over twistd.pid."""
     assert main(["init", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -126,9 +120,7 @@ def test_start_commands_use_separate_pidfiles(
     assert f"--pidfile {tmp_path}/node.pid" in out
 
 
-def test_init_passes_every_option_through(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_passes_every_option_through(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Hosts, master host, ports and node name end up in the files."""
     argv = [
         "init",
@@ -153,18 +145,14 @@ def test_init_passes_every_option_through(
     assert (api["host"], api["port"]) == ("m.example", "7101")
     cert = x509.load_pem_x509_certificate((tmp_path / "master.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {"localhost", "m.example", "a.example"} <= set(
-        names.get_values_for_type(x509.DNSName)
-    )
+    assert {"localhost", "m.example", "a.example"} <= set(names.get_values_for_type(x509.DNSName))
     assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
         "127.0.0.1",
         "192.0.2.7",
     }
 
 
-def test_force_overwrites_an_existing_configuration(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_force_overwrites_an_existing_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second init with --force succeeds and makes a new CA."""
     assert main(["init", str(tmp_path)]) == 0
     before = (tmp_path / "ca.pem").read_bytes()
@@ -175,9 +163,7 @@ def test_force_overwrites_an_existing_configuration(
 # -- main: failures ----------------------------------------------------------
 
 
-def test_existing_files_exit_1_and_change_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_existing_files_exit_1_and_change_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second init without --force: exit 1, the message names the file."""
     assert main(["init", str(tmp_path)]) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -190,9 +176,7 @@ def test_existing_files_exit_1_and_change_nothing(
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_unwritable_directory_exits_1_with_a_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unwritable_directory_exits_1_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A DIR below a regular file cannot be created: exit 1, no traceback."""
     (tmp_path / "file").write_text("")
     assert main(["init", str(tmp_path / "file" / "cluster")]) == 1
@@ -200,9 +184,7 @@ def test_unwritable_directory_exits_1_with_a_message(
     assert "cannot write the configuration" in err
 
 
-def test_port_out_of_range_exits_2_with_usage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_port_out_of_range_exits_2_with_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The error sentence and the init usage go to stderr; nothing is written."""
     assert main(["init", "--api-port", "70000", str(tmp_path / "c")]) == 2
     out, err = capsys.readouterr()

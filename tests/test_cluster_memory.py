@@ -225,16 +225,15 @@ def test_reconnected_node_registers_a_full_snapshot(cluster: Cluster) -> None:
     node, upstream, _ = cluster.add_node("a")
     cluster.add_service(node, Counter("1"))
     disconnect(upstream, cluster)
-    assert node.upstream is None
+    assert node.upstream.connection is None
     from nswarm.master.master import NodeServerProtocol
-    from nswarm.node.node import UpstreamProtocol
-    from nswarm.node.tap import authenticate_upstream
+    from nswarm.node.upstream import UpstreamProtocol
 
     from .support import NODE_KEY
 
     again = UpstreamProtocol(node, cluster.clock)
     cluster._connect(NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), again)
-    result_of(cluster.run(authenticate_upstream(node, NODE_KEY)(again)))
+    result_of(cluster.run(node.upstream.authenticate(NODE_KEY)(again)))
     assert cluster.master.registry.methods() == ["whoami"]
     assert sorted(cluster.master.registry.events()) == ["orders.cancelled", "orders.created"]
 
@@ -348,15 +347,17 @@ def test_a_cancelled_call_ignores_its_late_answer(cluster: Cluster) -> None:
 
 
 def test_a_service_answers_a_malformed_call_box_with_a_typed_error() -> None:
+    from twisted.internet.task import Clock
     from twisted.protocols import amp
 
-    from nswarm.amp_commands import remote_error
+    from nswarm.boxes import remote_error
+    from nswarm.service_runner import ServiceRunner
 
     from .support import connect
 
     server = amp.AMP()
     greeter = Greeter()
-    proto = greeter.buildProtocol(None)
+    proto = ServiceRunner(greeter, Clock(), b"key").buildProtocol(None)
     pump = connect(server, proto)
     answers: list[amp.AmpBox] = []
     server.ampBoxReceived = answers.append  # type: ignore[method-assign]
@@ -385,7 +386,7 @@ def test_deadline_fails_the_call_and_cancels_the_handler(cluster: Cluster) -> No
     assert greeter.hanging[0].called  # cancelled through the node
     assert len(cluster.master.pending) == len(node.pending) == 0
     cluster.clock.advance(0.05)  # the deadline sweeps stop once nothing is in flight
-    assert cluster.master._sweeper is None and node._sweeper is None
+    assert cluster.master.relay._sweeper is None and node.relay._sweeper is None
     assert result_of(cluster.run(api.call("greet", "on time"))) == "hello on time!"
 
 
@@ -526,7 +527,7 @@ def test_calls_wait_out_the_grace_period_for_an_implementer(cluster: Cluster) ->
     cluster.clock.advance(1.1)
     cluster.flush()
     assert failure_of(hopeless).check(NoSuchMethod)
-    assert cluster.master._park_timer is None and cluster.master.parked_count == 0
+    assert cluster.master._hold_timer is None and cluster.master.parked_count == 0
 
 
 def test_without_grace_a_missing_method_fails_at_once(cluster: Cluster) -> None:
@@ -675,7 +676,7 @@ class Limited(Service):
 def test_concurrency_limits_queue_calls_at_the_master(cluster: Cluster) -> None:
     from nswarm.amp_commands import Overloaded
 
-    cluster.master.queue_size = 2
+    cluster.master.held.size = 2
     node, _, node_conn = cluster.add_node("a")
     limited = Limited()
     cluster.add_service(node, limited)
@@ -752,8 +753,7 @@ def test_a_draining_service_withdraws_then_waits_for_its_handlers(cluster: Clust
 
     node, _, _ = cluster.add_node("a")
     worker = Flaky("w")
-    proto, _ = cluster.add_service(node, worker)
-    proto.clock = cluster.clock
+    cluster.add_service(node, worker)
     stopped: list[bool] = []
 
     class FakeClientService(ClientService):
@@ -764,7 +764,8 @@ def test_a_draining_service_withdraws_then_waits_for_its_handlers(cluster: Clust
             stopped.append(True)
             return succeed(None)
 
-    worker.client_service = FakeClientService()
+    assert worker.runner is not None
+    worker.runner.client_service = FakeClientService()
     api, _ = cluster.add_api()
     running = cluster.run(api.call("once.only"))
     done = worker.stop(drain_timeout=5.0)
@@ -805,7 +806,7 @@ def test_call_all_gathers_one_outcome_per_service(cluster: Cluster) -> None:
     assert sorted(f.remote_message for f in failures) == ["'a1'", "'a2'", "'b1'"]
     assert all(isinstance(f, HandlerFailed) for f in failures)
     assert failure_of(cluster.run(api.call_all("nobody"))).check(NoSuchMethod)
-    assert not cluster.master.gathers and not node_a.gathers
+    assert not cluster.master.relay.gathers and not node_a.relay.gathers
     # One service that never answers becomes a DeadlineExceeded entry; the others still count.
     slow = Greeter()
     cluster.add_service(node_b, slow)
@@ -829,7 +830,7 @@ def test_a_service_can_call_all_and_cancel_stops_everything(cluster: Cluster) ->
     pending.cancel()
     cluster.flush()
     assert one.hanging[0].called and two.hanging[0].called
-    assert not cluster.master.gathers and not node.gathers and len(cluster.master.pending) == 0
+    assert not cluster.master.relay.gathers and not node.relay.gathers and len(cluster.master.pending) == 0
 
 
 def test_a_queued_call_keeps_its_deadline_after_it_leaves_the_queue(cluster: Cluster) -> None:

@@ -27,17 +27,47 @@ class Echo(Service):
         return value
 
 
-commands = st.sampled_from([b"Call", b"Publish", b"Cancel", b"CallAll", b"Implement", b"Subscribe",
-                            b"Heartbeat", b"Authenticate", b"Nope", b"\xff\xfe", b""])
-control = st.sampled_from([b"_command", b"_ask", b"_answer", b"_error", b"_error_code", b"method", b"event",
-                           b"args", b"args.1", b"payload", b"timeout", b"id", b"methods", b"key", b"exclude"])
-values = st.one_of(st.binary(max_size=40), st.sampled_from([b"echo", b"-1", b"1e999", b"nan", b"0", b"\x00\x05ab"]))
-boxes = st.dictionaries(st.one_of(control, st.binary(min_size=1, max_size=8)), values, max_size=6).map(
-    lambda box: box
+commands = st.sampled_from(
+    [
+        b"Call",
+        b"Publish",
+        b"Cancel",
+        b"CallAll",
+        b"Implement",
+        b"Subscribe",
+        b"Heartbeat",
+        b"Authenticate",
+        b"Nope",
+        b"\xff\xfe",
+        b"",
+    ]
 )
+control = st.sampled_from(
+    [
+        b"_command",
+        b"_ask",
+        b"_answer",
+        b"_error",
+        b"_error_code",
+        b"method",
+        b"event",
+        b"args",
+        b"args.1",
+        b"payload",
+        b"timeout",
+        b"id",
+        b"methods",
+        b"key",
+        b"exclude",
+    ]
+)
+values = st.one_of(st.binary(max_size=40), st.sampled_from([b"echo", b"-1", b"1e999", b"nan", b"0", b"\x00\x05ab"]))
+boxes = st.dictionaries(st.one_of(control, st.binary(min_size=1, max_size=8)), values, max_size=6).map(lambda box: box)
 frames = st.one_of(
     boxes.map(lambda box: amp.AmpBox(box).serialize()),
-    st.tuples(commands, boxes).map(lambda pair: amp.AmpBox({**pair[1], b"_command": pair[0]}).serialize() if pair[0] else b""),
+    st.tuples(commands, boxes).map(
+        lambda pair: amp.AmpBox({**pair[1], b"_command": pair[0]}).serialize() if pair[0] else b""
+    ),
     st.binary(max_size=64),
 )
 
@@ -86,7 +116,9 @@ def check_garbage(chunks: list[bytes], cuts: list[int], authenticate: bool, targ
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(*INPUTS)
-def test_garbage_never_hurts_other_connections(chunks: list[bytes], cuts: list[int], authenticate: bool, target: str) -> None:
+def test_garbage_never_hurts_other_connections(
+    chunks: list[bytes], cuts: list[int], authenticate: bool, target: str
+) -> None:
     check_garbage(chunks, cuts, authenticate, target)
 
 
@@ -97,6 +129,8 @@ def test_the_fuzz_harness_runs() -> None:
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "fuzz" / "fuzz_servers.py"
-    done = subprocess.run([sys.executable, str(script), "--examples", "25"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), "--examples", "25"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "25 inputs tried" in done.stdout

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -31,10 +32,10 @@ from nswarm.amp_commands import (
     HandlerFailed,
     NotAuthenticated,
 )
+from nswarm.cluster_files import init_cluster
 from nswarm.config import read_secret_file
 from nswarm.master import tap as master_tap
 from nswarm.node import tap as node_tap
-from nswarm.pki import init_cluster
 from nswarm.service import Service, implement, subscribe
 from nswarm.tls import client_options
 
@@ -77,19 +78,37 @@ class Cluster:
         self.ports_file = directory / "ports"
         options = master_tap.Options()
         options.parseOptions(
-            ["--config", str(directory / "master.conf"), "--interface", "127.0.0.1",
-             "--node-port", "0", "--api-port", "0", "--ports-file", str(self.ports_file)]
+            [
+                "--config",
+                str(directory / "master.conf"),
+                "--interface",
+                "127.0.0.1",
+                "--node-port",
+                "0",
+                "--api-port",
+                "0",
+                "--ports-file",
+                str(self.ports_file),
+            ]
         )
         self.master_service = master_tap.makeService(options, reactor)
         self.master_service.privilegedStartService()
         self.master_service.startService()
         self.ports = dict(line.split() for line in self.ports_file.read_text().splitlines())
-        self.master = self.master_service.getServiceNamed("node server").factory.relay
+        self.master = self.master_service.getServiceNamed("node server").factory.router
         self.socket = directory / "sock" / "node.sock"
         options = node_tap.Options()
         options.parseOptions(
-            ["--config", str(directory / "node.conf"), "--upstream-port", self.ports["node"],
-             "--service-socket", str(self.socket), "--name", "loopback"]
+            [
+                "--config",
+                str(directory / "node.conf"),
+                "--upstream-port",
+                self.ports["node"],
+                "--service-socket",
+                str(self.socket),
+                "--name",
+                "loopback",
+            ]
         )
         self.node_service = node_tap.makeService(options, reactor)
         self.node_service.privilegedStartService()
@@ -105,8 +124,12 @@ class Cluster:
 
     async def api(self, **kwargs: Any) -> api.APIClient:
         return await api.connect(
-            reactor, "localhost", int(self.ports["api"]),
-            key=self.key("api-auth.key"), ca=str(self.directory / "ca.pem"), **kwargs,
+            reactor,
+            "localhost",
+            int(self.ports["api"]),
+            key=self.key("api-auth.key"),
+            ca=str(self.directory / "ca.pem"),
+            **kwargs,
         )
 
     async def stop(self) -> None:
@@ -190,8 +213,9 @@ async def test_service_socket_is_owner_only(cluster: Cluster) -> None:
 
 async def raw_node_connection(cluster: Cluster, directory: Path) -> amp.AMP:
     """A bare AMP connection to the node server presenting C{directory}'s node certificate."""
-    tls = client_options("localhost", str(cluster.directory / "ca.pem"),
-                         str(directory / "node.pem"), str(directory / "node.key"))
+    tls = client_options(
+        "localhost", str(cluster.directory / "ca.pem"), str(directory / "node.pem"), str(directory / "node.key")
+    )
     endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports["node"]), tls)
     return await connectProtocol(endpoint, amp.AMP())
 
@@ -237,8 +261,11 @@ async def test_api_client_must_trust_the_master(cluster: Cluster, tmp_path: Path
     init_cluster(other)
     with pytest.raises((TLSError, ConnectionClosed)):
         client = await api.connect(
-            reactor, "localhost", int(cluster.ports["api"]),
-            key=cluster.key("api-auth.key"), ca=str(other / "ca.pem"),
+            reactor,
+            "localhost",
+            int(cluster.ports["api"]),
+            key=cluster.key("api-auth.key"),
+            ca=str(other / "ca.pem"),
         )
         await client.close()
 
@@ -255,8 +282,16 @@ async def test_service_reconnects_when_its_node_restarts(cluster: Cluster) -> No
         # A new node process would make a new service tree on the same socket.
         options = node_tap.Options()
         options.parseOptions(
-            ["--config", str(cluster.directory / "node.conf"), "--upstream-port", cluster.ports["node"],
-             "--service-socket", str(cluster.socket), "--name", "loopback"]
+            [
+                "--config",
+                str(cluster.directory / "node.conf"),
+                "--upstream-port",
+                cluster.ports["node"],
+                "--service-socket",
+                str(cluster.socket),
+                "--name",
+                "loopback",
+            ]
         )
         cluster.node_service = node_tap.makeService(options, reactor)
         cluster.node_service.privilegedStartService()
@@ -335,7 +370,7 @@ class Stalled:
         for _ in range(count):
             n = len(self.fast.seen)
             await self.client.publish("blobs", [n, "x" * 65536])
-            await wait_until(lambda: len(self.fast.seen) > n, "the fast subscriber to get its event")
+            await wait_until(lambda n=n: len(self.fast.seen) > n, "the fast subscriber to get its event")
 
     async def stop(self) -> None:
         await self.client.close()

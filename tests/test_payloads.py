@@ -80,7 +80,9 @@ def test_an_unauthenticated_peer_sending_a_big_box_is_closed() -> None:
     server = ApiServerProtocol(Master(Clock()), Clock(), b"key-0123456789abcdef")
     client = amp.AMP()
     pump = connect(server, client)
-    client.transport.write(amp.AmpBox({b"_command": b"Authenticate", b"k": b"v" * 60_000, b"l": b"w" * 60_000}).serialize())
+    client.transport.write(
+        amp.AmpBox({b"_command": b"Authenticate", b"k": b"v" * 60_000, b"l": b"w" * 60_000}).serialize()
+    )
     pump.flush()
     assert server.transport is None
 

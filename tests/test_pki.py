@@ -11,8 +11,9 @@ import datetime
 import ipaddress
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -31,8 +32,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nswarm import pki
-from nswarm.pki import CertifiedKey, InitError
+from nswarm import cluster_files, pki
+from nswarm.cluster_files import InitError
+from nswarm.pki import CertifiedKey
 
 from .support import connect
 
@@ -59,9 +61,7 @@ def ca() -> CertifiedKey:
 
 @pytest.fixture(scope="module")
 def server(ca: CertifiedKey) -> CertifiedKey:
-    return pki.issue_server_certificate(
-        ca, ["localhost", "127.0.0.1", "::1", "master.example"], now=NOW
-    )
+    return pki.issue_server_certificate(ca, ["localhost", "127.0.0.1", "::1", "master.example"], now=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,7 @@ def test_certificates_use_p256_and_the_injected_clock(
 
 def test_validity_period_is_injectable(ca: CertifiedKey) -> None:
     """C{valid_for} sets how long a certificate lasts."""
-    short = pki.issue_client_certificate(
-        ca, "brief", now=NOW, valid_for=datetime.timedelta(days=1)
-    )
+    short = pki.issue_client_certificate(ca, "brief", now=NOW, valid_for=datetime.timedelta(days=1))
     assert short.certificate.not_valid_after_utc == NOW + datetime.timedelta(days=1)
 
 
@@ -141,9 +139,7 @@ def test_naive_clock_is_refused() -> None:
         pki.make_ca(now=datetime.datetime(2030, 1, 1))
 
 
-def test_ca_verifies_the_server_certificate(
-    ca: CertifiedKey, server: CertifiedKey
-) -> None:
+def test_ca_verifies_the_server_certificate(ca: CertifiedKey, server: CertifiedKey) -> None:
     """The server certificate is signed by the CA and names it as authority."""
     cert = server.certificate
     cert.verify_directly_issued_by(ca.certificate)
@@ -155,9 +151,7 @@ def test_ca_verifies_the_server_certificate(
 def test_server_certificate_is_a_tls_server_leaf(server: CertifiedKey) -> None:
     """Server auth EKU, not a CA."""
     cert = server.certificate
-    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.SERVER_AUTH
-    ]
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
     constraints = ext(cert, x509.BasicConstraints)
     assert constraints.critical and not constraints.value.ca
 
@@ -180,24 +174,18 @@ def test_server_certificate_needs_a_host(ca: CertifiedKey) -> None:
         pki.issue_server_certificate(ca, [], now=NOW)
 
 
-def test_ca_verifies_the_client_certificate(
-    ca: CertifiedKey, client: CertifiedKey
-) -> None:
+def test_ca_verifies_the_client_certificate(ca: CertifiedKey, client: CertifiedKey) -> None:
     """The client certificate is signed by the CA, CN and DNS SAN are its name."""
     cert = client.certificate
     cert.verify_directly_issued_by(ca.certificate)
     assert common_name(cert) == "node-7"
     assert sans(cert).get_values_for_type(x509.DNSName) == ["node-7"]
-    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.CLIENT_AUTH
-    ]
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert not ext(cert, x509.BasicConstraints).value.ca
     assert ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier
 
 
-def test_another_ca_does_not_verify_our_certificates(
-    server: CertifiedKey, client: CertifiedKey
-) -> None:
+def test_another_ca_does_not_verify_our_certificates(server: CertifiedKey, client: CertifiedKey) -> None:
     """Verification really checks the signature: a foreign CA fails."""
     other = pki.make_ca("other CA", now=NOW)
     for cert in (server.certificate, client.certificate):
@@ -214,9 +202,7 @@ def test_serial_numbers_are_random(ca: CertifiedKey) -> None:
 
 def test_subject_alternative_names_deduplicate_in_order() -> None:
     """Duplicates (also differently spelled IPs) collapse; order is kept."""
-    assert pki.subject_alternative_names(
-        ["localhost", "127.0.0.1", "example.com", "localhost", "::1", "0:0::1"]
-    ) == [
+    assert pki.subject_alternative_names(["localhost", "127.0.0.1", "example.com", "localhost", "::1", "0:0::1"]) == [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.DNSName("example.com"),
@@ -248,9 +234,7 @@ def test_subject_alternative_names_type_every_host(hosts: list[str]) -> None:
 
 def test_pem_helpers_round_trip(client: CertifiedKey) -> None:
     """The PEM encodings load back as the same certificate and key."""
-    assert x509.load_pem_x509_certificate(client.certificate_pem()) == (
-        client.certificate
-    )
+    assert x509.load_pem_x509_certificate(client.certificate_pem()) == (client.certificate)
     key = serialization.load_pem_private_key(client.key_pem(), password=None)
     assert key.public_key() == client.key.public_key()
     assert client.key_pem().startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -267,9 +251,7 @@ def test_write_private_creates_an_owner_only_file(tmp_path: Path, umask: None) -
     assert path.read_bytes() == b"s3cret"
 
 
-def test_write_private_never_creates_a_readable_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_private_never_creates_a_readable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file is created exclusively with mode 0600: no readable window."""
     calls: list[tuple[int, int]] = []
     real_open = os.open
@@ -322,7 +304,7 @@ def test_auth_keys_are_256_random_bits_in_hex() -> None:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Path:
     directory = tmp_path / "cluster"
-    pki.init_cluster(
+    cluster_files.init_cluster(
         directory,
         hosts=["example.com", "10.1.2.3", "localhost", "example.com"],
         master_host="master.example",
@@ -343,19 +325,17 @@ def read_conf(path: Path) -> configparser.ConfigParser:
 def test_init_writes_every_file_and_returns_them(tmp_path: Path) -> None:
     """The returned list is the absolute paths of every file, all present."""
     directory = tmp_path / "c"
-    written = pki.init_cluster(directory, now=NOW)
-    assert written == [directory / name for name in pki.CLUSTER_FILES]
-    assert sorted(p.name for p in directory.iterdir()) == sorted(pki.CLUSTER_FILES)
+    written = cluster_files.init_cluster(directory, now=NOW)
+    assert written == [directory / name for name in cluster_files.CLUSTER_FILES]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(cluster_files.CLUSTER_FILES)
 
 
-def test_init_modes_private_0600_public_0644_directory_0700(
-    tmp_path: Path, umask: None
-) -> None:
+def test_init_modes_private_0600_public_0644_directory_0700(tmp_path: Path, umask: None) -> None:
     """Secrets are owner-only, the rest world-readable; a new DIR is 0700."""
     directory = tmp_path / "new" / "cluster"
-    pki.init_cluster(directory, now=NOW)
+    cluster_files.init_cluster(directory, now=NOW)
     assert mode(directory) == 0o700
-    for name in pki.CLUSTER_FILES:
+    for name in cluster_files.CLUSTER_FILES:
         assert mode(directory / name) == (0o600 if name in PRIVATE else 0o644), name
 
 
@@ -365,9 +345,7 @@ def test_init_conf_files_hold_absolute_existing_paths(cluster: Path) -> None:
         conf = read_conf(cluster / name)
         for section in conf.sections():
             for key, value in conf.items(section):
-                if key in {"ca", "socket", "service-socket"} or key.endswith(
-                    ("cert", "key", "-file")
-                ):
+                if key in {"ca", "socket", "service-socket"} or key.endswith(("cert", "key", "-file")):
                     path = Path(value)
                     assert path.is_absolute(), (name, key)
                     assert path.parent == cluster, (name, key)
@@ -444,9 +422,7 @@ def test_init_certificates_chain_to_the_written_ca(cluster: Path) -> None:
 def test_init_keys_match_their_certificates(cluster: Path) -> None:
     """Each .key file is the private key of the .pem beside it."""
     for stem in ("ca", "master", "node", "api"):
-        key = serialization.load_pem_private_key(
-            (cluster / f"{stem}.key").read_bytes(), password=None
-        )
+        key = serialization.load_pem_private_key((cluster / f"{stem}.key").read_bytes(), password=None)
         assert key.public_key() == load_cert(cluster / f"{stem}.pem").public_key()
 
 
@@ -466,22 +442,17 @@ def test_init_master_certificate_names(cluster: Path) -> None:
 
 def test_init_auth_keys_are_distinct_hex_lines(cluster: Path) -> None:
     """Three different 256-bit keys, each a hex line ending in a newline."""
-    keys = [
-        (cluster / name).read_bytes()
-        for name in ("node-auth.key", "api-auth.key", "service-auth.key")
-    ]
+    keys = [(cluster / name).read_bytes() for name in ("node-auth.key", "api-auth.key", "service-auth.key")]
     for key in keys:
         assert key.endswith(b"\n") and len(key.strip()) == 64
         int(key.strip(), 16)
     assert len(set(keys)) == 3
 
 
-def test_init_relative_directory_gives_absolute_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_init_relative_directory_gives_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A relative DIR is resolved once, so the conf files work from anywhere."""
     monkeypatch.chdir(tmp_path)
-    written = pki.init_cluster("rel", now=NOW)
+    written = cluster_files.init_cluster("rel", now=NOW)
     assert written[0] == tmp_path / "rel" / "ca.pem"
     node = read_conf(tmp_path / "rel" / "node.conf")["node"]
     assert node["ca"] == f"{tmp_path}/rel/ca.pem"
@@ -493,7 +464,7 @@ def test_init_refuses_existing_files_and_writes_nothing(tmp_path: Path) -> None:
     directory.mkdir()
     (directory / "node.conf").write_text("mine")
     with pytest.raises(InitError) as caught:
-        pki.init_cluster(directory, now=NOW)
+        cluster_files.init_cluster(directory, now=NOW)
     message = str(caught.value)
     assert str(directory / "node.conf") in message
     assert "empty directory" in message and "--force" in message
@@ -503,33 +474,31 @@ def test_init_refuses_existing_files_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_init_refuses_a_second_run(tmp_path: Path) -> None:
     """Running init twice without force names the first file and keeps the CA."""
-    pki.init_cluster(tmp_path, now=NOW)
+    cluster_files.init_cluster(tmp_path, now=NOW)
     before = (tmp_path / "ca.pem").read_bytes()
     with pytest.raises(InitError, match="ca.pem"):
-        pki.init_cluster(tmp_path, now=NOW)
+        cluster_files.init_cluster(tmp_path, now=NOW)
     assert (tmp_path / "ca.pem").read_bytes() == before
 
 
 def test_init_force_overwrites_and_keeps_private_modes(tmp_path: Path) -> None:
     """With force everything is rewritten; loosened secrets end up 0600 again."""
-    pki.init_cluster(tmp_path, now=NOW)
+    cluster_files.init_cluster(tmp_path, now=NOW)
     before = (tmp_path / "ca.pem").read_bytes()
     os.chmod(tmp_path / "ca.key", 0o644)
     (tmp_path / "node.conf").unlink()  # a partly present configuration
-    pki.init_cluster(tmp_path, node_name="node-2", force=True, now=NOW)
+    cluster_files.init_cluster(tmp_path, node_name="node-2", force=True, now=NOW)
     assert (tmp_path / "ca.pem").read_bytes() != before
     assert mode(tmp_path / "ca.key") == 0o600
     assert read_conf(tmp_path / "node.conf")["node"]["name"] == "node-2"
-    load_cert(tmp_path / "node.pem").verify_directly_issued_by(
-        load_cert(tmp_path / "ca.pem")
-    )
+    load_cert(tmp_path / "node.pem").verify_directly_issued_by(load_cert(tmp_path / "ca.pem"))
 
 
 def test_init_refuses_a_file_as_directory(tmp_path: Path) -> None:
     """DIR naming an existing regular file is an InitError."""
     (tmp_path / "f").write_text("")
     with pytest.raises(InitError, match="not a directory"):
-        pki.init_cluster(tmp_path / "f", now=NOW)
+        cluster_files.init_cluster(tmp_path / "f", now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -542,12 +511,10 @@ def test_init_refuses_a_file_as_directory(tmp_path: Path) -> None:
         {"master_host": " spaced "},
     ],
 )
-def test_init_rejects_bad_values_before_writing(
-    tmp_path: Path, kwargs: dict[str, Any]
-) -> None:
+def test_init_rejects_bad_values_before_writing(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     """Out-of-range ports and unusable names raise ValueError; nothing written."""
     with pytest.raises(ValueError):
-        pki.init_cluster(tmp_path / "c", now=NOW, **kwargs)
+        cluster_files.init_cluster(tmp_path / "c", now=NOW, **kwargs)
     assert not (tmp_path / "c").exists()
 
 
@@ -589,9 +556,7 @@ class TLSConnection:
         self.flush = flush
 
 
-def tls_pair(
-    directory: Path, hostname: str, node_directory: Path | None = None
-) -> TLSConnection:
+def tls_pair(directory: Path, hostname: str, node_directory: Path | None = None) -> TLSConnection:
     """
     The master's listener and a node's upstream connection, built the way the
     tap builds them (master requires a client certificate from the CA), paired
@@ -605,12 +570,9 @@ def tls_pair(
         (directory / "master.pem").read_bytes() + (directory / "master.key").read_bytes()
     )
     node_private = PrivateCertificate.loadPEM(
-        (node_directory / "node.pem").read_bytes()
-        + (node_directory / "node.key").read_bytes()
+        (node_directory / "node.pem").read_bytes() + (node_directory / "node.key").read_bytes()
     )
-    client_options = optionsForClientTLS(
-        hostname, trustRoot=ca_cert, clientCertificate=node_private
-    )
+    client_options = optionsForClientTLS(hostname, trustRoot=ca_cert, clientCertificate=node_private)
     server_options = master_private.options(ca_cert)
     clock = Clock()
     node_factory = TLSMemoryBIOFactory(
@@ -640,15 +602,13 @@ def tls_pair(
                 return
         raise AssertionError("the TLS connection never went quiet")
 
-    return TLSConnection(
-        cast(Peer, node.wrappedProtocol), cast(Peer, master.wrappedProtocol), flush
-    )
+    return TLSConnection(cast(Peer, node.wrappedProtocol), cast(Peer, master.wrappedProtocol), flush)
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls")
-    pki.init_cluster(directory, hosts=["master.example"])
+    cluster_files.init_cluster(directory, hosts=["master.example"])
     return directory
 
 
@@ -679,11 +639,9 @@ def test_mutual_tls_rejects_a_hostname_not_in_the_certificate(
     assert node.lost.check(VerificationError)
 
 
-def test_mutual_tls_rejects_a_client_from_another_ca(
-    tls_cluster: Path, tmp_path: Path
-) -> None:
+def test_mutual_tls_rejects_a_client_from_another_ca(tls_cluster: Path, tmp_path: Path) -> None:
     """The master refuses a node certificate its CA did not sign."""
-    pki.init_cluster(tmp_path, node_name="intruder")
+    cluster_files.init_cluster(tmp_path, node_name="intruder")
     connection = tls_pair(tls_cluster, "localhost", node_directory=tmp_path)
     connection.flush()
     master = connection.master

@@ -1,16 +1,18 @@
 """
 Tier 3: a real cluster in processes. C{twistd -n nswarm-master}, C{twistd -n
 nswarm-node} and the example greeter service (examples/greeter.py) run as
-child processes through L{nswarm.local.LocalCluster}; the test itself is the
-API user. Every wait is bounded, and every process is stopped (and checked
-gone) even when a test fails.
+child processes through L{nswarm.testing.local.LocalCluster}; the test itself
+is the API user, and learns what the greeter did from its JSON log events.
+Every wait is bounded, and every process is stopped (and checked gone) even
+when a test fails.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -18,7 +20,7 @@ from twisted.internet.defer import Deferred
 
 from nswarm.amp_commands import HandlerFailed, ImplementerLost, NoSuchMethod
 from nswarm.api import APIClient
-from nswarm.local import LocalCluster, Process, alive_pids
+from nswarm.testing.local import LocalCluster, Process, alive_pids, event_matching
 
 GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter.py"
 
@@ -87,14 +89,11 @@ async def test_published_event_reaches_the_subscribed_service(cluster: LocalClus
     from twisted.internet import reactor
 
     service = greeter(cluster)
-    before = service.log_size()
     client = await api_client(cluster)
     try:
         await bounded(client.publish("orders.created", {"id": 7, "item": "tea"}))
-        line = await cluster.when_line(
-            reactor, service, "greeter got event orders.created", timeout=CALL_TIMEOUT, after=before
-        )
-        assert line.endswith('greeter got event orders.created: {"id": 7, "item": "tea"}')
+        got = await service.when(reactor, event_matching(greeter="event"), timeout=CALL_TIMEOUT)
+        assert (got["event"], got["order"]) == ("orders.created", {"id": 7, "item": "tea"})
     finally:
         await client.close()
 
@@ -108,11 +107,10 @@ async def test_killing_the_service_fails_its_pending_call_with_implementer_lost(
     from twisted.internet import reactor
 
     service = greeter(cluster)
-    before = service.log_size()
     client = await api_client(cluster)
     try:
         pending = bounded(client.call("hang"))
-        await cluster.when_line(reactor, service, "greeter is hanging", timeout=CALL_TIMEOUT, after=before)
+        await service.when(reactor, event_matching(greeter="hanging"), timeout=CALL_TIMEOUT)
         assert cluster.kill(service) == -signal.SIGKILL
         with pytest.raises(ImplementerLost):
             await pending

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nswarm.amp_commands import InvalidRequest
-from nswarm.routing import PendingCalls, Registry, Request, check_name
+from nswarm.relay.names import check_name
+from nswarm.relay.state import PendingCalls, Registry, Request
 
 
 def test_round_robin_over_implementers_in_registration_order() -> None:
@@ -149,7 +150,7 @@ def test_registry_agrees_with_a_simple_model(ops: list[tuple[str, str, list[str]
     ],
 )
 def test_subscription_patterns(pattern: str, event: str, expected: bool) -> None:
-    from nswarm.routing import matches
+    from nswarm.relay.names import matches
 
     assert matches(pattern, event) is expected
 

@@ -14,11 +14,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
+from nswarm.cluster_files import init_cluster
 from nswarm.master import tap as master_tap
 from nswarm.master.master import ApiServerProtocol, NodeServerProtocol
 from nswarm.node import tap as node_tap
-from nswarm.node.node import ServiceServerProtocol, UpstreamProtocol
-from nswarm.pki import init_cluster
+from nswarm.node.node import ServiceServerProtocol
+from nswarm.node.upstream import UpstreamProtocol
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def test_twistd_discovers_both_plugins() -> None:
     assert {"nswarm-master", "nswarm-node"} <= names
 
 
-@pytest.mark.parametrize("plugin, option", [("nswarm-master", "--node-auth-key-file"), ("nswarm-node", "--upstream-host")])
+@pytest.mark.parametrize(
+    "plugin, option", [("nswarm-master", "--node-auth-key-file"), ("nswarm-node", "--upstream-host")]
+)
 def test_twistd_plugin_help_documents_the_options(plugin: str, option: str) -> None:
     twistd = Path(sys.executable).parent / "twistd"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
@@ -66,9 +69,7 @@ def test_command_line_overrides_config_file(cluster_dir: Path) -> None:
     assert isinstance(options["api-port"], int)
 
 
-def test_user_config_file_gives_defaults_and_config_file_overrides_it(
-    cluster_dir: Path, tmp_path: Path
-) -> None:
+def test_user_config_file_gives_defaults_and_config_file_overrides_it(cluster_dir: Path, tmp_path: Path) -> None:
     (tmp_path / ".nswarm-master.conf").write_text("[master]\napi-port = 7100\nnode-port = 7101\n")
     explicit = tmp_path / "explicit.conf"
     explicit.write_text((cluster_dir / "master.conf").read_text().replace("node-port = 6666", "node-port = 7200"))
@@ -119,9 +120,12 @@ def test_master_makes_a_node_server_and_an_api_server(cluster_dir: Path, tmp_pat
     ports_file = tmp_path / "ports"
     options = parse(
         master_tap.Options(),
-        "--config", str(cluster_dir / "master.conf"),
-        "--interface", "127.0.0.1",
-        "--ports-file", str(ports_file),
+        "--config",
+        str(cluster_dir / "master.conf"),
+        "--interface",
+        "127.0.0.1",
+        "--ports-file",
+        str(ports_file),
     )
     reactor = MemoryReactorClock()
     service = master_tap.makeService(options, reactor=reactor)
@@ -131,7 +135,7 @@ def test_master_makes_a_node_server_and_an_api_server(cluster_dir: Path, tmp_pat
     assert set(listening) == {(6666, "127.0.0.1"), (6667, "127.0.0.1")}
     assert listening[(6666, "127.0.0.1")].relay_protocol is NodeServerProtocol
     assert listening[(6667, "127.0.0.1")].relay_protocol is ApiServerProtocol
-    assert listening[(6666, "127.0.0.1")].relay is listening[(6667, "127.0.0.1")].relay
+    assert listening[(6666, "127.0.0.1")].router is listening[(6667, "127.0.0.1")].router
     assert ports_file.read_text() == "node 6666\napi 6667\n"
     service.stopService()
 
@@ -140,10 +144,14 @@ def test_node_makes_an_upstream_client_and_a_private_service_socket(cluster_dir:
     socket_path = tmp_path / "private" / "node.sock"
     options = parse(
         node_tap.Options(),
-        "--config", str(cluster_dir / "node.conf"),
-        "--service-socket", str(socket_path),
-        "--upstream-port", "7000",
-        "--subscriber-buffer", "4096",
+        "--config",
+        str(cluster_dir / "node.conf"),
+        "--service-socket",
+        str(socket_path),
+        "--upstream-port",
+        "7000",
+        "--subscriber-buffer",
+        "4096",
     )
     assert options["service-socket-mode"] == 0o600
     reactor = MemoryReactorClock()
@@ -185,8 +193,13 @@ def test_defaults_arrive_coerced_like_command_line_values(tmp_path: Path) -> Non
 
 def test_payload_and_subscriber_limits_reach_the_listeners(cluster_dir: Path) -> None:
     options = parse(
-        master_tap.Options(), "--config", str(cluster_dir / "master.conf"),
-        "--max-payload", "1048576", "--subscriber-buffer", "65536",
+        master_tap.Options(),
+        "--config",
+        str(cluster_dir / "master.conf"),
+        "--max-payload",
+        "1048576",
+        "--subscriber-buffer",
+        "65536",
     )
     reactor = MemoryReactorClock()
     service = master_tap.makeService(options, reactor=reactor)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -18,23 +17,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from nswarm._boxes import DEFAULT_HEARTBEAT
+from nswarm import defaults
 from nswarm.config import (
     DaemonOptions,
     count,
+    limit_parameters,
     non_negative,
     path,
     port,
     positive,
     secret_parameters,
 )
-from nswarm.forwarding import (
-    DEFAULT_AUTH_TIMEOUT,
-    RelayFactory,
-    RelayService,
-    limit_parameters,
-)
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
+from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
 from nswarm.tls import server_options
 
 log = Logger()
@@ -54,9 +49,9 @@ class Options(DaemonOptions):
     )
     optParameters = [
         ["config", "c", None, "INI file whose [master] section gives defaults for these options", path],
-        ["interface", None, "0.0.0.0", "Address both servers listen on", str],
-        ["node-port", None, "6666", "TCP port of the node server", port],
-        ["api-port", None, "6667", "TCP port of the api server", port],
+        ["interface", None, defaults.INTERFACE, "Address both servers listen on", str],
+        ["node-port", None, str(defaults.NODE_PORT), "TCP port of the node server", port],
+        ["api-port", None, str(defaults.API_PORT), "TCP port of the api server", port],
         ["ca", None, None, "Cluster CA certificate (PEM): node certificates must be signed by it", path],
         ["node-cert", None, None, "Certificate (PEM) the node server presents", path],
         ["node-cert-key", None, None, "Private key (PEM) of --node-cert", path],
@@ -65,17 +60,27 @@ class Options(DaemonOptions):
         ["api-client-ca", None, None, "If given, API users must present a certificate signed by this CA", path],
         *secret_parameters("node-auth-key", "key nodes authenticate with"),
         *secret_parameters("api-auth-key", "key API users authenticate with"),
-        ["auth-timeout", None, str(DEFAULT_AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
+        ["auth-timeout", None, str(defaults.AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
-        ["heartbeat", None, str(DEFAULT_HEARTBEAT), "Seconds between heartbeats; 3 silent ones close a connection", positive],
+        [
+            "heartbeat",
+            None,
+            str(defaults.HEARTBEAT),
+            "Seconds between heartbeats; 3 silent ones close a connection",
+            positive,
+        ],
         *limit_parameters("a node"),
         [
-            "queue-size", None, "1000",
+            "queue-size",
+            None,
+            str(defaults.QUEUE_SIZE),
             "Most calls held back at once (waiting for a busy implementer or the grace period); more get Overloaded",
             count,
         ],
         [
-            "grace", None, "0",
+            "grace",
+            None,
+            str(defaults.GRACE),
             "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
             non_negative,
         ],
@@ -99,6 +104,7 @@ class PortsFile:
         self.ports: dict[str, int | None] = dict.fromkeys(names)
 
     def bound(self, name: str, number: int) -> None:
+        """Server C{name} listens on port C{number}: once all do, write the file (atomically)."""
         self.ports[name] = number
         if self.target and None not in self.ports.values():
             partial = self.target + ".tmp"
@@ -119,7 +125,13 @@ class _Announced:
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def bound(listening: IListeningPort) -> IListeningPort:
             address: Any = listening.getHost()
-            log.info("{server} listening on {host}:{port}", server=self.name, host=address.host, port=address.port)
+            log.info(
+                "{server} listening on {host}:{port}",
+                server=self.name,
+                host=address.host,
+                port=address.port,
+                nswarm_event="listening",
+            )
             self.ports.bound(self.name.split()[0], address.port)
             return listening
 
@@ -150,9 +162,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["max-payload"],
             options["subscriber-buffer"],
         )
-        server = StreamServerEndpointService(_Announced(endpoint, name, ports), factory)
-        # As strports.service does: a port that cannot be bound fails the start.
-        server._raiseSynchronously = True
+        server = listening_service(_Announced(endpoint, name, ports), factory)
         server.setName(name)
         server.setServiceParent(top)
     return top

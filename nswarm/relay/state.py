@@ -1,106 +1,73 @@
 """
-The pure routing core shared by the master and the node: who implements and
-who subscribes to what, which implementer gets the next call, and which
-forwarded calls are waiting for an answer. No sockets here: a peer is any
-hashable object (the relays use their connections).
+The pure routing state shared by the master and the node: the peer
+interface, who implements and who subscribes to what, which implementer gets
+the next call, and which forwarded requests wait for an answer. No sockets
+and no clock here: a peer is anything that provides L{IPeer} (the relays'
+AMP connections, a call_all's gatherer, a test's fake).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Container, Generic, Hashable, Iterable, TypeVar
+from collections.abc import Callable, Container, Hashable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
-from nswarm.amp_commands import InvalidRequest
+from zope.interface import Attribute, Interface
+
+from nswarm.amp_commands import NswarmError
+from nswarm.relay.names import Matches, check_method, check_pattern
 
 P = TypeVar("P", bound=Hashable)
-T = TypeVar("T", bound=Hashable)
-
-MAX_NAME_LENGTH = 255
 
 
-def check_name(kind: str, name: str) -> str:
+class IPeer(Interface):
     """
-    Return C{name} if it is a valid method or event name, else raise
-    L{InvalidRequest} saying why.
-    """
-    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
-        raise InvalidRequest(
-            f"invalid {kind} name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} printable "
-            "characters without leading or trailing spaces"
-        )
-    return name
-
-
-def check_pattern(pattern: str) -> str:
-    """
-    Return C{pattern} if it is a valid subscription: an event name whose
-    dot-separated tokens may be C{*} (any one token) or, last, C{>} (one or
-    more tokens); else raise L{InvalidRequest}.
-    """
-    check_name("subscription", pattern)
-    tokens = pattern.split(".")
-    if ">" in tokens[:-1] or "" in tokens:
-        raise InvalidRequest(
-            f"invalid subscription {pattern[:40]!r}: tokens are separated by single dots, "
-            "and '>' may only be the last token"
-        )
-    return pattern
-
-
-def check_event(event: str) -> str:
-    """Return C{event} if it is a valid name to publish (no wildcards), else raise L{InvalidRequest}."""
-    check_name("event", event)
-    tokens = event.split(".")
-    if "" in tokens:
-        raise InvalidRequest(f"invalid event name {event[:40]!r}: tokens are separated by single dots")
-    if "*" in tokens or ">" in tokens:
-        raise InvalidRequest(f"cannot publish {event[:40]!r}: wildcards are for subscriptions, not events")
-    return event
-
-
-def matches(pattern: str, event: str) -> bool:
-    """Whether subscription C{pattern} matches C{event} (C{orders.*}, C{orders.>}, or exact)."""
-    if pattern == event:
-        return True
-    wanted, tokens = pattern.split("."), event.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (token != "*" and token != tokens[index]):
-            return False
-    return len(tokens) == len(wanted)
-
-
-def is_pattern(name: str) -> bool:
-    tokens = name.split(".")
-    return "*" in tokens or tokens[-1] == ">"
-
-
-class Matches(Generic[T]):
-    """
-    For each event name, the values registered under the subscription
-    patterns that match it (each value once), computed on first use and
-    cached until L{clear}. C{patterns} is read live: clear after changing it.
+    One connection of a relay as the relay core sees it: a node at the
+    master, a service at its node, an API user, the node's upstream, or the
+    gatherer of a call_all. The core sends it boxes and never looks at its
+    transport.
     """
 
-    def __init__(self, patterns: dict[str, list[T]]) -> None:
-        self.patterns = patterns
-        self._cache: dict[str, list[T]] = {}
+    role = Attribute("Its role: 'node', 'service', 'api user', or 'master' (the node's upstream).")
+    name = Attribute("The name it authenticated with, '' if none.")
+    description = Attribute("How logs and error messages name it, such as \"node 'node-1'\".")
+    alive = Attribute("Whether its connection is still open (it can be sent anything).")
+    paused = Attribute("Whether its transport's buffer is full (it is not reading): events may be dropped for it.")
 
-    def __call__(self, event: str) -> list[T]:
-        found = self._cache.get(event)
-        if found is None:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            found = list(
-                dict.fromkeys(
-                    value for pattern, values in self.patterns.items() if matches(pattern, event) for value in values
-                )
-            )
-            self._cache[event] = found
-        return found
+    def next_tag() -> bytes:
+        """A new C{_ask} tag for a request sent to this peer, unique on its connection."""
 
-    def clear(self) -> None:
-        self._cache.clear()
+    def send(box: Any) -> None:
+        """Send C{box} (a request, an answer or an error) unless the connection is gone."""
+
+    def write(data: bytes) -> None:
+        """Write an already serialised box (a fanned-out event) unless the connection is gone."""
+
+    def send_error(tag: bytes | None, error: NswarmError) -> None:
+        """Answer its request C{tag} with C{error}; a request sent without a tag gets nothing."""
+
+    def send_cancel(tag: bytes) -> None:
+        """Cancel the request the relay sent it as C{tag}."""
+
+    def close_connection(abort: bool = False) -> None:
+        """Close the connection (at once, dropping what is buffered, if C{abort})."""
+
+    def may_buffer(size: int) -> bool:
+        """Its buffer is full: may an event of C{size} bytes wait for it too (else it is dropped and counted)?"""
+
+
+class IClock(Protocol):
+    """
+    What the relay core needs of time: the reactor, or a
+    C{twisted.internet.task.Clock} in tests (both provide C{IReactorTime},
+    which this mirrors so that the core imports nothing of
+    C{twisted.internet}).
+    """
+
+    def seconds(self) -> float:
+        """The current time, in seconds."""
+        ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
 
 
 class _Index(Generic[P]):
@@ -156,7 +123,7 @@ class Registry(Generic[P]):
     """
 
     def __init__(self) -> None:
-        self._methods: _Index[P] = _Index(lambda name: check_name("method", name))
+        self._methods: _Index[P] = _Index(check_method)
         self._events: _Index[P] = _Index(check_pattern)
         self._turn: dict[str, int] = {}
         #: (peer, method) pairs registered as idempotent: safe to run again elsewhere.
@@ -275,9 +242,7 @@ class Registry(Generic[P]):
             peers = [peer for peer in peers if peer != exclude]
         if peers and busy is not None:
             limits = self.limits
-            peers = [
-                peer for peer in peers if not ((peer, method) in limits and busy(peer, limits[(peer, method)]))
-            ]
+            peers = [peer for peer in peers if not ((peer, method) in limits and busy(peer, limits[(peer, method)]))]
         if not peers:
             return None
         count = len(peers)

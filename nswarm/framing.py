@@ -1,5 +1,6 @@
 """
-A faster AMP box parser and serialiser, wire-compatible with Twisted's.
+Framing: a faster AMP box parser (wire-compatible with Twisted's), with the
+payload limits, and heartbeats, mixed into every nswarm connection.
 
 Twisted's BinaryBoxProtocol reads every key and every value through
 Int16StringReceiver, one method dispatch per string (stringReceived, then
@@ -17,24 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.interfaces import ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-log = Logger()
-HEARTBEAT = b"Heartbeat"
-#: Seconds between heartbeats; three silent intervals close a connection.
-DEFAULT_HEARTBEAT = 10.0
-_HEARTBEAT = amp.AmpBox({amp.COMMAND: HEARTBEAT})
-#: The largest call argument, result or event payload a daemon or SDK accepts by default.
-DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
-#: The keys an oversized box keeps, so that it can still be answered.
-_CONTROL = frozenset({amp.COMMAND, amp.ASK, amp.ANSWER, amp.ERROR, amp.ERROR_CODE, amp.ERROR_DESCRIPTION})
+from nswarm import defaults
+from nswarm.amp_commands import ANSWER, ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTION, HEARTBEAT
+from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
 
-MAX_KEY_LENGTH = amp.MAX_KEY_LENGTH
-MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
-_END = b"\x00\x00"
+log = Logger()
+_HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
+#: The keys an oversized box keeps, so that it can still be answered.
+_CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION})
 
 
 def _control(box: amp.AmpBox) -> amp.AmpBox:
@@ -42,32 +38,18 @@ def _control(box: amp.AmpBox) -> amp.AmpBox:
     return amp.AmpBox({key: value for key, value in box.items() if key in _CONTROL})
 
 
-def serialize(box: dict[bytes, bytes]) -> bytes:
-    """The wire bytes of C{box}, or L{amp.TooLong} if a key or value is too long for AMP."""
-    parts: list[bytes] = []
-    for key, value in box.items():
-        if len(key) > MAX_KEY_LENGTH:
-            raise amp.TooLong(True, True, key, None)
-        if len(value) > MAX_VALUE_LENGTH:
-            raise amp.TooLong(False, True, value, key)
-        parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
-    parts.append(_END)
-    return b"".join(parts)
-
-
 class FastBoxes:
-    """Mix in before L{amp.AMP}: parses incoming bytes into boxes in one loop, and serialises boxes quickly."""
+    """Mix in before C{amp.AMP}: parses incoming bytes into boxes in one loop, and serialises boxes quickly."""
 
     boxReceiver: amp.IBoxReceiver
     transport: ITransport | None
-    _keyLengthLimitExceeded: bool
 
     _unparsed = b""
     _box: amp.AmpBox | None = None
     _key: bytes | None = None
     #: The most bytes (keys and values) and keys one incoming box may hold.
-    max_box_size = DEFAULT_MAX_PAYLOAD + 64 * 1024
-    max_keys = DEFAULT_MAX_PAYLOAD // MAX_VALUE_LENGTH + 64
+    max_box_size = defaults.MAX_PAYLOAD + defaults.BOX_OVERHEAD
+    max_keys = defaults.MAX_PAYLOAD // MAX_VALUE_LENGTH + defaults.EXTRA_KEYS
     _size = 0
     _oversized = False
     #: Complete boxes received so far (heartbeats watch it move).
@@ -90,7 +72,7 @@ class FastBoxes:
             start = offset + 2
             stop = start + ((buffer[offset] << 8) | buffer[offset + 1])
             if key is None and stop - start > MAX_KEY_LENGTH:
-                self._keyLengthLimitExceeded = True
+                log.warn("closing the connection to {peer}: it sent a key over AMP's 255 bytes", peer=self._peer())
                 self.close_connection()
                 return
             if stop > end:
@@ -135,14 +117,14 @@ class FastBoxes:
         error if it has one, and go on with the connection's other boxes.
         """
         log.failure("a box from {peer} could not be handled", peer=self._peer())
-        tag = box.get(amp.ASK)
+        tag = box.get(ASK)
         if tag is not None and self.transport is not None:
             self.transport.write(
                 serialize(
                     {
-                        amp.ERROR: tag,
-                        amp.ERROR_CODE: amp.UNKNOWN_ERROR_CODE,
-                        amp.ERROR_DESCRIPTION: b"this request could not be handled: see the receiver's log",
+                        ERROR: tag,
+                        ERROR_CODE: amp.UNKNOWN_ERROR_CODE,
+                        ERROR_DESCRIPTION: b"this request could not be handled: see the receiver's log",
                     }
                 )
             )
@@ -166,6 +148,7 @@ class FastBoxes:
         return self.transport.getPeer() if self.transport is not None else None
 
     def sendBox(self, box: amp.AmpBox) -> None:
+        """Write C{box}, or raise C{ConnectionLost} if the connection is gone (as AMP's own does)."""
         if self.transport is None:
             raise ConnectionLost()
         self.transport.write(serialize(box))
@@ -175,10 +158,12 @@ class FastBoxes:
         if self.transport is not None:
             self.transport.write(serialize(box))
 
-    def start_heartbeats(self, clock: IReactorTime, interval: float) -> None:
+    def start_heartbeats(self, clock: Any, interval: float) -> None:
         """
-        Send a L{Heartbeat} every C{interval} seconds, and abort the
-        connection once no box has arrived for three intervals in a row.
+        Send a L{nswarm.amp_commands.Heartbeat} every C{interval} seconds (on
+        C{clock}, an C{IReactorTime}), and
+        abort the connection once no box has arrived for
+        L{nswarm.defaults.HEARTBEAT_MISSES} intervals in a row.
         """
         heard = [self.boxes_received]
         silent = [0]
@@ -188,11 +173,11 @@ class FastBoxes:
                 heard[0], silent[0] = self.boxes_received, 0
             else:
                 silent[0] += 1
-                if silent[0] >= 3:
+                if silent[0] >= defaults.HEARTBEAT_MISSES:
                     log.warn(
                         "closing the connection to {peer}: nothing heard for {seconds:g}s",
-                        peer=self.transport.getPeer() if self.transport is not None else None,
-                        seconds=3 * interval,
+                        peer=self._peer(),
+                        seconds=defaults.HEARTBEAT_MISSES * interval,
                     )
                     self.stop_heartbeats()
                     self.close_connection(abort=True)
@@ -205,6 +190,7 @@ class FastBoxes:
         self._heartbeat.start(interval, now=False)
 
     def stop_heartbeats(self) -> None:
+        """Stop sending and watching heartbeats (the connection is closing)."""
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = None

@@ -1,0 +1,197 @@
+"""
+What the two SDKs share: the client end of an AMP connection (to the master
+for the API SDK, to a node for the service SDK), which sends calls and
+events as JSON and turns failures into nswarm's typed errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from nswarm import defaults
+from nswarm.amp_commands import (
+    ANSWER,
+    ARGS,
+    ASK,
+    CALL,
+    CALL_ALL,
+    COMMAND,
+    ERROR,
+    EVENT,
+    EXCLUDE,
+    HEARTBEAT,
+    METHOD,
+    PAYLOAD,
+    PUBLISH,
+    RESULT,
+    RESULTS,
+    TIMEOUT,
+    Authenticate,
+    NswarmError,
+    PayloadTooLarge,
+    UpstreamUnavailable,
+)
+from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
+from nswarm.codec import decode, encode, encode_arguments
+from nswarm.framing import FastBoxes
+from nswarm.requests import Requests
+
+
+def check_key(key: Any) -> bytes:
+    """C{key} if it is an auth key (bytes), else a TypeError saying how to pass one."""
+    if not isinstance(key, bytes) or not key:
+        raise TypeError(
+            f"the auth key must be non-empty bytes, not {type(key).__name__}: "
+            "read it with nswarm.config.read_secret_file(PATH), or pass key.encode()"
+        )
+    return key
+
+
+class ClientProtocol(Requests, FastBoxes, amp.AMP):
+    """
+    The SDK end of a connection to the master (API SDK) or a node (service
+    SDK). Calls and events are sent as boxes built here, and their answers
+    are matched by tag, without AMP's Command and Deferred machinery per
+    request: the SDK ends are where most of a call's CPU goes.
+    """
+
+    peer = "master"
+    #: Seconds a call may take when the caller gives no timeout.
+    timeout = defaults.CALL_TIMEOUT
+    #: The largest arguments, result or event payload sent or accepted, in bytes.
+    max_payload = defaults.MAX_PAYLOAD
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timeout_cache: tuple[float, bytes] | None = None
+
+    def authenticate(self, key: bytes, name: str | None = None) -> Deferred[Any]:
+        """Send L{Authenticate} with C{key} (and the name the server logs this end by)."""
+        arguments: dict[str, Any] = {"key": check_key(key)}
+        if name:
+            arguments["name"] = name
+        return self.request(Authenticate, **arguments)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call C{method} on some service in the cluster; the Deferred fires with
+        its result or fails with a typed L{nswarm.amp_commands.NswarmError}.
+        """
+        return self.call_with_timeout(self.timeout, method, *args, **kwargs)
+
+    def _timeout_value(self, timeout: float) -> bytes:
+        """C{timeout} as the Call box carries it (cached: most calls use the default)."""
+        cached = self._timeout_cache
+        if cached is None or cached[0] != timeout:
+            cached = self._timeout_cache = (timeout, repr(float(timeout)).encode("ascii"))
+        return cached[1]
+
+    def call_with_timeout(self, timeout: float, method: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        L{call} with a deadline C{timeout} seconds away: past it the call
+        fails with L{nswarm.amp_commands.DeadlineExceeded} and is cancelled
+        all the way to its handler. Cancelling the returned Deferred cancels
+        the call the same way.
+        """
+        try:
+            data = self.checked(encode_arguments(args, kwargs), "call arguments")
+        except NswarmError:
+            return fail()
+        box = amp.AmpBox({COMMAND: CALL, METHOD: method.encode("utf-8"), TIMEOUT: self._timeout_value(timeout)})
+        put_payload(box, ARGS, data)
+        return self.request_box(box, _call_result)
+
+    def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
+        """
+        Call C{method} on every service that implements it now; the Deferred
+        fires with one entry per service, in no particular order: its result,
+        or the L{nswarm.amp_commands.NswarmError} it failed with (a handler's
+        exception arrives as L{nswarm.amp_commands.HandlerFailed}, a service
+        that did not answer in time as L{nswarm.amp_commands.DeadlineExceeded}).
+        The call has the default deadline (L{timeout}); it fails as a whole only
+        if nobody implements C{method} or the connection is lost.
+        """
+        try:
+            data = self.checked(encode_arguments(args, kwargs), "call arguments")
+        except NswarmError:
+            return fail()
+        box = amp.AmpBox(
+            {COMMAND: CALL_ALL, METHOD: method.encode("utf-8"), TIMEOUT: self._timeout_value(self.timeout)}
+        )
+        put_payload(box, ARGS, data)
+        return self.request_box(box, _gathered)
+
+    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
+        """
+        Publish C{event} with a JSON-compatible C{payload} to every subscriber
+        (but this connection, with C{exclude_self}); the Deferred fires once
+        the master has handed it on.
+        """
+        try:
+            data = self.checked(encode(payload), "event payload")
+        except NswarmError:
+            return fail()
+        box = amp.AmpBox({COMMAND: PUBLISH, EVENT: event.encode("utf-8")})
+        if exclude_self:
+            box[EXCLUDE] = b"1"
+        put_payload(box, PAYLOAD, data)
+        return self.request_box(box, _nothing)
+
+    def checked(self, data: bytes, what: str) -> bytes:
+        """C{data}, or L{PayloadTooLarge} if it is over L{max_payload}."""
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(
+                f"{len(data):,} bytes of {what}, over the limit of {self.max_payload:,} bytes: send less"
+            )
+        return data
+
+    def box_too_large(self, box: amp.AmpBox) -> None:
+        """An oversized answer fails its request with L{PayloadTooLarge}; the connection stays up."""
+        tag = box.get(ANSWER, box.get(ERROR))
+        error = PayloadTooLarge(f"the answer is over the limit of {self.max_payload:,} bytes")
+        if tag is not None and self.fail_request(tag, error):
+            return
+        if COMMAND in box and ASK in box:
+            self.send(
+                error_box(box[ASK], PayloadTooLarge(f"the request is over the limit of {self.max_payload:,} bytes"))
+            )
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        tag = box.get(ANSWER)
+        if tag is None:
+            tag = box.get(ERROR)
+        if tag is not None:
+            self.answered(tag, box)  # an unknown tag: a late answer, dropped
+        elif box.get(COMMAND) != HEARTBEAT:
+            super().ampBoxReceived(box)
+
+    def connection_gone(self) -> UpstreamUnavailable:
+        """What a request fails with once the connection is gone."""
+        return UpstreamUnavailable(
+            f"the connection to the {self.peer} closed before an answer came: "
+            "the request may or may not have been carried out; reconnect and retry if that is safe"
+        )
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.stop_heartbeats()
+        super().connectionLost(reason)
+        self.fail_requests(reason)
+
+
+def _call_result(box: amp.AmpBox) -> Any:
+    return decode(get_payload(box, RESULT))
+
+
+def _gathered(box: amp.AmpBox) -> list[Any]:
+    return [
+        outcome if isinstance(outcome, NswarmError) else decode(outcome)
+        for outcome in parse_frames(get_payload(box, RESULTS))
+    ]
+
+
+def _nothing(box: amp.AmpBox) -> None:
+    return None

@@ -1,0 +1,201 @@
+"""
+C{nswarm init}: the files of a ready cluster configuration (a CA,
+certificates, keys, auth keys and the master, node and client config files),
+written with private files at mode 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from nswarm import defaults
+from nswarm.config import port
+from nswarm.pki import (
+    issue_client_certificate,
+    issue_server_certificate,
+    make_ca,
+    new_auth_key,
+    write_private,
+    write_public,
+)
+
+__all__ = ["CLUSTER_FILES", "InitError", "init_cluster"]
+
+CLUSTER_FILES = (
+    "ca.pem",
+    "ca.key",
+    "master.pem",
+    "master.key",
+    "node.pem",
+    "node.key",
+    "api.pem",
+    "api.key",
+    "node-auth.key",
+    "api-auth.key",
+    "service-auth.key",
+    "master.conf",
+    "node.conf",
+    "client.conf",
+)
+"""The files C{init_cluster} writes, in the order it writes them."""
+
+
+class InitError(Exception):
+    """
+    C{init_cluster} refused to write a cluster configuration (for example
+    because a file it would write already exists).
+    """
+
+
+def _master_conf(d: Path, node_port: int, api_port: int) -> str:
+    return (
+        "[master]\n"
+        "interface = 0.0.0.0\n"
+        f"node-port = {node_port}\n"
+        f"api-port = {api_port}\n"
+        f"ca = {d / 'ca.pem'}\n"
+        f"node-cert = {d / 'master.pem'}\n"
+        f"node-cert-key = {d / 'master.key'}\n"
+        f"api-cert = {d / 'master.pem'}\n"
+        f"api-cert-key = {d / 'master.key'}\n"
+        f"node-auth-key-file = {d / 'node-auth.key'}\n"
+        f"api-auth-key-file = {d / 'api-auth.key'}\n"
+    )
+
+
+def _node_conf(d: Path, node_name: str, master_host: str, node_port: int) -> str:
+    return (
+        "[node]\n"
+        f"name = {node_name}\n"
+        f"upstream-host = {master_host}\n"
+        f"upstream-port = {node_port}\n"
+        f"ca = {d / 'ca.pem'}\n"
+        f"node-cert = {d / 'node.pem'}\n"
+        f"node-cert-key = {d / 'node.key'}\n"
+        f"upstream-auth-key-file = {d / 'node-auth.key'}\n"
+        f"service-socket = {d / 'node.sock'}\n"
+        f"service-auth-key-file = {d / 'service-auth.key'}\n"
+    )
+
+
+def _client_conf(d: Path, master_host: str, api_port: int) -> str:
+    return (
+        "[api]\n"
+        f"host = {master_host}\n"
+        f"port = {api_port}\n"
+        f"ca = {d / 'ca.pem'}\n"
+        f"auth-key-file = {d / 'api-auth.key'}\n"
+        f"cert = {d / 'api.pem'}\n"
+        f"cert-key = {d / 'api.key'}\n"
+        "\n"
+        "[service]\n"
+        f"socket = {d / 'node.sock'}\n"
+        f"auth-key-file = {d / 'service-auth.key'}\n"
+    )
+
+
+def _check_port(what: str, number: int) -> None:
+    """A port the config files can name: L{nswarm.config.port}, but not 0."""
+    try:
+        valid = number != 0 and port(str(number)) == number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"the {what} must be between 1 and 65535, not {number}")
+
+
+def _check_conf_value(what: str, value: str) -> None:
+    if not value or value != value.strip() or any(c in value for c in "\r\n"):
+        raise ValueError(f"the {what} must be non-empty, without surrounding spaces or line breaks, not {value!r}")
+
+
+def init_cluster(
+    directory: str | os.PathLike[str],
+    hosts: Iterable[str] = (),
+    master_host: str = "localhost",
+    node_port: int = defaults.NODE_PORT,
+    api_port: int = defaults.API_PORT,
+    node_name: str = "node-1",
+    force: bool = False,
+    *,
+    now: datetime.datetime | None = None,
+    curve: ec.EllipticCurve | None = None,
+) -> list[Path]:
+    """
+    Write a ready cluster configuration into C{directory}: a CA, certificates
+    and keys for the master, one node and the API user, three shared
+    authentication keys, and C{master.conf}, C{node.conf} and C{client.conf}
+    whose paths are absolute.
+
+    The master certificate is valid for C{localhost}, C{127.0.0.1},
+    C{master_host} and every entry of C{hosts}. C{directory} is created (mode
+    0700) if missing.
+
+    @raise InitError: if a file it would write exists and C{force} is false;
+        then nothing is written.
+    @raise ValueError: for a port out of range or an unusable name.
+    @return: the paths written, in order.
+    """
+    _check_port("node port", node_port)
+    _check_port("api port", api_port)
+    _check_conf_value("node name", node_name)
+    _check_conf_value("master host", master_host)
+    hosts = list(hosts)
+
+    d = Path(os.path.abspath(directory))
+    paths = [d / name for name in CLUSTER_FILES]
+    for path in paths:
+        if os.path.lexists(path):
+            if not force:
+                raise InitError(f"{path} already exists: choose an empty directory or pass --force to overwrite it.")
+            if path.is_dir() and not path.is_symlink():
+                raise InitError(f"{path} is a directory: choose another directory.")
+    if d.exists() and not d.is_dir():
+        raise InitError(f"{d} exists and is not a directory.")
+
+    # Make every secret before touching the disk, so a bad host name (a
+    # ValueError from the SAN) leaves nothing behind.
+    ca = make_ca(now=now, curve=curve)
+    master = issue_server_certificate(ca, ["localhost", "127.0.0.1", master_host, *hosts], now=now, curve=curve)
+    node = issue_client_certificate(ca, node_name, now=now, curve=curve)
+    api = issue_client_certificate(ca, "api", now=now, curve=curve)
+    contents: dict[str, tuple[bytes, bool]] = {
+        "ca.pem": (ca.certificate_pem(), False),
+        "ca.key": (ca.key_pem(), True),
+        "master.pem": (master.certificate_pem(), False),
+        "master.key": (master.key_pem(), True),
+        "node.pem": (node.certificate_pem(), False),
+        "node.key": (node.key_pem(), True),
+        "api.pem": (api.certificate_pem(), False),
+        "api.key": (api.key_pem(), True),
+        "node-auth.key": (new_auth_key() + b"\n", True),
+        "api-auth.key": (new_auth_key() + b"\n", True),
+        "service-auth.key": (new_auth_key() + b"\n", True),
+        "master.conf": (_master_conf(d, node_port, api_port).encode("utf-8"), False),
+        "node.conf": (
+            _node_conf(d, node_name, master_host, node_port).encode("utf-8"),
+            False,
+        ),
+        "client.conf": (_client_conf(d, master_host, api_port).encode("utf-8"), False),
+    }
+    assert tuple(contents) == CLUSTER_FILES
+
+    if not d.exists():
+        d.mkdir(mode=0o700, parents=True)
+        os.chmod(d, 0o700)
+    for path in paths:
+        data, private = contents[path.name]
+        if force and os.path.lexists(path):
+            os.unlink(path)
+        try:
+            (write_private if private else write_public)(path, data)
+        except FileExistsError as e:
+            raise InitError(
+                f"{path} appeared while writing: choose an empty directory or pass --force to overwrite it."
+            ) from e
+    return paths

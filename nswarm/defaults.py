@@ -1,0 +1,75 @@
+"""
+Every default of nswarm in one place: ports, timeouts, limits and backoff.
+
+The daemons' options, the SDKs' keyword arguments and the docs'
+configuration tables all take their defaults from here.
+"""
+
+from __future__ import annotations
+
+# -- ports and paths -----------------------------------------------------------
+
+#: TCP port of the master's node server (nodes connect here, mutual TLS).
+NODE_PORT = 6666
+#: TCP port of the master's api server (API users connect here, TLS).
+API_PORT = 6667
+#: The address the master listens on.
+INTERFACE = "0.0.0.0"
+#: Where a node serves its local services, and the socket's permissions.
+SERVICE_SOCKET = "~/.nswarm/node.sock"
+SERVICE_SOCKET_MODE = 0o600
+
+# -- time ------------------------------------------------------------------------
+
+#: A call's deadline, in seconds, when its caller gives none.
+CALL_TIMEOUT = 30.0
+#: The longest deadline a call may ask for, in seconds.
+MAX_CALL_TIMEOUT = 24 * 3600.0
+#: Seconds a connection may take to authenticate before it is closed.
+AUTH_TIMEOUT = 10.0
+#: Seconds between heartbeats, both ways on every authenticated connection.
+HEARTBEAT = 10.0
+#: Heartbeat intervals without any box from the peer after which it is taken as gone.
+HEARTBEAT_MISSES = 3
+#: Seconds an API client may take to open its TLS connection.
+CONNECT_TIMEOUT = 30.0
+#: How often a relay with requests in flight looks for passed deadlines.
+SWEEP_INTERVAL = 0.05
+#: On stop, seconds a node or service lets calls in flight finish after withdrawing.
+DRAIN_TIMEOUT = 10.0
+#: Seconds a call to a method nobody implements waits at the master for an implementer.
+GRACE = 0.0
+#: Seconds between two warnings about events dropped for one subscriber.
+DROP_LOG_INTERVAL = 10.0
+
+# -- reconnecting ------------------------------------------------------------------
+
+#: First wait, in seconds, before reconnecting; each failure doubles it up to the maximum.
+RECONNECT_INITIAL_DELAY = 0.25
+#: Up to this many seconds of random jitter are added to each wait.
+RECONNECT_JITTER = 0.25
+#: Longest wait between a node's attempts to reach the master.
+NODE_RECONNECT_MAX_DELAY = 30.0
+#: Longest wait between a service's attempts to reach its node.
+SERVICE_RECONNECT_MAX_DELAY = 5.0
+
+# -- sizes and counts -------------------------------------------------------------------
+
+#: The largest call arguments, result or event payload accepted, in bytes.
+MAX_PAYLOAD = 16 * 1024 * 1024
+#: What a box may hold beyond its payload (names, tags, other keys), in bytes.
+BOX_OVERHEAD = 64 * 1024
+#: Keys a box may hold beyond those its payload is split into.
+EXTRA_KEYS = 64
+#: The largest box a connection may send before it has authenticated.
+UNAUTHENTICATED_MAX_BOX = 64 * 1024
+#: Bytes of events that may wait for a subscriber that is not reading them.
+SUBSCRIBER_BUFFER = 8 * 1024 * 1024
+#: Most calls the master holds back at once (waiting for a busy implementer or the grace period).
+QUEUE_SIZE = 1000
+#: Longest method, event or subscription name, in characters.
+MAX_NAME_LENGTH = 255
+#: Event names whose matching subscribers are remembered (the cache is emptied past it).
+MATCH_CACHE_SIZE = 10_000
+#: Names a registration log line quotes; it gives the count of the rest.
+LOGGED_NAMES = 5

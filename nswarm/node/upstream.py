@@ -1,0 +1,191 @@
+"""
+The node's upstream, all of it: the connection to the master's node server
+(kept up by a ClientService), its authentication, and the master's view of
+this node, advertised in full on every (re)connection and kept in sync as
+the local services come and go.
+
+What the node advertises is the aggregate of its services: a method is
+idempotent here only if every local implementer says so, and its limit is
+the sum of theirs (none if one has none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from nswarm.amp_commands import Authenticate, Implement, Subscribe, Unimplement, Unsubscribe, UpstreamUnavailable
+from nswarm.reconnect import reconnecting
+from nswarm.relay.protocol import RelayFactory, RelayProtocol
+from nswarm.relay.state import IPeer, Registry
+
+log = Logger()
+
+
+class UpstreamProtocol(RelayProtocol):
+    """The node's connection to the master's node server."""
+
+    role = "master"
+
+    def became_upstream(self, upstream: Upstream) -> Deferred[Any]:
+        """
+        This connection has authenticated: make it C{upstream}'s connection.
+        Called on the protocol itself, not on the proxy ClientService hands
+        C{prepareConnection}, so that the node knows the real connection.
+        """
+        self.start_heartbeats(self.clock, self.heartbeat)
+        return upstream.connected(self)
+
+
+class Upstream:
+    """The node's link to the master, and what the master has been told of this node's C{registry}."""
+
+    def __init__(self, name: str, registry: Registry[IPeer]) -> None:
+        self.name = name
+        self.registry = registry
+        #: The authenticated connection to the master, if there is one now.
+        self.connection: UpstreamProtocol | None = None
+        #: What the master has been told of each method here: (idempotent, limit).
+        self.advertised: dict[str, tuple[bool, int]] = {}
+
+    def service(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        factory: RelayFactory,
+        key: bytes,
+        max_delay: float,
+    ) -> ClientService:
+        """A ClientService that keeps this upstream connected and authenticated through C{endpoint}."""
+        return reconnecting(
+            reactor,
+            endpoint,
+            factory,
+            self.authenticate(key),
+            f"node {self.name!r} (check upstream-host, upstream-port, upstream-auth-key-file, node-cert and ca)",
+            max_delay,
+        )
+
+    def authenticate(self, key: bytes) -> Any:
+        """
+        The ClientService's prepareConnection: authenticate with the master,
+        then register everything the local services provide.
+        """
+
+        def prepare(upstream: UpstreamProtocol) -> Deferred[Any]:
+            d = upstream.request(Authenticate, key=key, name=self.name)
+            return d.addCallback(lambda _: upstream.became_upstream(self))
+
+        return prepare
+
+    def required(self) -> UpstreamProtocol:
+        """The connection to route through, or L{UpstreamUnavailable}."""
+        if self.connection is None:
+            raise UpstreamUnavailable(
+                f"node {self.name!r} is not connected to the master: "
+                "check that the master is running; the node keeps reconnecting"
+            )
+        return self.connection
+
+    def connected(self, connection: UpstreamProtocol) -> Deferred[Any]:
+        """
+        C{connection} has authenticated: route through it and register a full
+        snapshot of what the local services provide, so that a reconnect
+        restores the master's view.
+        """
+        self.connection = connection
+        methods = self.registry.methods()
+        self.advertised = {method: self._aggregate(method) for method in methods}
+        return gatherResults(
+            [
+                connection.request(Implement, **self._implement_arguments(methods)),
+                connection.request(Subscribe, events=self.registry.events()),
+            ],
+            consumeErrors=True,
+        ).addCallback(self._registered)
+
+    def _registered(self, result: Any) -> Any:
+        log.info(
+            "node {name!r} connected to the master and registered",
+            name=self.name,
+            nswarm_event="upstream_connected",
+        )
+        return result
+
+    def lost(self) -> None:
+        """The connection to the master is gone; the ClientService reconnects."""
+        self.connection = None
+        log.warn("node {name!r} lost its connection to the master", name=self.name, nswarm_event="upstream_lost")
+
+    def methods_changed(self, methods: list[str]) -> Deferred[Any] | None:
+        """
+        Tell the master what changed of C{methods} here: withdraw those no
+        local service implements any more, advertise those that are new or
+        whose idempotence or limit changed. The Deferred fires once the
+        master has it (None: nothing to tell, or no master to tell now).
+        """
+        if self.connection is None:
+            return None
+        present = set(self.registry.methods())
+        gone = [method for method in methods if method not in present and method in self.advertised]
+        changed = [
+            method for method in methods if method in present and self._aggregate(method) != self.advertised.get(method)
+        ]
+        sent = []
+        if gone:
+            for method in gone:
+                del self.advertised[method]
+            sent.append(self._send(Unimplement, methods=gone))
+        if changed:
+            for method in changed:
+                self.advertised[method] = self._aggregate(method)
+            sent.append(self._send(Implement, **self._implement_arguments(changed)))
+        return gatherResults(sent) if sent else None
+
+    def subscribed(self, patterns: list[str]) -> Deferred[Any] | None:
+        """The first local subscriptions to C{patterns}: tell the master."""
+        return self._send(Subscribe, events=patterns) if patterns and self.connection is not None else None
+
+    def unsubscribed(self, patterns: list[str]) -> Deferred[Any] | None:
+        """No local service subscribes to C{patterns} any more: tell the master."""
+        return self._send(Unsubscribe, events=patterns) if patterns and self.connection is not None else None
+
+    def withdraw(self) -> None:
+        """Before stopping: withdraw everything this node provides, so that the master sends nothing new."""
+        if self.connection is None:
+            return
+        log.info("node {name!r} draining: withdrawing its methods and events", name=self.name)
+        methods, events = self.registry.methods(), self.registry.events()
+        if methods:
+            self._send(Unimplement, methods=methods)
+        if events:
+            self._send(Unsubscribe, events=events)
+
+    def _aggregate(self, method: str) -> tuple[bool, int]:
+        """How C{method} stands here: idempotent if all its services say so; their summed limit."""
+        return self.registry.idempotent_everywhere(method), self.registry.total_limit(method)
+
+    def _implement_arguments(self, methods: list[str]) -> dict[str, Any]:
+        return {
+            "methods": methods,
+            "idempotent": [method for method in methods if self.advertised[method][0]],
+            "limits": [self.advertised[method][1] for method in methods],
+        }
+
+    def _send(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
+        """Send C{command} to the master; a failure is logged (the next connection sends a full snapshot)."""
+        assert self.connection is not None
+        return self.connection.request(command, **arguments).addErrback(self._failed, command)
+
+    def _failed(self, failure: Failure, command: type[amp.Command]) -> None:
+        log.warn(
+            "could not send {command} to the master: {error}; it is sent again on reconnect",
+            command=command.__name__,
+            error=failure.getErrorMessage(),
+        )
