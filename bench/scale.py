@@ -2,16 +2,18 @@
 Simulated nodes for benchmark S1 (issue 3): one process holding many node
 connections to a master, started by bench/run.py (a few of these make 1000).
 
-    python bench/scale.py --port NODE_PORT --ca ca.pem --cert node.pem \\
-        --key node.key --auth-key-file node-auth.key --count 250 --first 0
+    python bench/scale.py --port NODE_PORT --ca ca.pem --ca-key ca.key \\
+        --auth-key-file node-auth.key --count 250 --first 0
 
-Each simulated node opens its own TLS connection to the master's node server
-with the cluster's node certificate, authenticates with the node auth key as
-C{sim-I}, and implements 10 methods of its own (C{sim.I.m0} .. C{sim.I.m9}) plus
-C{sim.shared}, which every simulated node implements: the master's routing
-table then holds 10 distinct methods per node. At most C{--in-flight}
-registrations (TCP connect, TLS handshake, Authenticate, Implement) run at
-once, so the process does not overrun the master's listen backlog.
+Each simulated node gets a certificate of its own for C{sim-I}, issued with
+the cluster CA before any connection is made (the master names a node by its
+certificate), opens its own TLS connection to the master's node server with
+it, authenticates with the node auth key as C{sim-I}, and implements 10
+methods of its own (C{sim.I.m0} .. C{sim.I.m9}) plus C{sim.shared}, which
+every simulated node implements: the master's routing table then holds 10
+distinct methods per node. At most C{--in-flight} registrations (TCP
+connect, TLS handshake, Authenticate, Implement) run at once, so the process
+does not overrun the master's listen backlog.
 
 A node counts as registered when the answer to its Implement arrives: the
 master has then added its methods. Once all are, the process prints one JSON
@@ -27,8 +29,10 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
+from twisted.internet import ssl
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
@@ -42,7 +46,7 @@ from twisted.protocols import amp
 
 from nswarm.amp_commands import Authenticate, Implement
 from nswarm.config import read_secret_file
-from nswarm.tls import client_options
+from nswarm.pki import issue_client_certificate, load_certified_key
 
 METHODS = 10
 SHARED = "sim.shared"
@@ -70,8 +74,15 @@ def raise_fd_limit() -> None:
 
 async def simulate(reactor: Any, options: argparse.Namespace) -> None:
     key = read_secret_file(options.auth_key_file)
-    tls = client_options("localhost", options.ca, options.cert, options.key)
-    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", options.port, tls, timeout=60)
+    ca_pem = Path(options.ca).read_bytes()
+    ca = load_certified_key(ca_pem, Path(options.ca_key).read_bytes())
+    trust = ssl.Certificate.loadPEM(ca_pem)
+    endpoints = {}
+    for index in range(options.first, options.first + options.count):
+        node = issue_client_certificate(ca, f"sim-{index}")
+        mine = ssl.PrivateCertificate.loadPEM(node.certificate_pem() + node.key_pem())
+        tls = ssl.optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine)
+        endpoints[index] = SSL4ClientEndpoint(reactor, "127.0.0.1", options.port, tls, timeout=60)
     factory = Factory.forProtocol(SimulatedNode)
     nodes: list[SimulatedNode] = []
     gate = DeferredSemaphore(options.in_flight)
@@ -79,7 +90,7 @@ async def simulate(reactor: Any, options: argparse.Namespace) -> None:
     registered_at: list[float] = []
 
     async def register(index: int) -> None:
-        node: SimulatedNode = await endpoint.connect(factory)
+        node: SimulatedNode = await endpoints[index].connect(factory)
         nodes.append(node)
         await node.callRemote(Authenticate, key=key, name=f"sim-{index}")
         methods = [f"sim.{index}.m{number}" for number in range(METHODS)] + [SHARED]
@@ -130,8 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="simulated nswarm nodes for benchmark S1")
     parser.add_argument("--port", type=int, required=True, help="the master's node server port on 127.0.0.1")
     parser.add_argument("--ca", required=True, help="the cluster CA (ca.pem)")
-    parser.add_argument("--cert", required=True, help="the node certificate (node.pem)")
-    parser.add_argument("--key", required=True, help="its private key (node.key)")
+    parser.add_argument("--ca-key", required=True, help="the cluster CA's key (ca.key): each node gets a certificate")
     parser.add_argument("--auth-key-file", required=True, help="the node auth key (node-auth.key)")
     parser.add_argument("--count", type=int, default=250, help="nodes to simulate")
     parser.add_argument("--first", type=int, default=0, help="number of the first node (names sim-FIRST ...)")

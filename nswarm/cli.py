@@ -19,7 +19,7 @@ from typing import TextIO
 from twisted.python import usage
 
 from nswarm import defaults
-from nswarm.cluster_files import InitError, init_cluster
+from nswarm.cluster_files import InitError, init_cluster, issue_node
 from nswarm.config import port
 
 __all__ = ["InitOptions", "Options", "main"]
@@ -76,6 +76,28 @@ class _Options(usage.Options):
             print(f"{PROGRAM} (not installed)")
         sys.exit(0)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse like Twisted does, but also accept options after the
+        arguments (C{nswarm init DIR --force}): GNU-style reordering first.
+        """
+        argv = sys.argv[1:] if options is None else options
+        try:
+            opts, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        reordered: list[str] = []
+        for name, value in opts:
+            reordered.append(name)
+            if self._takes_value(name):
+                reordered.append(value)
+        super().parseOptions(reordered + ["--", *args])
+
+    def _takes_value(self, option: str) -> bool:
+        if option.startswith("--"):
+            return option[2:] + "=" in self.longOpt
+        return option[1:2] + ":" in self.shortOpt
+
 
 class InitOptions(_Options):
     """Options of C{nswarm init DIR}."""
@@ -112,28 +134,6 @@ class InitOptions(_Options):
     def getSynopsis(self) -> str:
         return f"Usage: {PROGRAM} init [options] DIR"
 
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        """
-        Parse like Twisted does, but also accept options after DIR
-        (C{nswarm init DIR --force}): GNU-style reordering first.
-        """
-        argv = sys.argv[1:] if options is None else options
-        try:
-            opts, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
-        reordered: list[str] = []
-        for name, value in opts:
-            reordered.append(name)
-            if self._takes_value(name):
-                reordered.append(value)
-        super().parseOptions(reordered + ["--", *args])
-
-    def _takes_value(self, option: str) -> bool:
-        if option.startswith("--"):
-            return option[2:] + "=" in self.longOpt
-        return option[1:2] + ":" in self.shortOpt
-
     def opt_host(self, host: str) -> None:
         """An extra DNS name or IP address for the master certificate (repeatable)."""
         self["hosts"].append(_host(host))
@@ -148,14 +148,38 @@ class InitOptions(_Options):
             raise usage.UsageError(f"The node port and the api port must differ (both are {self['node-port']}).")
 
 
+class IssueOptions(_Options):
+    """Options of C{nswarm issue node NAME}."""
+
+    longdesc = (
+        "Issue a certificate for one more node with the cluster CA in DIR (ca.pem and ca.key,"
+        " as 'nswarm init' writes them), and write it and its key as DIR/node-NAME.pem and"
+        " DIR/node-NAME.key. The master takes the node's name from this certificate."
+    )
+    optFlags = [["force", "f", "Replace the node's existing certificate and key."]]
+    optParameters = [["dir", "d", ".", "The cluster directory holding ca.pem and ca.key.", str]]
+
+    def getSynopsis(self) -> str:
+        return f"Usage: {PROGRAM} issue [options] node NAME"
+
+    def parseArgs(self, *args: str) -> None:
+        if len(args) != 2 or args[0] != "node":
+            raise usage.UsageError(f"Give what to issue and its name: {PROGRAM} issue node NAME.")
+        self["name"] = _node_name(args[1])
+
+
 class Options(_Options):
     """Options of the C{nswarm} command: a subcommand and its options."""
 
     synopsis = f"Usage: {PROGRAM} [options] COMMAND [command options]"
     longdesc = f"Run '{PROGRAM} COMMAND --help' for the options of a command."
 
+    # The command's options come after its name: no reordering at the top.
+    parseOptions = usage.Options.parseOptions
+
     subCommands = [
         ["init", None, InitOptions, "Create a ready cluster configuration in DIR."],
+        ["issue", None, IssueOptions, "Issue a certificate for another node: issue node NAME."],
     ]
 
     def postOptions(self) -> None:
@@ -207,6 +231,16 @@ def _run_init(options: InitOptions, out: TextIO) -> None:
     )
 
 
+def _run_issue(options: IssueOptions, out: TextIO) -> None:
+    """Issue the node's certificate and say what to put in its node.conf."""
+    cert, key = issue_node(options["dir"], options["name"], force=bool(options["force"]))
+    print(f"Wrote {cert} and {key} (mode 0600) for node {options['name']!r}.", file=out)
+    print("Copy both to the node's host (keep the key private), and in its node.conf set:", file=out)
+    print(f"  name = {options['name']}", file=out)
+    print(f"  node-cert = {cert}", file=out)
+    print(f"  node-cert-key = {key}", file=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     Run the C{nswarm} command with C{argv} (default: C{sys.argv[1:]}) and
@@ -231,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except OSError as e:
             print(f"{PROGRAM} init: cannot write the configuration: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if options.subCommand == "issue":
+        try:
+            _run_issue(options.subOptions, sys.stdout)
+        except (InitError, ValueError) as e:
+            print(f"{PROGRAM} issue: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"{PROGRAM} issue: cannot write the certificate: {e}", file=sys.stderr)
             return 1
         return 0
     raise AssertionError(f"unhandled command {options.subCommand!r}")

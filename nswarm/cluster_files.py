@@ -15,16 +15,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from nswarm import defaults
 from nswarm.config import port
+from nswarm.identity import identity_uri
 from nswarm.pki import (
     issue_client_certificate,
     issue_server_certificate,
+    load_certified_key,
     make_ca,
     new_auth_key,
     write_private,
     write_public,
 )
 
-__all__ = ["CLUSTER_FILES", "InitError", "init_cluster"]
+__all__ = ["CLUSTER_FILES", "InitError", "init_cluster", "issue_node", "node_files"]
 
 CLUSTER_FILES = (
     "ca.pem",
@@ -163,7 +165,7 @@ def init_cluster(
     ca = make_ca(now=now, curve=curve)
     master = issue_server_certificate(ca, ["localhost", "127.0.0.1", master_host, *hosts], now=now, curve=curve)
     node = issue_client_certificate(ca, node_name, now=now, curve=curve)
-    api = issue_client_certificate(ca, "api", now=now, curve=curve)
+    api = issue_client_certificate(ca, "api", role="api", now=now, curve=curve)
     contents: dict[str, tuple[bytes, bool]] = {
         "ca.pem": (ca.certificate_pem(), False),
         "ca.key": (ca.key_pem(), True),
@@ -198,4 +200,46 @@ def init_cluster(
             raise InitError(
                 f"{path} appeared while writing: choose an empty directory or pass --force to overwrite it."
             ) from e
+    return paths
+
+
+def node_files(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Where L{issue_node} writes node C{name}'s certificate and key: C{DIR/node-NAME.pem} and C{.key}."""
+    d = Path(os.path.abspath(directory))
+    return d / f"node-{name}.pem", d / f"node-{name}.key"
+
+
+def issue_node(
+    directory: str | os.PathLike[str],
+    name: str,
+    force: bool = False,
+    *,
+    now: datetime.datetime | None = None,
+) -> tuple[Path, Path]:
+    """
+    Issue a certificate for node C{name} with the cluster CA in C{directory}
+    (C{ca.pem} and C{ca.key}, as C{nswarm init} wrote them) and write it and
+    its key (mode 0600) to L{node_files}. The master takes the node's name
+    from this certificate.
+
+    @raise InitError: if the CA cannot be read, or a file exists and
+        C{force} is false.
+    @raise ValueError: for a name no certificate can carry.
+    """
+    _check_conf_value("node name", name)
+    identity_uri("node", name)
+    d = Path(os.path.abspath(directory))
+    try:
+        ca = load_certified_key((d / "ca.pem").read_bytes(), (d / "ca.key").read_bytes())
+    except (OSError, ValueError) as error:
+        raise InitError(f"cannot read the cluster CA in {d} (ca.pem and ca.key, as 'nswarm init' writes them): {error}")
+    paths = node_files(d, name)
+    for path in paths:
+        if os.path.lexists(path):
+            if not force:
+                raise InitError(f"{path} already exists: pass --force to replace it.")
+            os.unlink(path)
+    node = issue_client_certificate(ca, name, now=now)
+    write_public(paths[0], node.certificate_pem())
+    write_private(paths[1], node.key_pem())
     return paths

@@ -192,6 +192,21 @@ def limit_parameters(subscriber: str) -> list[list[Any]]:
             f"Bytes of events that may wait for {subscriber} that is not reading them; past it they are dropped",
             count,
         ],
+        [
+            "send-buffer",
+            None,
+            str(defaults.SEND_BUFFER),
+            "Bytes of anything that may wait for a peer that is not reading (it is not read from meanwhile); "
+            "past it the connection is closed",
+            count,
+        ],
+        [
+            "calls-in-flight",
+            None,
+            str(defaults.CALLS_IN_FLIGHT),
+            "Calls one connection may have in flight at once; more get Overloaded (0: no limit)",
+            count,
+        ],
     ]
 
 

@@ -65,6 +65,10 @@ EXTRA_KEYS = 64
 UNAUTHENTICATED_MAX_BOX = 64 * 1024
 #: Bytes of events that may wait for a subscriber that is not reading them.
 SUBSCRIBER_BUFFER = 8 * 1024 * 1024
+#: Bytes of anything (answers, calls, events) that may wait for a peer that is not reading; past it it is closed.
+SEND_BUFFER = 64 * 1024 * 1024
+#: Calls one connection may have in flight at once; more are answered Overloaded.
+CALLS_IN_FLIGHT = 10_000
 #: Most calls the master holds back at once (waiting for a busy implementer or the grace period).
 QUEUE_SIZE = 1000
 #: Longest method, event or subscription name, in characters.

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nswarm.identity import identity_uri
+
 __all__ = [
     "CLOCK_SKEW",
     "DEFAULT_VALIDITY",
@@ -225,16 +227,20 @@ def issue_client_certificate(
     ca: CertifiedKey,
     name: str,
     *,
+    role: str = "node",
     now: datetime.datetime | None = None,
     valid_for: datetime.timedelta = DEFAULT_VALIDITY,
     curve: ec.EllipticCurve | None = None,
 ) -> CertifiedKey:
     """
-    Issue a TLS client certificate signed by C{ca} for C{name} (a node name or
-    C{"api"}): the common name and a DNS SAN both carry C{name}.
+    Issue a TLS client certificate signed by C{ca} for the C{role} (C{"node"}
+    or C{"api"}) named C{name}: the common name and a DNS SAN carry C{name},
+    and a URI SAN the identity the master checks (C{nswarm://node/NAME}, see
+    L{nswarm.identity}).
     """
     if not name:
         raise ValueError("a client certificate needs a name")
+    uri = identity_uri(role, name)
     when = _utcnow(now)
     key = new_private_key(curve)
     certificate = (
@@ -242,10 +248,21 @@ def issue_client_certificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_end_entity_key_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name), x509.UniformResourceIdentifier(uri)]), critical=False
+        )
         .add_extension(_authority_key_identifier(ca), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
+    return CertifiedKey(certificate, key)
+
+
+def load_certified_key(certificate_pem: bytes, key_pem: bytes) -> CertifiedKey:
+    """A certificate and its private key from PEM (the CA's, to issue more certificates)."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the key is not an EC private key made by nswarm init")
     return CertifiedKey(certificate, key)
 
 

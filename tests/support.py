@@ -56,6 +56,12 @@ def failure_of(d: Deferred[Any]) -> Any:
     return results[0]
 
 
+def certified(server: NodeServerProtocol, name: str) -> NodeServerProtocol:
+    """C{server}, taking its peer to have presented a certificate for node C{name} (there is no TLS in memory)."""
+    server.certificate_identity = lambda transport, role: name  # type: ignore[method-assign]
+    return server
+
+
 class Cluster:
     """A master with nodes, services and API users, all in memory."""
 
@@ -78,7 +84,7 @@ class Cluster:
     def add_node(self, name: str) -> tuple[Node, UpstreamProtocol, NodeServerProtocol]:
         """A node connected to the master and authenticated."""
         node = Node(name, self.clock)
-        server = NodeServerProtocol(self.master, self.clock, NODE_KEY)
+        server = certified(NodeServerProtocol(self.master, self.clock, NODE_KEY), name)
         upstream = UpstreamProtocol(node, self.clock)
         self._connect(server, upstream)
         d = node.upstream.authenticate(NODE_KEY)(Proxy(upstream))

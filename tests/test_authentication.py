@@ -31,13 +31,13 @@ from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.reconnect import reconnecting
 from nswarm.relay.protocol import RelayProtocol
 
-from .support import connect, detach, failure_of, result_of
+from .support import certified, connect, detach, failure_of, result_of
 
 KEY = b"the-right-key-0123456789"
 
 SERVERS: dict[str, Callable[[Clock], RelayProtocol]] = {
     "api server": lambda clock: ApiServerProtocol(Master(clock), clock, KEY, 5.0),
-    "node server": lambda clock: NodeServerProtocol(Master(clock), clock, KEY, 5.0),
+    "node server": lambda clock: certified(NodeServerProtocol(Master(clock), clock, KEY, 5.0), "me"),
     "service server": lambda clock: ServiceServerProtocol(Node("n", clock), clock, KEY, 5.0),
 }
 

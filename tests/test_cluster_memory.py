@@ -229,10 +229,10 @@ def test_reconnected_node_registers_a_full_snapshot(cluster: Cluster) -> None:
     from nswarm.master.master import NodeServerProtocol
     from nswarm.node.upstream import UpstreamProtocol
 
-    from .support import NODE_KEY
+    from .support import NODE_KEY, certified
 
     again = UpstreamProtocol(node, cluster.clock)
-    cluster._connect(NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), again)
+    cluster._connect(certified(NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), "a"), again)
     result_of(cluster.run(node.upstream.authenticate(NODE_KEY)(again)))
     assert cluster.master.registry.methods() == ["whoami"]
     assert sorted(cluster.master.registry.events()) == ["orders.cancelled", "orders.created"]

@@ -18,7 +18,7 @@ from nswarm.master.master import ApiServerProtocol, NodeServerProtocol
 from nswarm.node.node import ServiceServerProtocol
 from nswarm.service import Service, implement
 
-from .support import API_KEY, NODE_KEY, SERVICE_KEY, Cluster, connect, result_of
+from .support import API_KEY, NODE_KEY, SERVICE_KEY, Cluster, certified, connect, result_of
 
 
 class Echo(Service):
@@ -95,7 +95,7 @@ def check_garbage(chunks: list[bytes], cuts: list[int], authenticate: bool, targ
     if target == "api":
         server, key = ApiServerProtocol(cluster.master, cluster.clock, API_KEY), API_KEY
     elif target == "node":
-        server, key = NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), NODE_KEY
+        server, key = certified(NodeServerProtocol(cluster.master, cluster.clock, NODE_KEY), "x"), NODE_KEY
     else:
         server, key = ServiceServerProtocol(node, cluster.clock, SERVICE_KEY), SERVICE_KEY
     attacker = Protocol()  # reads nothing back: only the server's behaviour matters

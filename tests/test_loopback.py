@@ -145,7 +145,7 @@ class Cluster:
 def cluster_dir() -> Any:
     # A short path: UNIX socket paths are limited to about 100 bytes.
     directory = Path(tempfile.mkdtemp(prefix="nswarm-t2-"))
-    init_cluster(directory)
+    init_cluster(directory, node_name="loopback")
     yield directory
     for root, dirs, files in os.walk(directory, topdown=False):
         for name in files:
@@ -231,6 +231,24 @@ async def test_wrong_node_key_is_refused(cluster: Cluster) -> None:
     with pytest.raises(AuthenticationFailed):
         await connection.callRemote(Authenticate, key=b"not-the-node-key", name="intruder")
     await closed(connection)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_api_users_certificate_is_refused_on_the_node_port(cluster: Cluster) -> None:
+    """The API user's api.pem is signed by the cluster CA, but names an API user, not a node."""
+    cluster.factories[0].auth_timeout = 3600.0  # the refusal itself must close the connection
+    tls = client_options(
+        "localhost",
+        str(cluster.directory / "ca.pem"),
+        str(cluster.directory / "api.pem"),
+        str(cluster.directory / "api.key"),
+    )
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports["node"]), tls)
+    connection = await connectProtocol(endpoint, amp.AMP())
+    with pytest.raises(AuthenticationFailed, match="names no node"):
+        await connection.callRemote(Authenticate, key=cluster.key("node-auth.key"), name="loopback")
+    await closed(connection)
+    assert all(c.name == "loopback" for c in cluster.factories[0].connections)
 
 
 @pytest_twisted.ensureDeferred

@@ -22,12 +22,14 @@ from nswarm.amp_commands import (
     EXCLUDE,
     METHOD,
     TIMEOUT,
+    AuthenticationFailed,
     Cancelled,
     DeadlineExceeded,
     NoSuchMethod,
     NswarmError,
     Overloaded,
 )
+from nswarm.identity import tls_identity
 from nswarm.master.held import Held, HeldCalls
 from nswarm.relay.protocol import Downstream, RelayProtocol
 from nswarm.relay.relay import IRouter, Relay, dispatch, log_registration, routed_name, time_left
@@ -218,9 +220,31 @@ class Master:
 
 
 class NodeServerProtocol(Downstream):
-    """A node's connection to the master's node server (mutual TLS)."""
+    """
+    A node's connection to the master's node server (mutual TLS). The node's
+    name is the one its certificate gives (C{nswarm://node/NAME}); a
+    certificate naming no node, or another name than the node claims, is
+    refused.
+    """
 
     role = "node"
+    #: Reads the name the peer's certificate gives a role (replaced in in-memory tests).
+    certificate_identity = staticmethod(tls_identity)
+
+    def identify(self, claimed: str | None) -> str:
+        """The node's name, from its certificate."""
+        name = self.certificate_identity(self.transport, "node")
+        if name is None:
+            raise AuthenticationFailed(
+                "the certificate this node presented names no node (nswarm://node/NAME): "
+                "issue it one with 'nswarm issue node NAME' and give it as node-cert"
+            )
+        if claimed and claimed != name:
+            raise AuthenticationFailed(
+                f"this node's certificate names node {name!r}, not {claimed!r}: "
+                "set the node's name to the one in its certificate, or issue it one ('nswarm issue node NAME')"
+            )
+        return name
 
 
 class ApiServerProtocol(RelayProtocol):

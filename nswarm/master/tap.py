@@ -161,6 +161,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["heartbeat"],
             options["max-payload"],
             options["subscriber-buffer"],
+            options["send-buffer"],
+            options["calls-in-flight"],
         )
         server = listening_service(_Announced(endpoint, name, ports), factory)
         server.setName(name)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXServerEndpoint
@@ -24,6 +25,7 @@ from nswarm.config import (
     positive,
     secret_parameters,
 )
+from nswarm.identity import certificate_identities
 from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
 from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
@@ -46,7 +48,13 @@ class Options(DaemonOptions):
     )
     optParameters = [
         ["config", "c", None, "INI file whose [node] section gives defaults for these options", path],
-        ["name", None, socket.gethostname(), "Name of this node in the master's logs", str],
+        [
+            "name",
+            None,
+            None,
+            "Name of this node: the one its certificate (node-cert) gives; if given, it must match",
+            str,
+        ],
         ["upstream-host", None, "localhost", "Host name of the master (must match its certificate)", str],
         ["upstream-port", None, str(defaults.NODE_PORT), "Port of the master's node server", port],
         ["ca", None, None, "Cluster CA certificate (PEM): the master's certificate must be signed by it", path],
@@ -100,7 +108,28 @@ class Options(DaemonOptions):
                 raise usage.UsageError(f"--{name} is required (nswarm init writes a node.conf with it)")
         self.upstream_auth_key = self.secret("upstream-auth-key")
         self.service_auth_key = self.secret("service-auth-key")
+        self["name"] = certified_name(self["node-cert"], self["name"])
         self.upstream_tls = client_options(self["upstream-host"], self["ca"], self["node-cert"], self["node-cert-key"])
+
+
+def certified_name(cert: str, name: str | None) -> str:
+    """The node name PEM certificate C{cert} gives; a different C{name}, or none in it, is a usage error."""
+    try:
+        certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError) as error:
+        raise usage.UsageError(f"cannot read the node certificate {cert}: {error}")
+    names = [found for role, found in certificate_identities(certificate) if role == "node"]
+    if len(names) != 1:
+        raise usage.UsageError(
+            f"the certificate {cert} names no node (nswarm://node/NAME): the master would refuse it; "
+            "issue one with 'nswarm issue node NAME' and give it as node-cert"
+        )
+    if name is not None and name != names[0]:
+        raise usage.UsageError(
+            f"--name is {name!r} but the certificate {cert} names node {names[0]!r}: the master names a node "
+            "by its certificate; drop --name, or issue a certificate for it with 'nswarm issue node NAME'"
+        )
+    return names[0]
 
 
 class NodeService(MultiService):
@@ -129,7 +158,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         reactor,
         SSL4ClientEndpoint(reactor, options["upstream-host"], options["upstream-port"], options.upstream_tls),
         RelayFactory(
-            UpstreamProtocol, node, reactor, heartbeat=options["heartbeat"], max_payload=options["max-payload"]
+            UpstreamProtocol,
+            node,
+            reactor,
+            heartbeat=options["heartbeat"],
+            max_payload=options["max-payload"],
+            send_buffer=options["send-buffer"],
+            calls_in_flight=0,  # the master's own limits hold for what it sends here
         ),
         options.upstream_auth_key,
         options["reconnect-max-delay"],
@@ -157,6 +192,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["heartbeat"],
             options["max-payload"],
             options["subscriber-buffer"],
+            options["send-buffer"],
+            options["calls-in-flight"],
         ),
     )
     services.setName("service server")

@@ -29,6 +29,8 @@ from nswarm.amp_commands import (
     ANSWER,
     ASK,
     AUTHENTICATE,
+    CALL,
+    CALL_ALL,
     CANCEL,
     COMMAND,
     ERROR,
@@ -41,20 +43,24 @@ from nswarm.amp_commands import (
     InvalidRequest,
     NotAuthenticated,
     NswarmError,
+    Overloaded,
     PayloadTooLarge,
     Subscribe,
     Unimplement,
     Unsubscribe,
     UpstreamUnavailable,
 )
-from nswarm.boxes import error_box
+from nswarm.boxes import error_box, serialize
 from nswarm.framing import FastBoxes
 from nswarm.relay.relay import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer
 from nswarm.requests import Requests
 
+#: The routed commands that are calls (and count against calls-in-flight).
+CALLS = frozenset({CALL, CALL_ALL})
 
-@implementer(IPeer)
+
+@implementer(IPeer, IPushProducer)
 class RelayProtocol(Requests, FastBoxes, amp.AMP):
     """
     One AMP connection of a relay. Routed boxes go to the C{router}, answers
@@ -67,10 +73,12 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
 
     log = Logger()
     role = "peer"
-    #: True while the transport's buffer is full (see L{Downstream}).
+    #: True while the transport's buffer is full: the peer is not reading what is sent to it.
     paused = False
-    #: Bytes of events written since the transport's buffer filled.
+    #: Bytes written since the transport's buffer filled.
     backlog = 0
+    _socket: Any = None
+    _overflowed = False
     #: Events dropped because this peer was not reading them.
     events_dropped = 0
     _drops_unlogged = 0
@@ -85,6 +93,8 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         heartbeat: float = defaults.HEARTBEAT,
         max_payload: int = defaults.MAX_PAYLOAD,
         subscriber_buffer: int = defaults.SUBSCRIBER_BUFFER,
+        send_buffer: int = defaults.SEND_BUFFER,
+        calls_in_flight: int = defaults.CALLS_IN_FLIGHT,
     ) -> None:
         super().__init__()
         self.router = router
@@ -93,6 +103,10 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         self.heartbeat = heartbeat
         self.max_payload = max_payload
         self.subscriber_buffer = subscriber_buffer
+        #: Bytes that may wait for this peer while it is not reading; past it the connection is closed.
+        self.send_buffer = send_buffer
+        #: Calls this peer may have in flight at once (0: no limit).
+        self.calls_in_flight = calls_in_flight
         self._limit_boxes(defaults.UNAUTHENTICATED_MAX_BOX if auth_key is not None else max_payload)
         self._auth_key = auth_key
         self._auth_timeout = auth_timeout
@@ -122,6 +136,65 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
             self.factory.connections.add(self)
         if not self.authenticated:
             self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
+        # Registered below TLS: a TLS transport with a producer registered
+        # does not close until it is unregistered, which Twisted's own
+        # loseConnection calls (AMP's, on a fatal error) would not do.
+        socket: Any = self.transport
+        while isinstance(socket, ProtocolWrapper):
+            socket = socket.transport
+        self._socket = socket
+        socket.registerProducer(self, True)
+
+    # -- back-pressure: this connection is a push producer on its socket ------
+
+    def pauseProducing(self) -> None:
+        """
+        The socket's send buffer is full, the peer is not reading: stop
+        reading what it sends (so that it cannot make us queue more for it)
+        until the buffer drains; events for it now count against
+        C{subscriber_buffer}, everything against C{send_buffer}.
+        """
+        self.paused = True
+        self._socket.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The socket's send buffer has drained: read from the peer again."""
+        self.paused = False
+        self.backlog = 0
+        if self._socket.disconnecting:
+            # A closing transport resumes a paused producer, instead of
+            # closing, once its buffer has drained: let it close.
+            self._socket.unregisterProducer()
+        else:
+            self._socket.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is lost: connectionLost follows."""
+
+    def send(self, box: amp.AmpBox) -> None:
+        """Send C{box} unless the connection is gone; while the peer is not reading, within C{send_buffer}."""
+        if self.transport is not None:
+            data = serialize(box)
+            if self.paused:
+                self._buffered(len(data))
+            self.transport.write(data)
+
+    def _buffered(self, size: int) -> None:
+        """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
+        self.backlog += size
+        if self.backlog > self.send_buffer and not self._overflowed:
+            self._overflowed = True
+            self.log.warn(
+                "closing the connection to {peer}: it has not read {backlog:,} bytes sent to it, over the "
+                "limit of {limit:,} (send-buffer); it must read its answers and events",
+                peer=self.description,
+                backlog=self.backlog,
+                limit=self.send_buffer,
+                nswarm_event="send_buffer_full",
+                role=self.role,
+                name=self.name,
+            )
+            self.close_connection(abort=True)
 
     def _authentication_timed_out(self) -> None:
         self._auth_timer = None
@@ -138,12 +211,17 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         if not hmac.compare_digest(key, self._auth_key):
             self.log.warn("{role} at {peer} failed to authenticate", role=self.role, peer=self.address)
             raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+        try:
+            identified = self.identify(name)
+        except AuthenticationFailed as error:
+            self.log.warn("{role} at {peer} refused: {error}", role=self.role, peer=self.address, error=error)
+            raise
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
         self.authenticated = True
         self._limit_boxes(self.max_payload)
-        self.name = name or ""
+        self.name = identified
         self.log.info(
             "{peer} connected from {address}",
             peer=self.description,
@@ -156,11 +234,27 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         self.router.authenticated(self)
         return {}
 
+    def identify(self, claimed: str | None) -> str:
+        """
+        The name this peer is known by, once its key matched: by default the
+        one it claimed. A role whose identity is bound to a credential checks
+        it here and raises L{AuthenticationFailed}.
+        """
+        return claimed or ""
+
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         command = box.get(COMMAND)
         if not self.authenticated and command != AUTHENTICATE:
             self._refuse(box)
         elif command in ROUTED:
+            if (
+                self.calls_in_flight
+                and command in CALLS
+                and self.relay.pending.asked_by(self) >= self.calls_in_flight
+                and ASK in box
+            ):
+                self.send_error(box[ASK], self._too_many_calls())
+                return
             dispatch(self.router, self, command, box)
         elif command == HEARTBEAT:
             pass  # counted by FastBoxes; nothing to answer
@@ -174,6 +268,12 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
                 # This connection's own request, or a late answer to a call
                 # that timed out or was cancelled: dropped quietly.
                 self.answered(tag, box)
+
+    def _too_many_calls(self) -> Overloaded:
+        return Overloaded(
+            f"{self.description} has {self.calls_in_flight:,} calls in flight, the most one connection may: "
+            "wait for answers before sending more (calls-in-flight)"
+        )
 
     def _limit_boxes(self, payload: int) -> None:
         self.max_box_size = payload + defaults.BOX_OVERHEAD
@@ -212,8 +312,10 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag}))
 
     def write(self, data: bytes) -> None:
-        """Write an already serialised box unless the connection is gone."""
+        """Write an already serialised box (an event) unless the connection is gone."""
         if self.transport is not None:
+            if self.paused:
+                self._buffered(len(data))
             self.transport.write(data)
 
     def send_error(self, tag: bytes | None, error: NswarmError) -> None:
@@ -233,7 +335,6 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         L{nswarm.defaults.DROP_LOG_INTERVAL} seconds.
         """
         if self.backlog + size <= self.subscriber_buffer:
-            self.backlog += size
             return True
         self.events_dropped += 1
         self._drops_unlogged += 1
@@ -272,46 +373,12 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
             self.router.lost(self)
 
 
-@implementer(IPushProducer)
 class Downstream(RelayProtocol):
     """
     A relay connection whose peer registers here what it implements and
     subscribes to: a node at the master, a service at the node.
 
-    It is a streaming producer on its socket's transport (under TLS, if
-    any), which pauses it when its buffer fills (the peer is not reading)
-    and resumes it once that buffer has drained; while paused, events for
-    the peer are bounded by C{subscriber_buffer}.
     """
-
-    _socket: Any = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        # Registered below TLS: a TLS transport with a producer registered
-        # does not close until it is unregistered, which Twisted's own
-        # loseConnection calls (AMP's, on a fatal error) would not do.
-        socket: Any = self.transport
-        while isinstance(socket, ProtocolWrapper):
-            socket = socket.transport
-        self._socket = socket
-        socket.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full: events for this peer now count against its buffer."""
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """The transport's buffer has drained."""
-        self.paused = False
-        self.backlog = 0
-        if self._socket.disconnecting:
-            # A closing transport resumes a paused producer, instead of
-            # closing, once its buffer has drained: let it close.
-            self._socket.unregisterProducer()
-
-    def stopProducing(self) -> None:
-        """The connection is lost: connectionLost follows."""
 
     @Implement.responder
     def _implement(
@@ -354,6 +421,8 @@ class RelayFactory(Factory):
         heartbeat: float = defaults.HEARTBEAT,
         max_payload: int = defaults.MAX_PAYLOAD,
         subscriber_buffer: int = defaults.SUBSCRIBER_BUFFER,
+        send_buffer: int = defaults.SEND_BUFFER,
+        calls_in_flight: int = defaults.CALLS_IN_FLIGHT,
     ) -> None:
         self.relay_protocol = protocol
         self.router = router
@@ -363,6 +432,8 @@ class RelayFactory(Factory):
         self.heartbeat = heartbeat
         self.max_payload = max_payload
         self.subscriber_buffer = subscriber_buffer
+        self.send_buffer = send_buffer
+        self.calls_in_flight = calls_in_flight
         #: The connections this factory built that are open now.
         self.connections: set[RelayProtocol] = set()
 
@@ -375,6 +446,8 @@ class RelayFactory(Factory):
             self.heartbeat,
             self.max_payload,
             self.subscriber_buffer,
+            self.send_buffer,
+            self.calls_in_flight,
         )
         proto.factory = self
         return proto

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
+from nswarm.cluster_files import issue_node, node_files
 from nswarm.logs import event_matching, nswarm_event
 from nswarm.testing.process import STOP_TIMEOUT, ClusterError, Process, alive_pids, child_environment
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterError", "LocalCluster", "Process", "alive_pids", "event_matching", "nswarm_event"]
 
+#: The node C{nswarm init} issues a certificate for.
+INIT_NODE = "node-1"
 #: Default bound, in seconds, on every wait.
 DEFAULT_TIMEOUT = 30.0
 #: Longest UNIX socket path accepted (the system limit is 104 to 108 bytes).
@@ -154,8 +157,16 @@ class LocalCluster:
         """
         Start C{twistd -n nswarm-node} named C{name} (its service socket is
         C{DIRECTORY/NAME.sock}); return once it is connected to the master.
+        A node other than the one C{init} made (C{node-1}) gets a certificate
+        of its own first, as C{nswarm issue node NAME} makes it.
         """
         self._check_name(name)
+        certificate: list[str] = []
+        if name != INIT_NODE:
+            cert, key = node_files(self.directory, name)
+            if not cert.exists():
+                issue_node(self.directory, name)
+            certificate = ["--node-cert", str(cert), "--node-cert-key", str(key)]
         socket = self.directory / f"{name}.sock"
         if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
             raise ClusterError(
@@ -167,7 +178,7 @@ class LocalCluster:
             "node",
             "nswarm-node",
             ["--config", str(self.directory / "node.conf"), "--upstream-port", str(self.node_port)]
-            + ["--name", name, "--service-socket", str(socket)],
+            + ["--name", name, "--service-socket", str(socket), *certificate],
         )
         node.files["socket"] = socket
         self.nodes[name] = node

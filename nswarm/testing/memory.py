@@ -90,6 +90,7 @@ class MemoryCluster:
     def connect_upstream(self, node: Node) -> UpstreamProtocol:
         """Connect C{node} to the master (again) and authenticate; return its upstream connection."""
         server = NodeServerProtocol(self.master, self.clock, NODE_KEY)
+        server.certificate_identity = lambda transport, role: node.name
         upstream = UpstreamProtocol(node, self.clock)
         self.connect(server, upstream)
         self.result(node.upstream.authenticate(NODE_KEY)(ProtocolProxy(upstream)))
