@@ -7,7 +7,9 @@ written with private files at mode 0600 in a 0700 directory.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,10 +56,33 @@ class InitError(Exception):
     """
 
 
-def _master_conf(d: Path, node_port: int, api_port: int) -> str:
+#: Master hosts that only this machine reaches, and the interface the master then listens on.
+_LOOPBACK = {"localhost": "127.0.0.1", "127.0.0.1": "127.0.0.1", "::1": "::1"}
+
+
+def _interface_lines(master_host: str) -> str:
+    """The C{interface} line of master.conf, after a comment saying why it is that one."""
+    if master_host in _LOOPBACK:
+        return (
+            f"# Only this machine can reach the master (master host {master_host}). For nodes or API\n"
+            "# users on other machines, run nswarm init again with --master-host NAME.\n"
+            f"interface = {_LOOPBACK[master_host]}\n"
+        )
+    try:
+        everywhere = "::" if ipaddress.ip_address(master_host).version == 6 else "0.0.0.0"
+    except ValueError:
+        everywhere = "0.0.0.0"
+    return (
+        f"# Every address of this machine, so that other machines reach the master as {master_host}.\n"
+        "# To narrow it, set interface to the one address they connect to.\n"
+        f"interface = {everywhere}\n"
+    )
+
+
+def _master_conf(d: Path, master_host: str, node_port: int, api_port: int) -> str:
     return (
         "[master]\n"
-        "interface = 0.0.0.0\n"
+        f"{_interface_lines(master_host)}"
         f"node-port = {node_port}\n"
         f"api-port = {api_port}\n"
         f"ca = {d / 'ca.pem'}\n"
@@ -67,6 +92,9 @@ def _master_conf(d: Path, node_port: int, api_port: int) -> str:
         f"api-cert-key = {d / 'master.key'}\n"
         f"node-auth-key-file = {d / 'node-auth.key'}\n"
         f"api-auth-key-file = {d / 'api-auth.key'}\n"
+        "# API users must present a certificate of the cluster CA (api.pem) as well as the api\n"
+        "# auth key. Remove this line to let them in with the auth key alone.\n"
+        f"api-client-ca = {d / 'ca.pem'}\n"
     )
 
 
@@ -135,11 +163,14 @@ def init_cluster(
     whose paths are absolute.
 
     The master certificate is valid for C{localhost}, C{127.0.0.1},
-    C{master_host} and every entry of C{hosts}. C{directory} is created (mode
-    0700) if missing.
+    C{master_host} and every entry of C{hosts}. The master listens on
+    loopback only if C{master_host} is C{localhost}, C{127.0.0.1} or C{::1},
+    else on every address, and requires API users to present a certificate
+    of the cluster CA (as C{client.conf} gives them). C{directory} is
+    created (mode 0700) if missing, and made 0700 if it is open to others.
 
-    @raise InitError: if a file it would write exists and C{force} is false;
-        then nothing is written.
+    @raise InitError: if a file it would write exists and C{force} is false,
+        or C{directory} belongs to another user; then nothing is written.
     @raise ValueError: for a port out of range or an unusable name.
     @return: the paths written, in order.
     """
@@ -159,6 +190,8 @@ def init_cluster(
                 raise InitError(f"{path} is a directory: choose another directory.")
     if d.exists() and not d.is_dir():
         raise InitError(f"{d} exists and is not a directory.")
+    if d.is_dir() and d.stat().st_uid != os.geteuid():
+        raise InitError(f"{d} is owned by another user: choose a directory of your own.")
 
     # Make every secret before touching the disk, so a bad host name (a
     # ValueError from the SAN) leaves nothing behind.
@@ -178,7 +211,7 @@ def init_cluster(
         "node-auth.key": (new_auth_key() + b"\n", True),
         "api-auth.key": (new_auth_key() + b"\n", True),
         "service-auth.key": (new_auth_key() + b"\n", True),
-        "master.conf": (_master_conf(d, node_port, api_port).encode("utf-8"), False),
+        "master.conf": (_master_conf(d, master_host, node_port, api_port).encode("utf-8"), False),
         "node.conf": (
             _node_conf(d, node_name, master_host, node_port).encode("utf-8"),
             False,
@@ -190,6 +223,8 @@ def init_cluster(
     if not d.exists():
         d.mkdir(mode=0o700, parents=True)
         os.chmod(d, 0o700)
+    elif stat.S_IMODE(d.stat().st_mode) & 0o077:
+        os.chmod(d, 0o700)  # ours (checked above): make it owner-only
     for path in paths:
         data, private = contents[path.name]
         if force and os.path.lexists(path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -157,14 +159,37 @@ class DaemonOptions(usage.Options):
 
 
 def read_secret_file(source: str) -> bytes:
-    """The key stored in C{source}, without surrounding white space."""
+    """
+    The key stored in C{source}, without surrounding white space. A file
+    that users other than its owner may read or write is refused (see
+    L{check_owner_only}).
+    """
     try:
         key = Path(source).read_bytes().strip()
     except OSError as error:
         raise ConfigError(f"cannot read key file {source}: {error.strerror}")
     if not key:
         raise ConfigError(f"key file {source} is empty: put the auth key in it")
+    check_owner_only(source, "key file")
     return key
+
+
+def check_owner_only(source: str, what: str) -> None:
+    """
+    Refuse the secret file C{source} (a C{what}, such as C{"key file"}) if
+    its group or other users may read or write it: a L{ConfigError} that
+    gives the C{chmod} command fixing it. Symbolic links are followed.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(source).st_mode)
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {source}: {error.strerror}")
+    access = [word for word, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
+    if access:
+        raise ConfigError(
+            f"{what} {source} is {' and '.join(access)} by other users (mode {mode:04o}): "
+            f"run chmod 600 {shlex.quote(source)}"
+        )
 
 
 def secret_parameters(name: str, doc: str) -> list[list[Any]]:

@@ -71,6 +71,11 @@ SEND_BUFFER = 64 * 1024 * 1024
 CALLS_IN_FLIGHT = 10_000
 #: Most calls the master holds back at once (waiting for a busy implementer or the grace period).
 QUEUE_SIZE = 1000
+#: Failed authentications a source address may make at once, then one every AUTH_FAILURE_EVERY seconds.
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURE_EVERY = 1.0
+#: Source addresses remembered for throttling and quiet logging (least recently seen forgotten first).
+AUTH_FAILURE_SOURCES = 10_000
 #: Longest method, event or subscription name, in characters.
 MAX_NAME_LENGTH = 255
 #: Event names whose matching subscribers are remembered (the cache is emptied past it).

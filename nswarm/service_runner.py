@@ -6,11 +6,14 @@ restarts, draining on stop, and C{Service.main}'s command line.
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver, textFileLogObserver
@@ -19,7 +22,7 @@ from twisted.python import usage
 from nswarm import defaults
 from nswarm.amp_commands import Implement, Subscribe, Unimplement, Unsubscribe
 from nswarm.client import check_key
-from nswarm.config import path, read_client_config, read_secret_file
+from nswarm.config import ConfigError, path, read_client_config, read_secret_file
 from nswarm.reconnect import reconnecting
 from nswarm.service_protocol import ServiceProtocol
 
@@ -78,8 +81,14 @@ class ServiceRunner(ClientFactory):
         Authenticate on the new connection C{proto}, then register the
         service's methods and events; the node answers once the master
         routes them. (C{proto} may be ClientService's proxy of the protocol.)
+        Before the key is sent, the node must be this service's user (see
+        L{check_node_peer}); otherwise the Deferred fails with L{ConfigError}.
         """
         service = self.service
+        try:
+            check_node_peer(proto.transport)
+        except ConfigError as error:
+            return fail(error)
         d: Deferred[Any] = proto.authenticate(self.key, service.service_name)
         if service.nswarm_methods:
             methods = list(service.nswarm_methods)
@@ -138,6 +147,38 @@ class ServiceRunner(ClientFactory):
             proto.request(Unsubscribe, events=list(service.nswarm_events)).addErrback(lambda _: None)
         drained = proto.when_idle(drain_timeout)
         return drained.addBoth(lambda _: client_service.stopService())
+
+
+def check_node_peer(transport: Any) -> None:
+    """
+    Refuse a node socket that another user serves: read the credentials of
+    the process at the other end of C{transport}'s UNIX socket
+    (C{SO_PEERCRED}) and raise L{ConfigError} unless it runs as this
+    process's effective user. Someone else may have taken the socket's path
+    to collect service keys. Transports without a socket (in memory, as
+    in tests) and systems without C{SO_PEERCRED} (other than Linux) are not
+    checked.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    get_handle = getattr(transport, "getHandle", None)
+    if option is None or get_handle is None:
+        return
+    handle = get_handle()
+    if getattr(handle, "family", None) != socket.AF_UNIX:
+        return
+    name = getattr(transport.getPeer(), "name", None)
+    where = os.fsdecode(name) if name else "(unnamed)"
+    try:
+        pid, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    except (OSError, struct.error) as error:
+        raise ConfigError(f"cannot tell which user serves the node socket {where} ({error}): not sending the key")
+    me = os.geteuid()
+    if uid != me:
+        raise ConfigError(
+            f"the node socket {where} is served by uid {uid} (pid {pid}), not by this service's user {me}: "
+            "another user may have taken the socket; refusing to send the service key. "
+            "Check the socket path, and run the service as the node's user"
+        )
 
 
 class RunOptions(usage.Options):

@@ -7,7 +7,9 @@ Every test closes what it opened and checks the reactor is clean.
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import struct
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,9 +19,11 @@ import pytest
 import pytest_twisted
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor as global_reactor
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectionClosed
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
@@ -37,6 +41,7 @@ from nswarm.config import read_secret_file
 from nswarm.master import tap as master_tap
 from nswarm.node import tap as node_tap
 from nswarm.service import Service, implement, subscribe
+from nswarm.service_runner import check_node_peer
 from nswarm.tls import client_options
 
 reactor: Any = global_reactor
@@ -123,6 +128,9 @@ class Cluster:
         return read_secret_file(str(self.directory / name))
 
     async def api(self, **kwargs: Any) -> api.APIClient:
+        # nswarm init's master.conf requires the API user's certificate (api-client-ca).
+        kwargs.setdefault("cert", str(self.directory / "api.pem"))
+        kwargs.setdefault("cert_key", str(self.directory / "api.key"))
         return await api.connect(
             reactor,
             "localhost",
@@ -264,7 +272,8 @@ async def test_node_certificate_from_another_ca_is_refused(cluster: Cluster, tmp
 
 @pytest_twisted.ensureDeferred
 async def test_command_before_authentication_is_refused_over_tls(cluster: Cluster) -> None:
-    tls = client_options("localhost", str(cluster.directory / "ca.pem"))
+    directory = cluster.directory
+    tls = client_options("localhost", str(directory / "ca.pem"), str(directory / "api.pem"), str(directory / "api.key"))
     endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports["api"]), tls)
     connection = await connectProtocol(endpoint, amp.AMP())
     with pytest.raises(NotAuthenticated):
@@ -435,3 +444,114 @@ async def test_a_connection_closed_while_its_subscriber_is_stalled_closes_once_d
         assert len(stalled.slow.seen) > 0
     finally:
         await stalled.stop()
+
+
+# -- safe files and defaults ---------------------------------------------------
+
+
+def legacy_options(cluster: Cluster, cipher: str, cert: str) -> ssl.CertificateOptions:
+    """A TLS 1.2 client offering only C{cipher}, trusting the cluster CA, presenting C{cert}.pem."""
+    mine = ssl.PrivateCertificate.loadPEM(
+        (cluster.directory / f"{cert}.pem").read_bytes() + (cluster.directory / f"{cert}.key").read_bytes()
+    )
+    return ssl.CertificateOptions(
+        privateKey=mine.privateKey.original,
+        certificate=mine.original,
+        trustRoot=ssl.Certificate.loadPEM((cluster.directory / "ca.pem").read_bytes()),
+        lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher),
+    )
+
+
+@pytest.mark.parametrize("server, cert", [("api", "api"), ("node", "node")])
+@pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"])
+@pytest_twisted.ensureDeferred
+async def test_the_master_refuses_tls_1_2_without_an_aead_suite(
+    cluster: Cluster, server: str, cert: str, cipher: str
+) -> None:
+    endpoint = SSL4ClientEndpoint(
+        reactor, "127.0.0.1", int(cluster.ports[server]), legacy_options(cluster, cipher, cert)
+    )
+    connection = await connectProtocol(endpoint, amp.AMP())
+    with pytest.raises((TLSError, ConnectionClosed)):
+        await connection.callRemote(Call, method="echo", args=b'{"args":[],"kwargs":{}}')
+    await closed(connection)
+
+
+@pytest.mark.parametrize("server, cert", [("api", "api"), ("node", "node")])
+@pytest_twisted.ensureDeferred
+async def test_the_master_accepts_tls_1_2_with_an_aead_suite(cluster: Cluster, server: str, cert: str) -> None:
+    """The control for the test above: the same client, offering ECDHE-ECDSA-AES128-GCM-SHA256, gets through TLS."""
+    options = legacy_options(cluster, "ECDHE-ECDSA-AES128-GCM-SHA256", cert)
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(cluster.ports[server]), options)
+    connection = await connectProtocol(endpoint, amp.AMP())
+    with pytest.raises(NotAuthenticated):
+        await connection.callRemote(Call, method="echo", args=b'{"args":[],"kwargs":{}}')
+    await closed(connection)
+
+
+class Recorded(amp.AMP):
+    """A bare AMP server end that records itself in its factory's C{closed} once its connection is gone."""
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.factory.closed.append(self)
+
+
+@pytest.mark.parametrize(
+    "cipher, handshakes", [("ECDHE-ECDSA-AES128-SHA", False), ("ECDHE-ECDSA-AES128-GCM-SHA256", True)]
+)
+@pytest_twisted.ensureDeferred
+async def test_nswarm_clients_refuse_a_listener_without_an_aead_suite(
+    cluster_dir: Path, clean_reactor: None, cipher: str, handshakes: bool
+) -> None:
+    """client_options (every node, API user and SDK) against a TLS 1.2 server offering only C{cipher}."""
+    served = ssl.PrivateCertificate.loadPEM(
+        (cluster_dir / "master.pem").read_bytes() + (cluster_dir / "master.key").read_bytes()
+    )
+    options = ssl.CertificateOptions(
+        privateKey=served.privateKey.original,
+        certificate=served.original,
+        lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher),
+    )
+    factory: Any = Factory.forProtocol(Recorded)
+    factory.closed = []
+    port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(factory)
+    try:
+        tls = client_options("localhost", str(cluster_dir / "ca.pem"))
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, tls)
+        connection = await connectProtocol(endpoint, amp.AMP())
+        try:
+            with pytest.raises(amp.UnhandledCommand if handshakes else (TLSError, ConnectionClosed)):
+                await connection.callRemote(Call, method="echo", args=b'{"args":[],"kwargs":{}}')
+        finally:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+            await closed(connection)
+            await wait_until(lambda: factory.closed, "the server end to close")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_master_from_nswarm_init_requires_an_api_users_certificate(cluster: Cluster) -> None:
+    with pytest.raises((TLSError, ConnectionClosed)):
+        client = await cluster.api(cert=None, cert_key=None)
+        await client.close()
+    await wait_until(lambda: not cluster.factories[1].connections, "the master to drop the connection")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_node_socket_passes_the_services_peer_check(cluster: Cluster) -> None:
+    """The node (this very process) runs as the service's user: SO_PEERCRED says so, and the check passes."""
+    service = await start_echo(cluster)
+    try:
+        transport: Any = service.connection.transport  # type: ignore[union-attr]
+        handle = transport.getHandle()
+        assert handle.family == socket.AF_UNIX
+        pid, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        assert (pid, uid) == (os.getpid(), os.geteuid())
+        check_node_peer(transport)
+    finally:
+        await service.stop()

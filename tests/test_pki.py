@@ -354,10 +354,10 @@ def test_init_conf_files_hold_absolute_existing_paths(cluster: Path) -> None:
 
 
 def test_init_master_conf(cluster: Path) -> None:
-    """master.conf: ports, CA, one server certificate for both listeners."""
+    """master.conf: ports, CA, one server certificate for both listeners, API users' certificates required."""
     master = read_conf(cluster / "master.conf")["master"]
     assert dict(master) == {
-        "interface": "0.0.0.0",
+        "interface": "0.0.0.0",  # master.example is not this machine only
         "node-port": "7001",
         "api-port": "7002",
         "ca": f"{cluster}/ca.pem",
@@ -367,6 +367,7 @@ def test_init_master_conf(cluster: Path) -> None:
         "api-cert-key": f"{cluster}/master.key",
         "node-auth-key-file": f"{cluster}/node-auth.key",
         "api-auth-key-file": f"{cluster}/api-auth.key",
+        "api-client-ca": f"{cluster}/ca.pem",
     }
 
 

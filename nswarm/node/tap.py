@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,6 @@ from cryptography import x509
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXServerEndpoint
-from twisted.logger import Logger
 from twisted.python import usage
 
 from nswarm import defaults
@@ -30,8 +31,6 @@ from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
 from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
 from nswarm.tls import client_options
-
-log = Logger()
 
 
 class Options(DaemonOptions):
@@ -110,6 +109,39 @@ class Options(DaemonOptions):
         self.service_auth_key = self.secret("service-auth-key")
         self["name"] = certified_name(self["node-cert"], self["name"])
         self.upstream_tls = client_options(self["upstream-host"], self["ca"], self["node-cert"], self["node-cert-key"])
+        socket_directory(self["service-socket"])
+
+
+def socket_directory(socket_path: str) -> str:
+    """
+    The directory of the service socket C{socket_path}, created with mode
+    0700 if missing. A directory that other users may write to (they could
+    replace the socket with their own), or that another user owns, is a
+    usage error.
+    """
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    quoted = shlex.quote(directory)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        status = os.stat(directory)
+    except OSError as error:
+        raise usage.UsageError(
+            f"cannot create the service socket's directory {directory}: {error.strerror}; "
+            "create it (mode 700) or choose another service-socket"
+        )
+    me = os.geteuid()
+    if status.st_uid != me:
+        raise usage.UsageError(
+            f"the service socket's directory {directory} is owned by uid {status.st_uid}, not by this daemon's "
+            f"user {me}: run the node as that user, or choose a service-socket in a directory of your own"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o022:
+        raise usage.UsageError(
+            f"the service socket's directory {directory} is writable by other users (mode {mode:04o}): "
+            f"make it owner-only with chmod 700 {quoted}, or choose another service-socket"
+        )
+    return directory
 
 
 def certified_name(cert: str, name: str | None) -> str:
@@ -172,15 +204,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     upstream.setName("upstream")
     upstream.setServiceParent(top)
 
-    socket_path = options["service-socket"]
-    directory = os.path.dirname(os.path.abspath(socket_path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.stat(directory).st_mode & 0o077:
-        log.warn(
-            "the service socket's directory {directory} is open to other users: "
-            "make it owner-only (chmod 700) so that nobody else can reach the socket while it is created",
-            directory=directory,
-        )
+    socket_path = options["service-socket"]  # its directory was made and checked by Options.postOptions
     services = listening_service(
         UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True),
         RelayFactory(

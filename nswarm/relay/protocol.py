@@ -16,11 +16,10 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocolFactory, IPushProducer, IStreamServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,18 +49,20 @@ from nswarm.amp_commands import (
     Unsubscribe,
     UpstreamUnavailable,
 )
-from nswarm.boxes import error_box, serialize
+from nswarm.boxes import error_box
 from nswarm.framing import FastBoxes
+from nswarm.relay.backpressure import Backpressure
 from nswarm.relay.relay import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer
+from nswarm.relay.throttle import Quieter, Throttle
 from nswarm.requests import Requests
 
 #: The routed commands that are calls (and count against calls-in-flight).
 CALLS = frozenset({CALL, CALL_ALL})
 
 
-@implementer(IPeer, IPushProducer)
-class RelayProtocol(Requests, FastBoxes, amp.AMP):
+@implementer(IPeer)
+class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
     """
     One AMP connection of a relay. Routed boxes go to the C{router}, answers
     to requests the relay forwarded go to its L{Relay} (and answers to this
@@ -73,16 +74,6 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
 
     log = Logger()
     role = "peer"
-    #: True while the transport's buffer is full: the peer is not reading what is sent to it.
-    paused = False
-    #: Bytes written since the transport's buffer filled.
-    backlog = 0
-    _socket: Any = None
-    _overflowed = False
-    #: Events dropped because this peer was not reading them.
-    events_dropped = 0
-    _drops_unlogged = 0
-    _next_drop_log = 0.0
 
     def __init__(
         self,
@@ -136,65 +127,7 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
             self.factory.connections.add(self)
         if not self.authenticated:
             self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
-        # Registered below TLS: a TLS transport with a producer registered
-        # does not close until it is unregistered, which Twisted's own
-        # loseConnection calls (AMP's, on a fatal error) would not do.
-        socket: Any = self.transport
-        while isinstance(socket, ProtocolWrapper):
-            socket = socket.transport
-        self._socket = socket
-        socket.registerProducer(self, True)
-
-    # -- back-pressure: this connection is a push producer on its socket ------
-
-    def pauseProducing(self) -> None:
-        """
-        The socket's send buffer is full, the peer is not reading: stop
-        reading what it sends (so that it cannot make us queue more for it)
-        until the buffer drains; events for it now count against
-        C{subscriber_buffer}, everything against C{send_buffer}.
-        """
-        self.paused = True
-        self._socket.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """The socket's send buffer has drained: read from the peer again."""
-        self.paused = False
-        self.backlog = 0
-        if self._socket.disconnecting:
-            # A closing transport resumes a paused producer, instead of
-            # closing, once its buffer has drained: let it close.
-            self._socket.unregisterProducer()
-        else:
-            self._socket.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """The connection is lost: connectionLost follows."""
-
-    def send(self, box: amp.AmpBox) -> None:
-        """Send C{box} unless the connection is gone; while the peer is not reading, within C{send_buffer}."""
-        if self.transport is not None:
-            data = serialize(box)
-            if self.paused:
-                self._buffered(len(data))
-            self.transport.write(data)
-
-    def _buffered(self, size: int) -> None:
-        """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
-        self.backlog += size
-        if self.backlog > self.send_buffer and not self._overflowed:
-            self._overflowed = True
-            self.log.warn(
-                "closing the connection to {peer}: it has not read {backlog:,} bytes sent to it, over the "
-                "limit of {limit:,} (send-buffer); it must read its answers and events",
-                peer=self.description,
-                backlog=self.backlog,
-                limit=self.send_buffer,
-                nswarm_event="send_buffer_full",
-                role=self.role,
-                name=self.name,
-            )
-            self.close_connection(abort=True)
+        self.produce_into_socket()
 
     def _authentication_timed_out(self) -> None:
         self._auth_timer = None
@@ -208,13 +141,21 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         """Check the peer's key (in constant time); once it matches, the connection is open for everything."""
         if self.authenticated or self._auth_key is None:
             raise AuthenticationFailed("this connection is already authenticated: send Authenticate once")
-        if not hmac.compare_digest(key, self._auth_key):
-            self.log.warn("{role} at {peer} failed to authenticate", role=self.role, peer=self.address)
-            raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+        source, now = self._source(), self.clock.seconds()
+        throttle = self._guards().throttle
+        if not throttle.allowed(source, now):
+            self._refused(source, now, "has failed to authenticate too often")
+            raise AuthenticationFailed(
+                f"too many failed authentications from {source}: wait {throttle.retry_after(source, now):.0f} s, "
+                "and check the key file this client uses"
+            )
         try:
+            if not hmac.compare_digest(key, self._auth_key):
+                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
             identified = self.identify(name)
         except AuthenticationFailed as error:
-            self.log.warn("{role} at {peer} refused: {error}", role=self.role, peer=self.address, error=error)
+            throttle.failed(source, now)
+            self._refused(source, now, f"failed to authenticate: {error}")
             raise
         if self._auth_timer is not None:
             self._auth_timer.cancel()
@@ -233,6 +174,27 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         self.start_heartbeats(self.clock, self.heartbeat)
         self.router.authenticated(self)
         return {}
+
+    def _source(self) -> str:
+        """The source address authentication failures are counted by: the peer's host (UNIX peers share one)."""
+        address = self.address
+        return str(getattr(address, "host", None) or "local")
+
+    def _guards(self) -> Guards:
+        return self.factory.guards if isinstance(self.factory, RelayFactory) else _GUARDS
+
+    def _refused(self, source: str, now: float, why: str) -> None:
+        """Log a refused authentication, at most once every interval per source."""
+        unlogged = self._guards().quieter.should_log(source, now)
+        if unlogged is not None:
+            self.log.warn(
+                "{role} at {source} {why} ({unlogged} more refused since the last warning)",
+                role=self.role,
+                source=source,
+                why=why,
+                unlogged=unlogged,
+                nswarm_event="authentication_failed",
+            )
 
     def identify(self, claimed: str | None) -> str:
         """
@@ -311,13 +273,6 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
         """Cancel the request this relay sent here as C{tag}."""
         self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag}))
 
-    def write(self, data: bytes) -> None:
-        """Write an already serialised box (an event) unless the connection is gone."""
-        if self.transport is not None:
-            if self.paused:
-                self._buffered(len(data))
-            self.transport.write(data)
-
     def send_error(self, tag: bytes | None, error: NswarmError) -> None:
         """Answer request C{tag} with C{error}; a request sent without a tag gets nothing."""
         if tag is not None:
@@ -326,37 +281,6 @@ class RelayProtocol(Requests, FastBoxes, amp.AMP):
     def connection_gone(self) -> NswarmError:
         """What this connection's own requests fail with once it is lost."""
         return UpstreamUnavailable(f"the connection to {self.description} closed before it answered")
-
-    def may_buffer(self, size: int) -> bool:
-        """
-        The transport's buffer is full: may an event of C{size} bytes wait
-        in it too? Up to C{subscriber_buffer} bytes may; past that the event
-        is dropped, counted, and logged at most every
-        L{nswarm.defaults.DROP_LOG_INTERVAL} seconds.
-        """
-        if self.backlog + size <= self.subscriber_buffer:
-            return True
-        self.events_dropped += 1
-        self._drops_unlogged += 1
-        now = self.clock.seconds()
-        if now >= self._next_drop_log:
-            self._next_drop_log = now + defaults.DROP_LOG_INTERVAL
-            self._log_drops()
-        return False
-
-    def _log_drops(self) -> None:
-        self.log.warn(
-            "{peer} is not reading its events as fast as they come and {limit:,} bytes already wait for it: "
-            "dropped {count} since the last warning, {total} in all; make it faster or raise subscriber-buffer",
-            count=self._drops_unlogged,
-            peer=self.description,
-            total=self.events_dropped,
-            limit=self.subscriber_buffer,
-            nswarm_event="events_dropped",
-            role=self.role,
-            name=self.name,
-        )
-        self._drops_unlogged = 0
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.stop_heartbeats()
@@ -408,6 +332,18 @@ def _answered(outcome: Any) -> Any:
     return {}
 
 
+class Guards:
+    """What one listener keeps across its connections against attackers: a L{Throttle} and a L{Quieter}."""
+
+    def __init__(self) -> None:
+        self.throttle = Throttle()
+        self.quieter = Quieter()
+
+
+#: The guards of connections built without a L{RelayFactory} (tests).
+_GUARDS = Guards()
+
+
 class RelayFactory(Factory):
     """Builds the connections of one relay listener (or the node's upstream)."""
 
@@ -436,6 +372,7 @@ class RelayFactory(Factory):
         self.calls_in_flight = calls_in_flight
         #: The connections this factory built that are open now.
         self.connections: set[RelayProtocol] = set()
+        self.guards = Guards()
 
     def buildProtocol(self, addr: Any) -> RelayProtocol:
         proto = self.relay_protocol(

@@ -1,0 +1,150 @@
+"""
+Back-pressure for one connection of a relay: the connection is a push
+producer on its socket (below TLS, if any). While the socket's send buffer
+is full, the peer is not reading: the relay stops reading from it, so that
+it cannot make the relay queue more for it; events for it are bounded by its
+C{subscriber_buffer} (the rest dropped, counted and logged), everything by
+its C{send_buffer} (past it, the connection is closed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.protocols.policies import ProtocolWrapper
+from zope.interface import implementer
+
+from nswarm import defaults
+from nswarm.boxes import serialize
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """Mix in before the AMP protocol of a relay connection (L{nswarm.relay.protocol.RelayProtocol})."""
+
+    log: Logger
+    transport: Any
+    clock: Any
+    role: str
+    name: str
+    subscriber_buffer: int
+    send_buffer: int
+    close_connection: Any
+
+    #: True while the transport's buffer is full: the peer is not reading what is sent to it.
+    paused = False
+    #: Bytes written since the transport's buffer filled.
+    backlog = 0
+    #: Events dropped because this peer was not reading them.
+    events_dropped = 0
+    _socket: Any = None
+    _overflowed = False
+    _drops_unlogged = 0
+    _next_drop_log = 0.0
+
+    if TYPE_CHECKING:
+
+        @property
+        def description(self) -> str:
+            """How logs name this connection (provided by the protocol)."""
+
+    def produce_into_socket(self) -> None:
+        """Register as the producer of the socket under this connection (call once connected)."""
+        # Registered below TLS: a TLS transport with a producer registered
+        # does not close until it is unregistered, which Twisted's own
+        # loseConnection calls (AMP's, on a fatal error) would not do.
+        socket: Any = self.transport
+        while isinstance(socket, ProtocolWrapper):
+            socket = socket.transport
+        self._socket = socket
+        socket.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        """
+        The socket's send buffer is full, the peer is not reading: stop
+        reading what it sends (so that it cannot make us queue more for it)
+        until the buffer drains; events for it now count against
+        C{subscriber_buffer}, everything against C{send_buffer}.
+        """
+        self.paused = True
+        self._socket.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The socket's send buffer has drained: read from the peer again."""
+        self.paused = False
+        self.backlog = 0
+        if self._socket.disconnecting:
+            # A closing transport resumes a paused producer, instead of
+            # closing, once its buffer has drained: let it close.
+            self._socket.unregisterProducer()
+        else:
+            self._socket.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is lost: connectionLost follows."""
+
+    def send(self, box: amp.AmpBox) -> None:
+        """Send C{box} unless the connection is gone; while the peer is not reading, within C{send_buffer}."""
+        if self.transport is not None:
+            data = serialize(box)
+            if self.paused:
+                self._buffered(len(data))
+            self.transport.write(data)
+
+    def _buffered(self, size: int) -> None:
+        """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
+        self.backlog += size
+        if self.backlog > self.send_buffer and not self._overflowed:
+            self._overflowed = True
+            self.log.warn(
+                "closing the connection to {peer}: it has not read {backlog:,} bytes sent to it, over the "
+                "limit of {limit:,} (send-buffer); it must read its answers and events",
+                peer=self.description,
+                backlog=self.backlog,
+                limit=self.send_buffer,
+                nswarm_event="send_buffer_full",
+                role=self.role,
+                name=self.name,
+            )
+            self.close_connection(abort=True)
+
+    def write(self, data: bytes) -> None:
+        """Write an already serialised box (an event) unless the connection is gone."""
+        if self.transport is not None:
+            if self.paused:
+                self._buffered(len(data))
+            self.transport.write(data)
+
+    def may_buffer(self, size: int) -> bool:
+        """
+        The transport's buffer is full: may an event of C{size} bytes wait
+        in it too? Up to C{subscriber_buffer} bytes may; past that the event
+        is dropped, counted, and logged at most every
+        L{nswarm.defaults.DROP_LOG_INTERVAL} seconds.
+        """
+        if self.backlog + size <= self.subscriber_buffer:
+            return True
+        self.events_dropped += 1
+        self._drops_unlogged += 1
+        now = self.clock.seconds()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + defaults.DROP_LOG_INTERVAL
+            self._log_drops()
+        return False
+
+    def _log_drops(self) -> None:
+        self.log.warn(
+            "{peer} is not reading its events as fast as they come and {limit:,} bytes already wait for it: "
+            "dropped {count} since the last warning, {total} in all; make it faster or raise subscriber-buffer",
+            count=self._drops_unlogged,
+            peer=self.description,
+            total=self.events_dropped,
+            limit=self.subscriber_buffer,
+            nswarm_event="events_dropped",
+            role=self.role,
+            name=self.name,
+        )
+        self._drops_unlogged = 0

@@ -1,0 +1,131 @@
+"""
+Fair shares: a connection may have only so many calls in flight, and a peer
+that does not read what is sent to it is not read from, and is closed once
+too much waits for it. Tier 1 in memory, and tier 2 over real TLS: an API
+client that sends calls and never reads its answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
+
+from nswarm.amp_commands import Overloaded
+from nswarm.service import Service, implement
+
+from .support import Cluster, failure_of, result_of
+from .test_loopback import Cluster as LoopbackCluster
+from .test_loopback import (  # noqa: F401 (fixtures)
+    clean_reactor,
+    cluster,
+    cluster_dir,
+    start_echo,
+    wait_until,
+)
+
+
+class Holder(Service):
+    """Holds every call until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[Any]] = []
+
+    @implement
+    def hold(self, n: int) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        d.addCallback(lambda _: n)
+        self.held.append(d)
+        return d
+
+
+def test_a_connection_gets_overloaded_past_its_calls_in_flight_and_others_do_not() -> None:
+    memory = Cluster()
+    node, _, _ = memory.add_node("a")
+    holder = Holder()
+    memory.add_service(node, holder)
+    greedy, greedy_server = memory.add_api()
+    other, _ = memory.add_api()
+    greedy_server.calls_in_flight = 3
+    calls = [greedy.call("hold", n) for n in range(3)]
+    memory.flush()
+    failure = failure_of(memory.run(greedy.call("hold", 3)))
+    assert failure.check(Overloaded) and "3 calls in flight" in str(failure.value)
+    mine = memory.run(other.call("hold", 99))  # another connection is not held back
+    assert len(holder.held) == 4 and not mine.called
+    holder.held[0].callback(None)
+    memory.flush()
+    assert result_of(calls[0]) == 0
+    again = memory.run(greedy.call("hold", 4))  # a slot came free
+    assert len(holder.held) == 5 and not again.called
+
+
+def test_a_peer_that_does_not_read_is_closed_once_past_its_send_buffer() -> None:
+    memory = Cluster()
+    node, _, _ = memory.add_node("a")
+    memory.add_service(node, Holder())
+    api, server = memory.add_api()
+    server.send_buffer = 10_000
+    server.pauseProducing()  # its socket's buffer is full: it is not reading
+    with capturedLogs() as logged:
+        for n in range(20):
+            server.send_error(b"%d" % n, Overloaded("x" * 1000))
+    full = [event for event in logged if event.get("nswarm_event") == "send_buffer_full"]
+    assert len(full) == 1 and full[0]["backlog"] > 10_000
+    memory.flush()
+    assert server.transport is None and api.transport is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_api_client_that_never_reads_is_not_read_from_then_closed(cluster: LoopbackCluster) -> None:
+    service = await start_echo(cluster)
+    api_factory = cluster.factories[1]
+    api_factory.send_buffer = 1024 * 1024
+    greedy = await cluster.api()
+    healthy = await cluster.api()
+    port = greedy.transport.getHost().port
+    (server,) = [c for c in api_factory.connections if c.transport.getPeer().port == port]
+    try:
+        greedy.transport.pauseProducing()  # it stops reading its answers
+        big = "x" * 60_000
+        for _ in range(200):  # 12 MB of answers, far over the send buffer
+            greedy.call("echo", big).addErrback(lambda _: None)
+        await wait_until(
+            lambda: not any(c is server for c in api_factory.connections), "the master to close the greedy client"
+        )
+        assert await healthy.call("echo", "still here") == "still here"
+        assert server.backlog > api_factory.send_buffer
+    finally:
+        if greedy.transport is not None:
+            greedy.transport.resumeProducing()
+        await greedy.close()
+        await healthy.close()
+        await service.stop()
+    assert reactor.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_master_stops_reading_from_a_client_that_does_not_read_and_resumes_when_it_does(
+    cluster: LoopbackCluster,
+) -> None:
+    service = await start_echo(cluster)
+    slow = await cluster.api()
+    port = slow.transport.getHost().port
+    (server,) = [c for c in cluster.factories[1].connections if c.transport.getPeer().port == port]
+    try:
+        slow.transport.pauseProducing()
+        big = "x" * 60_000
+        answers = [slow.call("echo", big) for _ in range(200)]
+        await wait_until(lambda: server.paused, "the master's buffer to the client to fill")
+        assert server._socket not in reactor.getReaders()  # not reading what the client sends
+        slow.transport.resumeProducing()
+        for answer in answers:
+            assert await answer == big
+        assert not server.paused and server._socket in reactor.getReaders()
+    finally:
+        await slow.close()
+        await service.stop()
