@@ -49,6 +49,8 @@ __all__ = [
     "UpstreamUnavailable",
     "InvalidRequest",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "LimitExceeded",
     "Overloaded",
     "DeadlineExceeded",
     "Cancelled",
@@ -132,6 +134,18 @@ class InvalidRequest(NswarmError):
     code = b"INVALID_REQUEST"
 
 
+class PermissionDenied(NswarmError):
+    """The identity that sent the request may not do it: the message names the identity, the action and the name."""
+
+    code = b"PERMISSION_DENIED"
+
+
+class LimitExceeded(NswarmError):
+    """A connection asked to register more names or patterns than one connection may: register fewer."""
+
+    code = b"LIMIT_EXCEEDED"
+
+
 class PayloadTooLarge(NswarmError):
     """A call's arguments, its result or an event is over the size limit (16 MiB by default)."""
 
@@ -172,6 +186,8 @@ ERRORS: dict[bytes, type[NswarmError]] = {
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        PermissionDenied,
+        LimitExceeded,
         PayloadTooLarge,
         Overloaded,
         DeadlineExceeded,
@@ -274,7 +290,7 @@ class Implement(amp.Command):
         (LIMITS, amp.ListOf(amp.Integer(), optional=True)),
     ]
     response = []
-    errors = _codes(InvalidRequest)
+    errors = _codes(InvalidRequest, PermissionDenied, LimitExceeded)
     fatalErrors = _codes(NotAuthenticated)
 
 
@@ -284,7 +300,7 @@ class Unimplement(amp.Command):
     commandName = UNIMPLEMENT
     arguments = [(METHODS, amp.ListOf(amp.Unicode()))]
     response = []
-    errors = _codes(InvalidRequest)
+    errors = _codes(InvalidRequest, PermissionDenied, LimitExceeded)
     fatalErrors = _codes(NotAuthenticated)
 
 
@@ -298,7 +314,7 @@ class Subscribe(amp.Command):
     commandName = SUBSCRIBE
     arguments = [(EVENTS, amp.ListOf(amp.Unicode()))]
     response = []
-    errors = _codes(InvalidRequest)
+    errors = _codes(InvalidRequest, PermissionDenied, LimitExceeded)
     fatalErrors = _codes(NotAuthenticated)
 
 
@@ -308,12 +324,12 @@ class Unsubscribe(amp.Command):
     commandName = UNSUBSCRIBE
     arguments = [(EVENTS, amp.ListOf(amp.Unicode()))]
     response = []
-    errors = _codes(InvalidRequest)
+    errors = _codes(InvalidRequest, PermissionDenied, LimitExceeded)
     fatalErrors = _codes(NotAuthenticated)
 
 
 CALL = b"Call"
-METHOD, ARGS, TIMEOUT, RESULT = b"method", b"args", b"timeout", b"result"
+METHOD, ARGS, TIMEOUT, RESULT, CALLER = b"method", b"args", b"timeout", b"result", b"caller"
 
 
 class Call(amp.Command):
@@ -325,10 +341,19 @@ class Call(amp.Command):
     value). C{timeout} is the time left, in seconds, before the call's
     deadline (default 30): each relay answers L{DeadlineExceeded} when it
     passes and sends L{Cancel} on, and forwards the call with the time left.
+    C{caller} says who made the call, stamped by the relays over anything a
+    client sent: the node writes C{service:NAME} on a call from one of its
+    services, and the master writes C{api:NAME} on an API user's call and
+    appends C{@NODE} to a node's stamp (C{service:NAME@NODE}).
     """
 
     commandName = CALL
-    arguments = [(METHOD, amp.Unicode()), (ARGS, Payload()), (TIMEOUT, amp.Float(optional=True))]
+    arguments = [
+        (METHOD, amp.Unicode()),
+        (ARGS, Payload()),
+        (TIMEOUT, amp.Float(optional=True)),
+        (CALLER, amp.Unicode(optional=True)),
+    ]
     response = [(RESULT, Payload())]
     errors = _codes(
         NoSuchMethod,
@@ -336,6 +361,7 @@ class Call(amp.Command):
         ImplementerLost,
         UpstreamUnavailable,
         InvalidRequest,
+        PermissionDenied,
         PayloadTooLarge,
         Overloaded,
         DeadlineExceeded,
@@ -418,7 +444,7 @@ class Publish(amp.Command):
     commandName = PUBLISH
     arguments = [(EVENT, amp.Unicode()), (PAYLOAD, Payload()), (EXCLUDE, amp.Integer(optional=True))]
     response = []
-    errors = _codes(UpstreamUnavailable, InvalidRequest, PayloadTooLarge, InternalError)
+    errors = _codes(UpstreamUnavailable, InvalidRequest, PermissionDenied, PayloadTooLarge, InternalError)
     fatalErrors = _codes(NotAuthenticated)
 
 

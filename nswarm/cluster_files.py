@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nswarm import defaults
+from nswarm.access import ALL, Identity, key_digest, render
 from nswarm.config import port
 from nswarm.identity import identity_uri
 from nswarm.pki import (
@@ -42,6 +43,8 @@ CLUSTER_FILES = (
     "node-auth.key",
     "api-auth.key",
     "service-auth.key",
+    "access.conf",
+    "node-access.conf",
     "master.conf",
     "node.conf",
     "client.conf",
@@ -91,11 +94,28 @@ def _master_conf(d: Path, master_host: str, node_port: int, api_port: int) -> st
         f"api-cert = {d / 'master.pem'}\n"
         f"api-cert-key = {d / 'master.key'}\n"
         f"node-auth-key-file = {d / 'node-auth.key'}\n"
-        f"api-auth-key-file = {d / 'api-auth.key'}\n"
+        "# Who may connect (API users with their keys, nodes by their certificates) and what each\n"
+        "# may do; reloaded on SIGHUP. See the file's own comment, and docs/access.md.\n"
+        f"access = {d / 'access.conf'}\n"
         "# API users must present a certificate of the cluster CA (api.pem) as well as the api\n"
         "# auth key. Remove this line to let them in with the auth key alone.\n"
         f"api-client-ca = {d / 'ca.pem'}\n"
     )
+
+
+def _master_access(api_key: bytes) -> str:
+    """The master's first access file: the API user 'api' (the key of api-auth.key) and any node, every right."""
+    return render(
+        [
+            Identity("api", "api", ALL, key_digest(api_key)),
+            Identity("node", "*", ALL, None),
+        ]
+    )
+
+
+def _node_access(service_key: bytes) -> str:
+    """The node's first access file: any service with the key of service-auth.key, every right."""
+    return render([Identity("service", "*", ALL, key_digest(service_key))])
 
 
 def _node_conf(d: Path, node_name: str, master_host: str, node_port: int) -> str:
@@ -109,7 +129,8 @@ def _node_conf(d: Path, node_name: str, master_host: str, node_port: int) -> str
         f"node-cert-key = {d / 'node.key'}\n"
         f"upstream-auth-key-file = {d / 'node-auth.key'}\n"
         f"service-socket = {d / 'node.sock'}\n"
-        f"service-auth-key-file = {d / 'service-auth.key'}\n"
+        "# The services that may connect, with their keys and rights; reloaded on SIGHUP.\n"
+        f"access = {d / 'node-access.conf'}\n"
     )
 
 
@@ -199,6 +220,7 @@ def init_cluster(
     master = issue_server_certificate(ca, ["localhost", "127.0.0.1", master_host, *hosts], now=now, curve=curve)
     node = issue_client_certificate(ca, node_name, now=now, curve=curve)
     api = issue_client_certificate(ca, "api", role="api", now=now, curve=curve)
+    api_key, service_key = new_auth_key(), new_auth_key()
     contents: dict[str, tuple[bytes, bool]] = {
         "ca.pem": (ca.certificate_pem(), False),
         "ca.key": (ca.key_pem(), True),
@@ -209,8 +231,10 @@ def init_cluster(
         "api.pem": (api.certificate_pem(), False),
         "api.key": (api.key_pem(), True),
         "node-auth.key": (new_auth_key() + b"\n", True),
-        "api-auth.key": (new_auth_key() + b"\n", True),
-        "service-auth.key": (new_auth_key() + b"\n", True),
+        "api-auth.key": (api_key + b"\n", True),
+        "service-auth.key": (service_key + b"\n", True),
+        "access.conf": (_master_access(api_key).encode("utf-8"), False),
+        "node-access.conf": (_node_access(service_key).encode("utf-8"), False),
         "master.conf": (_master_conf(d, master_host, node_port, api_port).encode("utf-8"), False),
         "node.conf": (
             _node_conf(d, node_name, master_host, node_port).encode("utf-8"),

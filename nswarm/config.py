@@ -255,3 +255,15 @@ def require(settings: dict[str, str], key: str, source: str, section: str) -> st
     if not value:
         raise ConfigError(f"{source} has no {key} in its [{section}] section: add it (nswarm init writes one)")
     return value
+
+
+def load_access(source: str | None) -> Any:
+    """The access file at C{source} (None if not given), or a usage error with the sentence saying what is wrong."""
+    if source is None:
+        return None
+    from nswarm.access import Access
+
+    try:
+        return Access.load(source)
+    except ConfigError as error:
+        raise usage.UsageError(str(error))

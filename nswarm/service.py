@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from nswarm import defaults
 from nswarm.amp_commands import InvalidRequest, UpstreamUnavailable
+from nswarm.caller import Caller, current_caller
 from nswarm.relay.names import Matches, check_method, check_pattern
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from nswarm.service_protocol import ServiceProtocol
     from nswarm.service_runner import ServiceRunner
 
-__all__ = ["Service", "implement", "subscribe"]
+__all__ = ["Caller", "Service", "current_caller", "implement", "subscribe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -19,6 +19,7 @@ from nswarm.amp_commands import (
     ARGS,
     ASK,
     CALL,
+    CALLER,
     CANCEL,
     COMMAND,
     EVENT,
@@ -34,6 +35,7 @@ from nswarm.amp_commands import (
     PayloadTooLarge,
 )
 from nswarm.boxes import error_box, get_payload, put_payload
+from nswarm.caller import Caller, current
 from nswarm.client import ClientProtocol
 from nswarm.codec import decode, decode_arguments, encode
 
@@ -58,6 +60,7 @@ class ServiceProtocol(ClientProtocol):
         #: Handlers still running, by the tag of the call they answer.
         self.running: dict[bytes, Deferred[Any]] = {}
         self._idle: list[Deferred[None]] = []
+        self._callers: dict[bytes | None, Caller | None] = {}
         #: The L{nswarm.service_runner.ServiceRunner} that built this connection.
         self.factory: Any = None
 
@@ -103,6 +106,15 @@ class ServiceProtocol(ClientProtocol):
                 if not waiting.called:
                     waiting.callback(None)
 
+    def _caller(self, stamp: bytes | None) -> Caller | None:
+        """The caller a stamp names, parsed once per stamp (a few hundred are remembered)."""
+        known = self._callers.get(stamp)
+        if known is None and stamp:
+            if len(self._callers) > 1000:
+                self._callers.clear()
+            known = self._callers[stamp] = Caller.from_stamp(stamp)
+        return known
+
     def _call_received(self, box: amp.AmpBox) -> None:
         """Run the handler a Call box asks for and send its answer (if the box asks for one)."""
         tag = box.get(ASK)
@@ -119,13 +131,16 @@ class ServiceProtocol(ClientProtocol):
                     error = InvalidRequest("the call has no UTF-8 method name: send it with an nswarm SDK")
                 self.send(error_box(tag, error))
             return
+        token = current.set(self._caller(box.get(CALLER)))
         try:
             result = getattr(service, attribute)(*positional, **keywords)
+            if iscoroutine(result):
+                result = Deferred.fromCoroutine(result)  # runs in (a copy of) this context
         except Exception:
             self._failed(Failure(), tag, method)
             return
-        if iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
+        finally:
+            current.reset(token)
         if isinstance(result, Deferred):
             if tag is not None:
                 self.running[tag] = result

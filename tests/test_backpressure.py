@@ -129,3 +129,22 @@ async def test_the_master_stops_reading_from_a_client_that_does_not_read_and_res
     finally:
         await slow.close()
         await service.stop()
+
+
+def test_a_tag_still_pending_cannot_be_reused_to_get_past_the_cap() -> None:
+    from twisted.protocols import amp
+
+    from nswarm.amp_commands import ARGS, ASK, CALL, COMMAND, ERROR_CODE, METHOD, InvalidRequest
+
+    memory = Cluster()
+    node, _, _ = memory.add_node("a")
+    memory.add_service(node, Holder())
+    api, server = memory.add_api()
+    answers: list[amp.AmpBox] = []
+    api.ampBoxReceived = answers.append  # type: ignore[method-assign]
+    for _ in range(3):
+        box = amp.AmpBox({COMMAND: CALL, ASK: b"same", METHOD: b"hold", ARGS: b'{"args":[1],"kwargs":{}}'})
+        api.sendBox(box)
+    memory.flush()
+    assert memory.master.pending.asked_by(server) == 1
+    assert [box[ERROR_CODE] for box in answers] == [InvalidRequest.code, InvalidRequest.code]

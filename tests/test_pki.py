@@ -366,7 +366,7 @@ def test_init_master_conf(cluster: Path) -> None:
         "api-cert": f"{cluster}/master.pem",
         "api-cert-key": f"{cluster}/master.key",
         "node-auth-key-file": f"{cluster}/node-auth.key",
-        "api-auth-key-file": f"{cluster}/api-auth.key",
+        "access": f"{cluster}/access.conf",
         "api-client-ca": f"{cluster}/ca.pem",
     }
 
@@ -383,7 +383,7 @@ def test_init_node_conf(cluster: Path) -> None:
         "node-cert-key": f"{cluster}/node.key",
         "upstream-auth-key-file": f"{cluster}/node-auth.key",
         "service-socket": f"{cluster}/node.sock",
-        "service-auth-key-file": f"{cluster}/service-auth.key",
+        "access": f"{cluster}/node-access.conf",
     }
 
 

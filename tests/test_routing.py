@@ -129,7 +129,7 @@ def test_registry_agrees_with_a_simple_model(ops: list[tuple[str, str, list[str]
         assert set(changed) == before ^ after
         assert sorted(registry.methods()) == sorted(after)
     for method in ["m1", "m2", "m3"]:
-        implementers = {peer for peer, names in model.items() if method in names}
+        implementers: set[str | None] = {peer for peer, names in model.items() if method in names}
         chosen = {registry.choose(method) for _ in range(max(1, len(implementers)))}
         assert chosen == (implementers or {None})
 
@@ -173,3 +173,67 @@ def test_malformed_patterns_are_refused(bad: str) -> None:
     registry: Registry[str] = Registry()
     with pytest.raises(InvalidRequest):
         registry.subscribe("a", [bad])
+
+
+pending_operations = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "pop", "cancel", "expire", "lose"]),
+        st.integers(min_value=0, max_value=7),
+        st.floats(min_value=0, max_value=10, allow_nan=False),
+    ),
+    max_size=60,
+)
+
+
+@given(pending_operations)
+def test_expired_returns_exactly_the_pending_requests_that_are_due(ops: list[tuple[str, int, float]]) -> None:
+    """Against a dict model: expired(now) forgets and returns the pending requests due by now,
+    soonest first, and never one that was answered, cancelled or lost."""
+    pending: PendingCalls[str] = PendingCalls()
+    model: dict[bytes, Request[str]] = {}
+    callees = ["n1", "n2"]
+    for number, (op, key, when) in enumerate(ops):
+        if op == "add":
+            request = Request(callees[key % 2], b"%d" % number, "api", b"c%d" % number, when)
+            pending.add(request)
+            model[request.tag] = request
+        elif op == "pop" and model:
+            request = list(model.values())[key % len(model)]
+            assert pending.pop(request.callee, request.tag) is model.pop(request.tag)
+        elif op == "cancel" and model:
+            request = list(model.values())[key % len(model)]
+            assert pending.cancel("api", request.caller_tag) is model.pop(request.tag)
+        elif op == "lose":
+            answered_by, _ = pending.lost(callees[key % 2])
+            assert {r.tag for r in answered_by} == {t for t, r in model.items() if r.callee == callees[key % 2]}
+            model = {t: r for t, r in model.items() if r.callee != callees[key % 2]}
+        elif op == "expire":
+            late = pending.expired(when)
+            assert {r.tag for r in late} == {t for t, r in model.items() if r.expires <= when}
+            assert [r.expires for r in late] == sorted(r.expires for r in late)
+            model = {t: r for t, r in model.items() if r.expires > when}
+        assert len(pending) == len(model)
+    assert {r.tag for r in pending.expired(10.0)} == set(model)
+
+
+def test_the_deadline_heap_stays_bounded_when_calls_are_answered_early() -> None:
+    from nswarm.relay.pending import COMPACT_SLACK
+
+    pending: PendingCalls[str] = PendingCalls()
+    for number in range(100):
+        pending.add(Request("slow", b"%d" % number, "api", b"s%d" % number, 1000.0))
+    for number in range(20_000):
+        pending.add(Request("fast", b"%d" % number, "api", b"f%d" % number, 5.0 + number))
+        assert pending.pop("fast", b"%d" % number) is not None
+        assert len(pending._deadlines) <= 2 * (len(pending) + 1) + COMPACT_SLACK
+    assert pending.expired(999.0) == [] and len(pending) == 100
+    assert len(pending.expired(1000.0)) == 100 and pending._deadlines == []
+
+
+def test_a_caller_reusing_a_tag_does_not_break_the_pending_calls() -> None:
+    pending: PendingCalls[str] = PendingCalls()
+    pending.add(Request("node", b"1", "api", b"same", 5.0))
+    pending.add(Request("node", b"2", "api", b"same", 6.0))
+    assert pending.pop("node", b"1") is not None
+    [late] = pending.expired(6.0)
+    assert late.tag == b"2" and len(pending) == 0 and pending.asked_by("api") == 0

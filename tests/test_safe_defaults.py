@@ -115,7 +115,7 @@ def test_a_tls_private_key_others_may_read_is_refused(cluster: Path) -> None:
     assert str(raised.value) == expected
 
 
-@pytest.mark.parametrize("loose", ["node-auth.key", "api-auth.key", "master.key"])
+@pytest.mark.parametrize("loose", ["node-auth.key", "master.key"])
 def test_the_master_does_not_start_with_a_secret_others_may_read(cluster: Path, loose: str) -> None:
     os.chmod(cluster / loose, 0o644)
     with pytest.raises(usage.UsageError) as raised:
@@ -125,7 +125,7 @@ def test_the_master_does_not_start_with_a_secret_others_may_read(cluster: Path, 
     )
 
 
-@pytest.mark.parametrize("loose", ["node-auth.key", "service-auth.key", "node.key"])
+@pytest.mark.parametrize("loose", ["node-auth.key", "node.key"])
 def test_the_node_does_not_start_with_a_secret_others_may_read(cluster: Path, loose: str) -> None:
     os.chmod(cluster / loose, 0o640)
     with pytest.raises(

@@ -18,6 +18,7 @@ from nswarm.amp_commands import (
     ASK,
     CALL,
     CALL_ALL,
+    CALLER,
     EVENT,
     EXCLUDE,
     METHOD,
@@ -32,7 +33,7 @@ from nswarm.amp_commands import (
 from nswarm.identity import tls_identity
 from nswarm.master.held import Held, HeldCalls
 from nswarm.relay.protocol import Downstream, RelayProtocol
-from nswarm.relay.relay import IRouter, Relay, dispatch, log_registration, routed_name, time_left
+from nswarm.relay.relay import IRouter, Relay, check_rights, dispatch, log_registration, routed_name, time_left
 from nswarm.relay.state import IClock, IPeer, Registry, Request
 
 
@@ -106,6 +107,7 @@ class Master:
 
     def implement(self, peer: IPeer, methods: list[str], idempotent: list[str], limits: list[int]) -> None:
         """C{peer} implements C{methods}: a new implementer, or a raised limit, frees slots for held calls."""
+        check_rights(peer, "implement", methods)
         self.registry.implement(peer, methods, idempotent, dict(zip(methods, limits, strict=False)))
         log_registration(peer, "implements", methods)
         for method in methods:
@@ -118,6 +120,7 @@ class Master:
 
     def subscribe(self, peer: IPeer, patterns: list[str]) -> None:
         """C{peer} subscribes to C{patterns}."""
+        check_rights(peer, "subscribe", patterns)
         self.registry.subscribe(peer, patterns)
         log_registration(peer, "subscribes to", patterns)
 
@@ -131,6 +134,8 @@ class Master:
     def call(self, caller: IPeer, box: amp.AmpBox) -> None:
         """Send C{caller}'s call to the least busy node implementing its method, or hold it back."""
         method = routed_name(box, METHOD, "method", self.registry.method_names)
+        if not caller.may("call", method):
+            raise caller.refuse("call", method)
         node = self.relay.choose(method)
         if node is not None:
             self.relay.forward(caller, box, node, method)
@@ -147,6 +152,8 @@ class Master:
     def call_all(self, caller: IPeer, box: amp.AmpBox) -> None:
         """Send C{caller}'s call_all to every node implementing its method."""
         method = routed_name(box, METHOD, "method")
+        if not caller.may("call", method):
+            raise caller.refuse("call", method)
         nodes = self.registry.implementers(method)
         if not nodes:
             raise self._no_such_method(method)
@@ -155,6 +162,8 @@ class Master:
     def publish(self, publisher: IPeer, box: amp.AmpBox) -> None:
         """Send the event once to every node with a matching subscription, then answer the publisher."""
         event = routed_name(box, EVENT, "event")
+        if not publisher.may("publish", event):
+            raise publisher.refuse("publish", event)
         tag = box.get(ASK)
         self.relay.fan_out(box, self.registry.subscribers(event), publisher if EXCLUDE in box else None)
         if tag is not None:
@@ -228,8 +237,18 @@ class NodeServerProtocol(Downstream):
     """
 
     role = "node"
+    caller_role = "node"
+    access_role = "node"
     #: Reads the name the peer's certificate gives a role (replaced in in-memory tests).
     certificate_identity = staticmethod(tls_identity)
+
+    def stamp(self, box: amp.AmpBox) -> None:
+        """A node's call comes from one of its services: C{service:NAME} as the node stamped it, C{@NODE} added."""
+        stamp = box.get(CALLER, b"")
+        if stamp.startswith(b"service:") and b"@" not in stamp:
+            box[CALLER] = stamp + b"@" + self.name.encode()
+        else:
+            box[CALLER] = b"node:" + self.name.encode()
 
     def identify(self, claimed: str | None) -> str:
         """The node's name, from its certificate."""
@@ -251,3 +270,17 @@ class ApiServerProtocol(RelayProtocol):
     """An API user's connection to the master's api server: it may call and publish."""
 
     role = "api user"
+    caller_role = "api"
+    access_role = "api"
+    #: Reads the name the peer's certificate gives a role (replaced in in-memory tests).
+    certificate_identity = staticmethod(tls_identity)
+
+    def identify(self, claimed: str | None) -> str:
+        """The API user's name: the one its certificate gives, if it presented one naming an API user."""
+        named = self.certificate_identity(self.transport, "api")
+        if named is not None and claimed and claimed != named:
+            raise AuthenticationFailed(
+                f"this API user's certificate names {named!r}, not {claimed!r}: connect with the name in the "
+                "certificate, or use that user's certificate"
+            )
+        return named or claimed or ""

@@ -22,6 +22,7 @@ from nswarm.config import (
     DaemonOptions,
     count,
     limit_parameters,
+    load_access,
     non_negative,
     path,
     port,
@@ -30,6 +31,7 @@ from nswarm.config import (
 )
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
+from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import server_options
 
 log = Logger()
@@ -59,7 +61,8 @@ class Options(DaemonOptions):
         ["api-cert-key", None, None, "Private key (PEM) of --api-cert", path],
         ["api-client-ca", None, None, "If given, API users must present a certificate signed by this CA", path],
         *secret_parameters("node-auth-key", "key nodes authenticate with"),
-        *secret_parameters("api-auth-key", "key API users authenticate with"),
+        *secret_parameters("api-auth-key", "key API users authenticate with, if there is no access file"),
+        ["access", None, None, "Access file: the API users and nodes that may connect, and their rights", path],
         ["auth-timeout", None, str(defaults.AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
         ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
         [
@@ -91,7 +94,9 @@ class Options(DaemonOptions):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required (nswarm init writes a master.conf with it)")
         self.node_auth_key = self.secret("node-auth-key")
-        self.api_auth_key = self.secret("api-auth-key")
+        self.access = load_access(self["access"])
+        given = self["api-auth-key"] or self["api-auth-key-file"]
+        self.api_auth_key = self.secret("api-auth-key") if given or self.access is None else None
         self.node_tls = server_options(self["node-cert"], self["node-cert-key"], client_ca=self["ca"])
         self.api_tls = server_options(self["api-cert"], self["api-cert-key"], client_ca=self["api-client-ca"])
 
@@ -150,6 +155,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         ("node server", options["node-port"], options.node_tls, NodeServerProtocol, options.node_auth_key),
         ("api server", options["api-port"], options.api_tls, ApiServerProtocol, options.api_auth_key),
     ]
+    factories: list[RelayFactory] = []
     for name, number, tls, protocol, key in servers:
         endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
         factory = RelayFactory(
@@ -163,8 +169,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["subscriber-buffer"],
             options["send-buffer"],
             options["calls-in-flight"],
+            options.access,
         )
+        factories.append(factory)
         server = listening_service(_Announced(endpoint, name, ports), factory)
         server.setName(name)
         server.setServiceParent(top)
+    if options["access"]:
+        AccessReloader(options["access"], factories, reactor).setServiceParent(top)
     return top

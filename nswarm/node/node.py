@@ -19,7 +19,7 @@ from zope.interface import implementer
 from nswarm.amp_commands import CALL, EVENT, EXCLUDE, METHOD, NoSuchMethod, Overloaded
 from nswarm.node.upstream import Upstream
 from nswarm.relay.protocol import Downstream
-from nswarm.relay.relay import IRouter, Relay, log_registration, routed_name
+from nswarm.relay.relay import IRouter, Relay, check_rights, log_registration, routed_name
 from nswarm.relay.state import IPeer, Registry, Request
 
 
@@ -71,6 +71,7 @@ class Node:
 
     def implement(self, peer: IPeer, methods: list[str], idempotent: list[str], limits: list[int]) -> Any:
         """A service implements C{methods}; answered once the master has what changed."""
+        check_rights(peer, "implement", methods)
         self.registry.implement(peer, methods, idempotent, dict(zip(methods, limits, strict=False)))
         log_registration(peer, "implements", methods)
         return self.upstream.methods_changed(methods)
@@ -83,6 +84,7 @@ class Node:
 
     def subscribe(self, peer: IPeer, patterns: list[str]) -> Any:
         """A service subscribes to C{patterns}; answered once the master has the new ones."""
+        check_rights(peer, "subscribe", patterns)
         new = self.registry.subscribe(peer, patterns)
         log_registration(peer, "subscribes to", patterns)
         return self.upstream.subscribed(new)
@@ -98,9 +100,11 @@ class Node:
     def call(self, caller: IPeer, box: amp.AmpBox) -> None:
         """A call from the master goes to a local service; one from a service goes up."""
         if caller is not self.upstream.connection:
+            method = routed_name(box, METHOD, "method")
+            if not caller.may("call", method):
+                raise caller.refuse("call", method)
             if self.upstream.connection is None and self.local_first:
                 # Cut off from the master: serve what this node implements itself.
-                method = routed_name(box, METHOD, "method")
                 local = self.relay.choose(method)
                 if local is not None:
                     self.relay.forward(caller, box, local, method)
@@ -118,6 +122,9 @@ class Node:
     def call_all(self, caller: IPeer, box: amp.AmpBox) -> None:
         """A call_all from the master goes to every local implementer; one from a service goes up."""
         if caller is not self.upstream.connection:
+            method = routed_name(box, METHOD, "method")
+            if not caller.may("call", method):
+                raise caller.refuse("call", method)
             self.relay.forward(caller, box, self.upstream.required())
             return
         method = routed_name(box, METHOD, "method")
@@ -129,11 +136,13 @@ class Node:
     def publish(self, publisher: IPeer, box: amp.AmpBox) -> None:
         """An event from the master goes to every matching local service; one from a service goes up."""
         if publisher is not self.upstream.connection:
+            event = routed_name(box, EVENT, "event")
+            if not publisher.may("publish", event):
+                raise publisher.refuse("publish", event)
             upstream = self.upstream.required()
             if EXCLUDE in box:
                 # The master will leave this node out: deliver to the other
                 # local subscribers here.
-                event = routed_name(box, EVENT, "event")
                 self.relay.fan_out(amp.AmpBox(box), self.registry.subscribers(event), publisher)
             self.relay.forward(publisher, box, upstream)
             return
@@ -175,3 +184,5 @@ class ServiceServerProtocol(Downstream):
     """A local service's connection to the node's service server (UNIX socket)."""
 
     role = "service"
+    caller_role = "service"
+    access_role = "service"

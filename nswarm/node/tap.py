@@ -20,6 +20,7 @@ from nswarm.config import (
     boolean,
     file_mode,
     limit_parameters,
+    load_access,
     non_negative,
     path,
     port,
@@ -30,6 +31,7 @@ from nswarm.identity import certificate_identities
 from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
 from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
+from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import client_options
 
 
@@ -68,7 +70,8 @@ class Options(DaemonOptions):
             "Permissions of the service socket, in octal",
             file_mode,
         ],
-        *secret_parameters("service-auth-key", "key services authenticate with"),
+        *secret_parameters("service-auth-key", "key services authenticate with, if there is no access file"),
+        ["access", None, None, "Access file: the services that may connect, with their keys and rights", path],
         ["auth-timeout", None, str(defaults.AUTH_TIMEOUT), "Seconds a service may take to authenticate", positive],
         [
             "reconnect-max-delay",
@@ -106,7 +109,9 @@ class Options(DaemonOptions):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required (nswarm init writes a node.conf with it)")
         self.upstream_auth_key = self.secret("upstream-auth-key")
-        self.service_auth_key = self.secret("service-auth-key")
+        self.access = load_access(self["access"])
+        given = self["service-auth-key"] or self["service-auth-key-file"]
+        self.service_auth_key = self.secret("service-auth-key") if given or self.access is None else None
         self["name"] = certified_name(self["node-cert"], self["name"])
         self.upstream_tls = client_options(self["upstream-host"], self["ca"], self["node-cert"], self["node-cert-key"])
         socket_directory(self["service-socket"])
@@ -205,21 +210,24 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     upstream.setServiceParent(top)
 
     socket_path = options["service-socket"]  # its directory was made and checked by Options.postOptions
+    factory = RelayFactory(
+        ServiceServerProtocol,
+        node,
+        reactor,
+        options.service_auth_key,
+        options["auth-timeout"],
+        options["heartbeat"],
+        options["max-payload"],
+        options["subscriber-buffer"],
+        options["send-buffer"],
+        options["calls-in-flight"],
+        options.access,
+    )
     services = listening_service(
-        UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True),
-        RelayFactory(
-            ServiceServerProtocol,
-            node,
-            reactor,
-            options.service_auth_key,
-            options["auth-timeout"],
-            options["heartbeat"],
-            options["max-payload"],
-            options["subscriber-buffer"],
-            options["send-buffer"],
-            options["calls-in-flight"],
-        ),
+        UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True), factory
     )
     services.setName("service server")
     services.setServiceParent(top)
+    if options["access"]:
+        AccessReloader(options["access"], [factory], reactor).setServiceParent(top)
     return top

@@ -61,6 +61,14 @@ class Gather:
     def send_cancel(self, tag: bytes) -> None:
         """Never asked to run anything itself."""
 
+    def may(self, action: str, name: str) -> bool:
+        """Its requests were checked as its caller's."""
+        return True
+
+    def refuse(self, action: str, name: str) -> NswarmError:
+        """Never refused (see L{may})."""
+        raise NotImplementedError
+
     def close_connection(self, abort: bool = False) -> None:
         """Has no connection of its own."""
 

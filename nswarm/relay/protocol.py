@@ -10,7 +10,6 @@ waiting for a peer that is not reading bounded. It decides nothing itself.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -24,12 +23,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nswarm import defaults
+from nswarm.access import Access
 from nswarm.amp_commands import (
     ANSWER,
     ASK,
     AUTHENTICATE,
     CALL,
     CALL_ALL,
+    CALLER,
     CANCEL,
     COMMAND,
     ERROR,
@@ -52,9 +53,9 @@ from nswarm.amp_commands import (
 from nswarm.boxes import error_box
 from nswarm.framing import FastBoxes
 from nswarm.relay.backpressure import Backpressure
+from nswarm.relay.gate import Gate, Guards
 from nswarm.relay.relay import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer
-from nswarm.relay.throttle import Quieter, Throttle
 from nswarm.requests import Requests
 
 #: The routed commands that are calls (and count against calls-in-flight).
@@ -62,7 +63,7 @@ CALLS = frozenset({CALL, CALL_ALL})
 
 
 @implementer(IPeer)
-class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
+class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
     """
     One AMP connection of a relay. Routed boxes go to the C{router}, answers
     to requests the relay forwarded go to its L{Relay} (and answers to this
@@ -74,6 +75,9 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
 
     log = Logger()
     role = "peer"
+    #: The role its calls are stamped with (C{caller}: "api", "service"); None to leave them as they come.
+    caller_role: str | None = None
+    _stamp: bytes | None = None
 
     def __init__(
         self,
@@ -86,8 +90,12 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
         subscriber_buffer: int = defaults.SUBSCRIBER_BUFFER,
         send_buffer: int = defaults.SEND_BUFFER,
         calls_in_flight: int = defaults.CALLS_IN_FLIGHT,
+        access: Access | None = None,
     ) -> None:
         super().__init__()
+        #: Who may connect and what each may do; None: anyone with the auth key, with every right.
+        self.access = access
+        self._allowed: dict[tuple[str, str], bool] = {}
         self.router = router
         self.relay = router.relay
         self.clock = clock
@@ -98,11 +106,13 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
         self.send_buffer = send_buffer
         #: Calls this peer may have in flight at once (0: no limit).
         self.calls_in_flight = calls_in_flight
-        self._limit_boxes(defaults.UNAUTHENTICATED_MAX_BOX if auth_key is not None else max_payload)
         self._auth_key = auth_key
         self._auth_timeout = auth_timeout
         self._auth_timer: Any = None
-        self.authenticated = auth_key is None
+        self._own_guards: Guards | None = None
+        #: A server connection (a shared key, or an access file, given) admits nothing before Authenticate.
+        self.authenticated = auth_key is None and access is None
+        self._limit_boxes(max_payload if self.authenticated else defaults.UNAUTHENTICATED_MAX_BOX)
         self.name = ""
         self.factory: Any = None
 
@@ -139,7 +149,7 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
     @Authenticate.responder
     def authenticate(self, key: bytes, name: str | None = None) -> dict[str, Any]:
         """Check the peer's key (in constant time); once it matches, the connection is open for everything."""
-        if self.authenticated or self._auth_key is None:
+        if self.authenticated:
             raise AuthenticationFailed("this connection is already authenticated: send Authenticate once")
         source, now = self._source(), self.clock.seconds()
         throttle = self._guards().throttle
@@ -150,9 +160,8 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
                 "and check the key file this client uses"
             )
         try:
-            if not hmac.compare_digest(key, self._auth_key):
-                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
             identified = self.identify(name)
+            rights = self.admit(key, identified)
         except AuthenticationFailed as error:
             throttle.failed(source, now)
             self._refused(source, now, f"failed to authenticate: {error}")
@@ -163,6 +172,9 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
         self.authenticated = True
         self._limit_boxes(self.max_payload)
         self.name = identified
+        self.rights = rights
+        if self.caller_role is not None:
+            self._stamp = f"{self.caller_role}:{identified}".encode()
         self.log.info(
             "{peer} connected from {address}",
             peer=self.description,
@@ -174,27 +186,6 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
         self.start_heartbeats(self.clock, self.heartbeat)
         self.router.authenticated(self)
         return {}
-
-    def _source(self) -> str:
-        """The source address authentication failures are counted by: the peer's host (UNIX peers share one)."""
-        address = self.address
-        return str(getattr(address, "host", None) or "local")
-
-    def _guards(self) -> Guards:
-        return self.factory.guards if isinstance(self.factory, RelayFactory) else _GUARDS
-
-    def _refused(self, source: str, now: float, why: str) -> None:
-        """Log a refused authentication, at most once every interval per source."""
-        unlogged = self._guards().quieter.should_log(source, now)
-        if unlogged is not None:
-            self.log.warn(
-                "{role} at {source} {why} ({unlogged} more refused since the last warning)",
-                role=self.role,
-                source=source,
-                why=why,
-                unlogged=unlogged,
-                nswarm_event="authentication_failed",
-            )
 
     def identify(self, claimed: str | None) -> str:
         """
@@ -217,6 +208,8 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
             ):
                 self.send_error(box[ASK], self._too_many_calls())
                 return
+            if command in CALLS:
+                self.stamp(box)
             dispatch(self.router, self, command, box)
         elif command == HEARTBEAT:
             pass  # counted by FastBoxes; nothing to answer
@@ -230,6 +223,11 @@ class RelayProtocol(Backpressure, Requests, FastBoxes, amp.AMP):
                 # This connection's own request, or a late answer to a call
                 # that timed out or was cancelled: dropped quietly.
                 self.answered(tag, box)
+
+    def stamp(self, box: amp.AmpBox) -> None:
+        """Stamp a call from this peer with who made it, over anything the peer sent."""
+        if self._stamp is not None:
+            box[CALLER] = self._stamp
 
     def _too_many_calls(self) -> Overloaded:
         return Overloaded(
@@ -332,18 +330,6 @@ def _answered(outcome: Any) -> Any:
     return {}
 
 
-class Guards:
-    """What one listener keeps across its connections against attackers: a L{Throttle} and a L{Quieter}."""
-
-    def __init__(self) -> None:
-        self.throttle = Throttle()
-        self.quieter = Quieter()
-
-
-#: The guards of connections built without a L{RelayFactory} (tests).
-_GUARDS = Guards()
-
-
 class RelayFactory(Factory):
     """Builds the connections of one relay listener (or the node's upstream)."""
 
@@ -359,8 +345,10 @@ class RelayFactory(Factory):
         subscriber_buffer: int = defaults.SUBSCRIBER_BUFFER,
         send_buffer: int = defaults.SEND_BUFFER,
         calls_in_flight: int = defaults.CALLS_IN_FLIGHT,
+        access: Access | None = None,
     ) -> None:
         self.relay_protocol = protocol
+        self.access = access
         self.router = router
         self.clock = clock
         self.auth_key = auth_key
@@ -374,6 +362,12 @@ class RelayFactory(Factory):
         self.connections: set[RelayProtocol] = set()
         self.guards = Guards()
 
+    def reload(self, access: Access | None) -> None:
+        """Use C{access} from now on, for new connections and for the open ones (see L{RelayProtocol.reload})."""
+        self.access = access
+        for connection in list(self.connections):
+            connection.reload(access)
+
     def buildProtocol(self, addr: Any) -> RelayProtocol:
         proto = self.relay_protocol(
             self.router,
@@ -385,6 +379,7 @@ class RelayFactory(Factory):
             self.subscriber_buffer,
             self.send_buffer,
             self.calls_in_flight,
+            self.access,
         )
         proto.factory = self
         return proto

@@ -152,6 +152,13 @@ def routed_name(box: amp.AmpBox, key: bytes, kind: str, known: Container[str] = 
         raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
 
 
+def check_rights(peer: IPeer, action: str, names: list[str]) -> None:
+    """Raise the peer's L{nswarm.amp_commands.PermissionDenied} unless it may C{action} every one of C{names}."""
+    for name in names:
+        if not peer.may(action, name):
+            raise peer.refuse(action, name)
+
+
 def log_registration(peer: IPeer, action: str, names: list[str]) -> None:
     """Log that C{peer} C{action} ("implements", "withdraws", ...) C{names}: a count and the first few."""
     if names:
@@ -219,6 +226,8 @@ class Relay:
             except (KeyError, ValueError):
                 left = time_left(box)
             caller_tag = box[ASK]
+            if self.pending.is_pending(caller, caller_tag):
+                raise InvalidRequest("this _ask tag is in use by a request still pending: use a new tag per request")
             tag = callee.next_tag()
             registry = self.registry
             idempotent = bool(registry.idempotent) and method is not None and registry.is_idempotent(callee, method)

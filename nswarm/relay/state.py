@@ -1,9 +1,10 @@
 """
 The pure routing state shared by the master and the node: the peer
 interface, who implements and who subscribes to what, which implementer gets
-the next call, and which forwarded requests wait for an answer. No sockets
-and no clock here: a peer is anything that provides L{IPeer} (the relays'
-AMP connections, a call_all's gatherer, a test's fake).
+the next call, and (from L{nswarm.relay.pending}) which forwarded requests
+wait for an answer. No sockets and no clock here: a peer is anything that
+provides L{IPeer} (the relays' AMP connections, a call_all's gatherer, a
+test's fake).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from zope.interface import Attribute, Interface
 
 from nswarm.amp_commands import NswarmError
 from nswarm.relay.names import Matches, check_method, check_pattern
+from nswarm.relay.pending import PendingCalls as PendingCalls
+from nswarm.relay.pending import Request as Request
 
 P = TypeVar("P", bound=Hashable)
 
@@ -47,6 +50,12 @@ class IPeer(Interface):
 
     def send_cancel(tag: bytes) -> None:
         """Cancel the request the relay sent it as C{tag}."""
+
+    def may(action: str, name: str) -> bool:
+        """Whether its rights allow C{action} (call, publish, subscribe, implement) on C{name}."""
+
+    def refuse(action: str, name: str) -> NswarmError:
+        """The L{nswarm.amp_commands.PermissionDenied} that answers its request to C{action} C{name}."""
 
     def close_connection(abort: bool = False) -> None:
         """Close the connection (at once, dropping what is buffered, if C{abort})."""
@@ -132,7 +141,8 @@ class Registry(Generic[P]):
         self.limits: dict[tuple[P, str], int] = {}
         #: The methods somebody implements (a live view, for fast membership tests).
         self.method_names: Container[str] = self._methods.peers.keys()
-        #: Event name -> its subscribers; cleared when subscriptions change.
+        #: Event name -> its subscribers: the patterns indexed by token, kept in
+        #: step with C{_events}, and a cache cleared when subscriptions change.
         self._deliveries: Matches[P] = Matches(self._events.peers)
 
     def implement(
@@ -206,13 +216,22 @@ class Registry(Generic[P]):
 
     def subscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} subscribes to C{events}; return those that had no subscriber."""
+        new = self._events.add(peer, events)
         self._deliveries.clear()
-        return self._events.add(peer, events)
+        for pattern in new:
+            self._deliveries.add(pattern)
+        return new
 
     def unsubscribe(self, peer: P, events: Iterable[str]) -> list[str]:
         """C{peer} unsubscribes; return the events left with no subscriber."""
+        return self._unindex(self._events.discard(peer, events))
+
+    def _unindex(self, gone: list[str]) -> list[str]:
+        """Take the patterns nobody subscribes to any more out of the index; return them."""
         self._deliveries.clear()
-        return self._events.discard(peer, events)
+        for pattern in gone:
+            self._deliveries.discard(pattern)
+        return gone
 
     def remove(self, peer: P) -> tuple[list[str], list[str]]:
         """
@@ -220,8 +239,7 @@ class Registry(Generic[P]):
         that no peer has any more.
         """
         methods = self.unimplement(peer, list(self._methods.names.get(peer, ())))
-        self._deliveries.clear()
-        return methods, self._events.remove(peer)
+        return methods, self._unindex(self._events.remove(peer))
 
     def choose(
         self,
@@ -269,106 +287,3 @@ class Registry(Generic[P]):
     def events(self) -> list[str]:
         """Every event some peer subscribes to."""
         return list(self._events.peers)
-
-
-class Request(Generic[P]):
-    """A request a relay forwarded: where it went, where it came from, and when it expires."""
-
-    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry", "idempotent")
-
-    def __init__(
-        self,
-        callee: P,
-        tag: bytes,
-        caller: P,
-        caller_tag: bytes,
-        expires: float,
-        method: str | None = None,
-        retry: Any = None,
-        idempotent: bool = False,
-    ) -> None:
-        self.callee = callee
-        self.tag = tag
-        self.caller = caller
-        self.caller_tag = caller_tag
-        self.expires = expires
-        #: The method called, for calls (None for events).
-        self.method = method
-        #: For a call not retried yet, what is needed to send it again.
-        self.retry = retry
-        #: Whether the call may run again elsewhere after its implementer was lost mid-call.
-        self.idempotent = idempotent
-
-
-class PendingCalls(Generic[P]):
-    """
-    Requests a relay forwarded and that are not answered yet, found by the
-    callee and the tag the relay gave the request there (to map an answer
-    back), and by the caller and the caller's own tag (to cancel).
-    """
-
-    def __init__(self) -> None:
-        self._by_callee: dict[P, dict[bytes, Request[P]]] = {}
-        self._by_caller: dict[P, dict[bytes, Request[P]]] = {}
-        self._count = 0
-
-    def add(self, request: Request[P]) -> None:
-        """Remember C{request} until it is answered, cancelled, expired or lost."""
-        self._by_callee.setdefault(request.callee, {})[request.tag] = request
-        self._by_caller.setdefault(request.caller, {})[request.caller_tag] = request
-        self._count += 1
-
-    def _forget(self, request: Request[P]) -> Request[P]:
-        by_caller = self._by_caller[request.caller]
-        del by_caller[request.caller_tag]
-        if not by_caller:
-            del self._by_caller[request.caller]
-        by_callee = self._by_callee.get(request.callee)
-        if by_callee is not None:
-            by_callee.pop(request.tag, None)
-        self._count -= 1
-        return request
-
-    def pop(self, callee: P, tag: bytes) -> Request[P] | None:
-        """The request C{callee}'s answer C{tag} is for, if it is still pending."""
-        pending = self._by_callee.get(callee)
-        request = pending.get(tag) if pending is not None else None
-        return self._forget(request) if request is not None else None
-
-    def cancel(self, caller: P, caller_tag: bytes) -> Request[P] | None:
-        """The request C{caller} sent as C{caller_tag}, if it is still pending."""
-        pending = self._by_caller.get(caller)
-        request = pending.get(caller_tag) if pending is not None else None
-        return self._forget(request) if request is not None else None
-
-    def lost(self, peer: P) -> tuple[list[Request[P]], list[Request[P]]]:
-        """
-        Forget C{peer}: return the requests pending on it (their callers get
-        no answer now) and the requests it made (their callees need not go on).
-        """
-        answered_by = [self._forget(r) for r in list(self._by_callee.pop(peer, {}).values())]
-        asked_by = [self._forget(r) for r in list(self._by_caller.get(peer, {}).values())]
-        return answered_by, asked_by
-
-    def expired(self, now: float) -> list[Request[P]]:
-        """Forget and return the requests whose deadline is at or before C{now}."""
-        late = [r for pending in self._by_callee.values() for r in pending.values() if r.expires <= now]
-        return [self._forget(r) for r in late]
-
-    def in_flight(self, callee: P) -> int:
-        """How many requests C{callee} has not answered yet."""
-        pending = self._by_callee.get(callee)
-        return len(pending) if pending is not None else 0
-
-    def asked_by(self, caller: P) -> int:
-        """How many requests from C{caller} are still pending."""
-        pending = self._by_caller.get(caller)
-        return len(pending) if pending is not None else 0
-
-    def in_flight_for(self, callee: P, method: str) -> int:
-        """How many calls to C{method} C{callee} has not answered yet (counted: only limits need it)."""
-        pending = self._by_callee.get(callee)
-        return sum(1 for request in pending.values() if request.method == method) if pending else 0
-
-    def __len__(self) -> int:
-        return self._count

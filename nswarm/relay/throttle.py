@@ -32,7 +32,7 @@ class Throttle:
 
     def _tokens(self, source: str, now: float) -> float:
         tokens, when = self._buckets.get(source, (float(self.burst), now))
-        return min(float(self.burst), tokens + (now - when) / self.every)
+        return min(float(self.burst), tokens + max(0.0, now - when) / self.every)
 
     def allowed(self, source: str, now: float) -> bool:
         """Whether C{source} may try to authenticate now (it has failed less than its share)."""

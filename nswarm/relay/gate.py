@@ -1,0 +1,147 @@
+"""
+The gate of a relay connection: which identities an access file admits, with
+what rights, and the guards of a listener against key guessing (a throttle
+and quiet logging). Mixed into L{nswarm.relay.protocol.RelayProtocol}, whose
+C{Authenticate} responder uses it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from nswarm import defaults
+from nswarm.access import ALL, Access, Rights
+from nswarm.amp_commands import AuthenticationFailed, PermissionDenied
+from nswarm.relay.throttle import Quieter, Throttle
+
+
+class Guards:
+    """What one listener keeps across its connections against attackers: a L{Throttle} and a L{Quieter}."""
+
+    def __init__(self) -> None:
+        self.throttle = Throttle()
+        self.quieter = Quieter()
+
+
+class Gate:
+    """Admission and rights of one connection (see L{admit} and L{may})."""
+
+    log: Logger
+    role: str
+    name: str
+    authenticated: bool
+    access: Access | None
+    _auth_key: bytes | None
+    _allowed: dict[tuple[str, str], bool]
+    _own_guards: Guards | None
+    factory: Any
+    address: Any
+    close_connection: Any
+
+    #: Its role in an access file ("api", "node", "service"); None if no access file applies to it.
+    access_role: str | None = None
+    #: What it may do (every right unless an access file says otherwise).
+    rights: Rights = ALL
+
+    if TYPE_CHECKING:
+
+        @property
+        def description(self) -> str:
+            """How logs name this connection (provided by the protocol)."""
+
+    def _source(self) -> str:
+        """The source address authentication failures are counted by: the peer's host (UNIX peers share one)."""
+        address = self.address
+        return str(getattr(address, "host", None) or "local")
+
+    def _guards(self) -> Guards:
+        """The listener's guards (a connection built without a listener's factory has its own)."""
+        guards = getattr(self.factory, "guards", None)
+        if isinstance(guards, Guards):
+            return guards
+        if self._own_guards is None:
+            self._own_guards = Guards()
+        return self._own_guards
+
+    def _refused(self, source: str, now: float, why: str) -> None:
+        """Log a refused authentication, at most once every interval per source."""
+        unlogged = self._guards().quieter.should_log(source, now)
+        if unlogged is not None:
+            self.log.warn(
+                "{role} at {source} {why} ({unlogged} more refused since the last warning)",
+                role=self.role,
+                source=source,
+                why=why,
+                unlogged=unlogged,
+                nswarm_event="authentication_failed",
+            )
+
+    def admit(self, key: bytes, name: str) -> Rights:
+        """
+        The rights C{key} gives the peer called C{name}, or
+        L{AuthenticationFailed}: with an access file that lists this role,
+        its entry for the name (or C{*}) and, for API users and services, that
+        entry's key; without one, the listener's shared auth key and every
+        right.
+        """
+        access, role = self.access, self.access_role
+        if access is None or role is None:
+            if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
+                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+            return ALL
+        identity = access.get(role, name) or access.get(role, "*")
+        if role == "node":
+            if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
+                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+            if identity is None:
+                raise AuthenticationFailed(
+                    f"node {name!r} is not in the access file {access.source}: add a section [node {name}] "
+                    "(see docs/access.md) and reload the master"
+                )
+            return identity.rights
+        if identity is None or not identity.key_matches(key):
+            raise AuthenticationFailed(
+                f"no {self.role} {name!r} with this key in the access file: check the name and the key file "
+                "this client uses"
+            )
+        return identity.rights
+
+    def may(self, action: str, name: str) -> bool:
+        """Whether this peer's rights allow C{action} (call, publish, subscribe, implement) on C{name}."""
+        if self.rights is ALL:
+            return True
+        allowed = self._allowed.get((action, name))
+        if allowed is None:
+            if len(self._allowed) > defaults.MATCH_CACHE_SIZE:
+                self._allowed.clear()
+            allowed = self._allowed[(action, name)] = self.rights.allows(action, name)
+        return allowed
+
+    def refuse(self, action: str, name: str) -> PermissionDenied:
+        """The error for this peer's request to C{action} C{name}, which its rights do not allow."""
+        where = self.access.source if self.access is not None else "the access file"
+        return PermissionDenied(
+            f"{self.description} may not {action} {name!r}: to allow it, add a pattern matching it to "
+            f"'{action}' in [{self.access_role} {self.name or '*'}] of {where}, and reload"
+        )
+
+    def reload(self, access: Access | None) -> None:
+        """The access file changed: take the new rights, or close the connection if this identity is gone."""
+        self.access = access
+        self._allowed = {}
+        if not self.authenticated or access is None or self.access_role is None:
+            self.rights = ALL if access is None else self.rights
+            return
+        identity = access.get(self.access_role, self.name) or access.get(self.access_role, "*")
+        if identity is None:
+            self.log.warn(
+                "closing {peer}: it is no longer in the access file {source}",
+                peer=self.description,
+                source=access.source,
+            )
+            self.close_connection()
+            return
+        self.rights = identity.rights

@@ -1,0 +1,72 @@
+"""Tier 1: failed authentications are throttled per source address, and logged quietly."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.protocols import amp
+
+from nswarm.amp_commands import Authenticate
+from nswarm.master.master import ApiServerProtocol, Master
+from nswarm.relay.protocol import RelayFactory
+from nswarm.relay.throttle import Quieter, Throttle
+
+from .support import API_KEY, connect, detach, failure_of, result_of
+
+
+def test_a_source_may_fail_a_burst_then_once_a_period() -> None:
+    throttle = Throttle(burst=3, every=2.0)
+    for _ in range(3):
+        assert throttle.allowed("10.0.0.1", 0.0)
+        throttle.failed("10.0.0.1", 0.0)
+    assert not throttle.allowed("10.0.0.1", 0.0) and throttle.retry_after("10.0.0.1", 0.0) == 2.0
+    assert throttle.allowed("10.0.0.2", 0.0)  # others are not held back
+    assert throttle.allowed("10.0.0.1", 2.0)
+
+
+def test_the_throttle_remembers_a_bounded_number_of_sources() -> None:
+    throttle = Throttle(burst=1, every=60.0, sources=100)
+    for n in range(1000):
+        throttle.failed(f"10.0.{n // 256}.{n % 256}", 0.0)
+    assert len(throttle._buckets) == 100
+    assert not throttle.allowed("10.0.3.231", 0.0) and throttle.allowed("10.0.0.0", 0.0)
+
+
+def test_the_quieter_logs_the_first_then_one_an_interval_with_the_count_between() -> None:
+    quieter = Quieter(interval=10.0)
+    assert quieter.should_log("a", 0.0) == 0
+    assert [quieter.should_log("a", t) for t in (1.0, 2.0, 3.0)] == [None, None, None]
+    assert quieter.should_log("a", 10.0) == 3
+    assert quieter.should_log("b", 10.0) == 0
+
+
+def test_wrong_keys_from_one_address_are_refused_without_a_check_once_over_the_burst() -> None:
+    clock = Clock()
+    master = Master(clock)
+    factory = RelayFactory(ApiServerProtocol, master, clock, API_KEY)
+    attempts = []
+    with capturedLogs() as logged:
+        for _ in range(12):
+            server = factory.buildProtocol(None)
+            client = amp.AMP()
+            pump = connect(server, client)
+            attempts.append(detach(client.callRemote(Authenticate, key=b"guess")))
+            pump.flush()
+        server = factory.buildProtocol(None)
+        client = amp.AMP()
+        pump = connect(server, client)
+        right = detach(client.callRemote(Authenticate, key=API_KEY))
+        pump.flush()
+    messages = [str(failure_of(d).value) for d in attempts]
+    assert all("wrong api user auth key" in m for m in messages[:10])
+    assert all("too many failed authentications" in m for m in messages[10:])
+    assert "too many failed authentications" in str(failure_of(right).value)  # even the right key waits
+    warnings = [e for e in logged if e.get("nswarm_event") == "authentication_failed"]
+    assert len(warnings) == 1 and "guess" not in str(warnings)  # rate-limited, and keys never logged
+    clock.advance(1.0)
+    server = factory.buildProtocol(None)
+    client = amp.AMP()
+    pump = connect(server, client)
+    again = detach(client.callRemote(Authenticate, key=API_KEY))
+    pump.flush()
+    result_of(again)
