@@ -63,12 +63,15 @@ def connect(
     cert_key: str | None = None,
     timeout: float = defaults.CONNECT_TIMEOUT,
     heartbeat: float = defaults.HEARTBEAT,
+    name: str | None = None,
 ) -> Deferred[APIClient]:
     """
     Connect to the api server at C{host}:C{port} over TLS (its certificate
     must be signed by the cluster CA in PEM file C{ca} and name C{host}) and
-    authenticate with the api auth C{key}. C{cert}/C{cert_key} give a client
-    certificate if the master requires one. Fires with an L{APIClient}.
+    authenticate as the API user C{name} with its C{key}. C{cert}/C{cert_key}
+    give a client certificate if the master requires one; the user's name
+    is then the one in it, and C{name} may be left out. Fires with an
+    L{APIClient}.
     Both ends send a heartbeat every C{heartbeat} seconds; a master silent
     for three of them is taken as gone (the connection closes).
     """
@@ -90,7 +93,7 @@ def connect(
             client.start_heartbeats(reactor, heartbeat)
             return client
 
-        return client.authenticate(key).addCallbacks(authenticated, failed)
+        return client.authenticate(key, name).addCallbacks(authenticated, failed)
 
     return d.addCallback(authenticate)
 
@@ -112,4 +115,5 @@ def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:
         ca=ca,
         cert=config.get("cert"),
         cert_key=config.get("cert-key"),
+        name=config.get("name"),
     )

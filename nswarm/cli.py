@@ -19,7 +19,7 @@ from typing import TextIO
 from twisted.python import usage
 
 from nswarm import defaults
-from nswarm.cluster_files import InitError, init_cluster, issue_node
+from nswarm.cluster_files import InitError, init_cluster, issue_api, issue_node, issue_service
 from nswarm.config import port
 
 __all__ = ["InitOptions", "Options", "main"]
@@ -152,19 +152,22 @@ class IssueOptions(_Options):
     """Options of C{nswarm issue node NAME}."""
 
     longdesc = (
-        "Issue a certificate for one more node with the cluster CA in DIR (ca.pem and ca.key,"
-        " as 'nswarm init' writes them), and write it and its key as DIR/node-NAME.pem and"
-        " DIR/node-NAME.key. The master takes the node's name from this certificate."
+        "Add an identity to the cluster in DIR (its CA, ca.pem and ca.key, as 'nswarm init' writes"
+        " them). 'node NAME': a certificate naming the node, DIR/node-NAME.pem and .key (the master"
+        " takes the node's name from it). 'api NAME': an API user's certificate and key,"
+        " DIR/api-NAME.pem and .key, and its auth key DIR/api-NAME-auth.key. 'service NAME': a"
+        " service's auth key, DIR/service-NAME.key. Each prints what to add to which config."
     )
     optFlags = [["force", "f", "Replace the node's existing certificate and key."]]
     optParameters = [["dir", "d", ".", "The cluster directory holding ca.pem and ca.key.", str]]
 
     def getSynopsis(self) -> str:
-        return f"Usage: {PROGRAM} issue [options] node NAME"
+        return f"Usage: {PROGRAM} issue [options] node|api|service NAME"
 
     def parseArgs(self, *args: str) -> None:
-        if len(args) != 2 or args[0] != "node":
-            raise usage.UsageError(f"Give what to issue and its name: {PROGRAM} issue node NAME.")
+        if len(args) != 2 or args[0] not in ("node", "api", "service"):
+            raise usage.UsageError(f"Give what to issue and its name: {PROGRAM} issue node|api|service NAME.")
+        self["kind"] = args[0]
         self["name"] = _node_name(args[1])
 
 
@@ -232,8 +235,26 @@ def _run_init(options: InitOptions, out: TextIO) -> None:
 
 
 def _run_issue(options: IssueOptions, out: TextIO) -> None:
-    """Issue the node's certificate and say what to put in its node.conf."""
-    cert, key = issue_node(options["dir"], options["name"], force=bool(options["force"]))
+    """Issue the identity and say what to put in which config."""
+    name, force = options["name"], bool(options["force"])
+    if options["kind"] == "api":
+        cert, key, auth, section = issue_api(options["dir"], name, force=force)
+        print(f"Wrote {cert}, {key} and {auth} (keys mode 0600) for API user {name!r}.", file=out)
+        print("Add this section to the master's access file (access.conf), narrowing its rights, then", file=out)
+        print("reload the master (kill -HUP):", file=out)
+        print(section.rstrip(), file=out)
+        print("Give the user the three files, and in the [api] section of its client.conf set:", file=out)
+        print(f"  cert = {cert}\n  cert-key = {key}\n  auth-key-file = {auth}", file=out)
+        return
+    if options["kind"] == "service":
+        auth, section = issue_service(options["dir"], name, force=force)
+        print(f"Wrote {auth} (mode 0600) for service {name!r} (its Service.name, or class name).", file=out)
+        print("Add this section to its node's access file (node-access.conf), narrowing its rights,", file=out)
+        print("then reload the node (kill -HUP):", file=out)
+        print(section.rstrip(), file=out)
+        print(f"and in the [service] section of the service's client.conf set:\n  auth-key-file = {auth}", file=out)
+        return
+    cert, key = issue_node(options["dir"], name, force=force)
     print(f"Wrote {cert} and {key} (mode 0600) for node {options['name']!r}.", file=out)
     print("Copy both to the node's host (keep the key private), and in its node.conf set:", file=out)
     print(f"  name = {options['name']}", file=out)

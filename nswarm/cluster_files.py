@@ -16,10 +16,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nswarm import defaults
-from nswarm.access import ALL, Identity, key_digest, render
+from nswarm.access import ALL, Identity, Rights, key_digest, render
 from nswarm.config import port
 from nswarm.identity import identity_uri
 from nswarm.pki import (
+    CertifiedKey,
     issue_client_certificate,
     issue_server_certificate,
     load_certified_key,
@@ -29,7 +30,7 @@ from nswarm.pki import (
     write_public,
 )
 
-__all__ = ["CLUSTER_FILES", "InitError", "init_cluster", "issue_node", "node_files"]
+__all__ = ["CLUSTER_FILES", "InitError", "init_cluster", "issue_api", "issue_node", "issue_service", "node_files"]
 
 CLUSTER_FILES = (
     "ca.pem",
@@ -302,3 +303,60 @@ def issue_node(
     write_public(paths[0], node.certificate_pem())
     write_private(paths[1], node.key_pem())
     return paths
+
+
+def issue_api(
+    directory: str | os.PathLike[str], name: str, force: bool = False, *, now: datetime.datetime | None = None
+) -> tuple[Path, Path, Path, str]:
+    """
+    Issue an API user C{name}: a certificate naming it (C{nswarm://api/NAME})
+    with the cluster CA in C{directory}, its key, and an auth key of its own,
+    written to C{DIR/api-NAME.pem}, C{.key} and C{DIR/api-NAME-auth.key}
+    (both keys 0600). Returns the three paths and the section to add to the
+    master's access file (every right but admin: narrow it there).
+    """
+    _check_conf_value("API user name", name)
+    identity_uri("api", name)
+    d = Path(os.path.abspath(directory))
+    paths = (d / f"api-{name}.pem", d / f"api-{name}.key", d / f"api-{name}-auth.key")
+    _make_room(paths, force)
+    user = issue_client_certificate(_load_ca(d), name, role="api", now=now)
+    key = new_auth_key()
+    write_public(paths[0], user.certificate_pem())
+    write_private(paths[1], user.key_pem())
+    write_private(paths[2], key + b"\n")
+    rights = Rights(call=(">",), publish=(">",), subscribe=(">",))
+    section = render([Identity("api", name, rights, key_digest(key))]).split("\n\n", 1)[1]
+    return paths[0], paths[1], paths[2], section
+
+
+def issue_service(directory: str | os.PathLike[str], name: str, force: bool = False) -> tuple[Path, str]:
+    """
+    Issue a service C{name} its own auth key, written to
+    C{DIR/service-NAME.key} (0600). Returns the path and the section to add
+    to its node's access file (every right but admin: narrow it there).
+    """
+    _check_conf_value("service name", name)
+    d = Path(os.path.abspath(directory))
+    path = d / f"service-{name}.key"
+    _make_room((path,), force)
+    key = new_auth_key()
+    write_private(path, key + b"\n")
+    rights = Rights(call=(">",), publish=(">",), subscribe=(">",), implement=(">",))
+    section = render([Identity("service", name, rights, key_digest(key))]).split("\n\n", 1)[1]
+    return path, section
+
+
+def _load_ca(d: Path) -> CertifiedKey:
+    try:
+        return load_certified_key((d / "ca.pem").read_bytes(), (d / "ca.key").read_bytes())
+    except (OSError, ValueError) as error:
+        raise InitError(f"cannot read the cluster CA in {d} (ca.pem and ca.key, as 'nswarm init' writes them): {error}")
+
+
+def _make_room(paths: Iterable[Path], force: bool) -> None:
+    for path in paths:
+        if os.path.lexists(path):
+            if not force:
+                raise InitError(f"{path} already exists: pass --force to replace it.")
+            os.unlink(path)

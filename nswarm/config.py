@@ -232,6 +232,20 @@ def limit_parameters(subscriber: str) -> list[list[Any]]:
             "Calls one connection may have in flight at once; more get Overloaded (0: no limit)",
             count,
         ],
+        [
+            "methods-per-connection",
+            None,
+            str(defaults.METHODS_PER_CONNECTION),
+            "Methods one connection (a node, a service) may implement; more get LimitExceeded",
+            count,
+        ],
+        [
+            "patterns-per-connection",
+            None,
+            str(defaults.PATTERNS_PER_CONNECTION),
+            "Subscription patterns one connection (a node, a service) may have; more get LimitExceeded",
+            count,
+        ],
     ]
 
 

@@ -69,6 +69,9 @@ SUBSCRIBER_BUFFER = 8 * 1024 * 1024
 SEND_BUFFER = 64 * 1024 * 1024
 #: Calls one connection may have in flight at once; more are answered Overloaded.
 CALLS_IN_FLIGHT = 10_000
+#: Methods one connection may implement, and patterns it may subscribe to; more get LimitExceeded.
+METHODS_PER_CONNECTION = 10_000
+PATTERNS_PER_CONNECTION = 10_000
 #: Most calls the master holds back at once (waiting for a busy implementer or the grace period).
 QUEUE_SIZE = 1000
 #: Failed authentications a source address may make at once, then one every AUTH_FAILURE_EVERY seconds.

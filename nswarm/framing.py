@@ -29,6 +29,8 @@ from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
 
 log = Logger()
 _HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
+#: The counts of malformed boxes at which a connection's are logged again.
+_DECADES = frozenset(10**power for power in range(1, 12))
 #: The keys an oversized box keeps, so that it can still be answered.
 _CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION})
 
@@ -54,6 +56,8 @@ class FastBoxes:
     _oversized = False
     #: Complete boxes received so far (heartbeats watch it move).
     boxes_received = 0
+    #: Boxes received that could not be handled.
+    malformed = 0
     _heartbeat: LoopingCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -115,8 +119,20 @@ class FastBoxes:
         Handling C{box} raised (an empty box, an answer to nothing, a command
         name that is not ASCII, ...): log it, answer its request with an AMP
         error if it has one, and go on with the connection's other boxes.
+        Only the first one of a connection is logged with its traceback; then
+        a line at the 10th, 100th, 1000th, ..., so that a flood of them cannot
+        flood the log.
         """
-        log.failure("a box from {peer} could not be handled", peer=self._peer())
+        self.malformed += 1
+        if self.malformed == 1:
+            log.failure("a box from {peer} could not be handled", peer=self._peer())
+        elif self.malformed in _DECADES:
+            log.warn(
+                "{peer} has sent {count:,} boxes that could not be handled: not all are logged",
+                peer=self._peer(),
+                count=self.malformed,
+                nswarm_event="malformed_boxes",
+            )
         tag = box.get(ASK)
         if tag is not None and self.transport is not None:
             self.transport.write(

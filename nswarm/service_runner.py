@@ -7,8 +7,6 @@ restarts, draining on stop, and C{Service.main}'s command line.
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ from nswarm import defaults
 from nswarm.amp_commands import Implement, Subscribe, Unimplement, Unsubscribe
 from nswarm.client import check_key
 from nswarm.config import ConfigError, path, read_client_config, read_secret_file
+from nswarm.peercred import peer_credentials
 from nswarm.reconnect import reconnecting
 from nswarm.service_protocol import ServiceProtocol
 
@@ -159,19 +158,16 @@ def check_node_peer(transport: Any) -> None:
     in tests) and systems without C{SO_PEERCRED} (other than Linux) are not
     checked.
     """
-    option = getattr(socket, "SO_PEERCRED", None)
-    get_handle = getattr(transport, "getHandle", None)
-    if option is None or get_handle is None:
-        return
-    handle = get_handle()
-    if getattr(handle, "family", None) != socket.AF_UNIX:
-        return
-    name = getattr(transport.getPeer(), "name", None)
-    where = os.fsdecode(name) if name else "(unnamed)"
     try:
-        pid, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    except (OSError, struct.error) as error:
-        raise ConfigError(f"cannot tell which user serves the node socket {where} ({error}): not sending the key")
+        credentials = peer_credentials(transport)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot tell which user serves the node socket {_where(transport)} ({error}): not sending the key"
+        )
+    if credentials is None:
+        return
+    where = _where(transport)
+    pid, uid, _ = credentials
     me = os.geteuid()
     if uid != me:
         raise ConfigError(
@@ -179,6 +175,11 @@ def check_node_peer(transport: Any) -> None:
             "another user may have taken the socket; refusing to send the service key. "
             "Check the socket path, and run the service as the node's user"
         )
+
+
+def _where(transport: Any) -> str:
+    name = getattr(transport.getPeer(), "name", None)
+    return os.fsdecode(name) if name else "(unnamed)"
 
 
 class RunOptions(usage.Options):

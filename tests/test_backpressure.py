@@ -148,3 +148,31 @@ def test_a_tag_still_pending_cannot_be_reused_to_get_past_the_cap() -> None:
     memory.flush()
     assert memory.master.pending.asked_by(server) == 1
     assert [box[ERROR_CODE] for box in answers] == [InvalidRequest.code, InvalidRequest.code]
+
+
+def test_a_connection_may_register_only_so_many_methods_and_patterns() -> None:
+    from nswarm.amp_commands import LimitExceeded
+    from nswarm.service import subscribe
+
+    class Many(Service):
+        @subscribe(*[f"p.{n}.*" for n in range(5)])
+        def handler(self, event: str, payload: Any) -> None:
+            pass
+
+    memory = Cluster()
+    node, _, node_server = memory.add_node("a")
+    node_server.max_patterns = 3
+    from nswarm.node.node import ServiceServerProtocol
+
+    from .support import SERVICE_KEY, Proxy
+
+    server = ServiceServerProtocol(node, memory.clock, SERVICE_KEY)
+    server.max_patterns = 4
+    from nswarm.service_runner import ServiceRunner
+
+    runner = ServiceRunner(Many(), memory.clock, SERVICE_KEY)
+    proto = runner.buildProtocol(None)
+    memory._connect(server, proto)
+    failure = failure_of(memory.run(runner.register(Proxy(proto))))
+    assert failure.check(LimitExceeded) and "asks for 5 more, over the 4 one connection may have" in str(failure.value)
+    assert node.registry.events() == [] and memory.master.registry.events() == []

@@ -115,3 +115,23 @@ def test_the_node_daemon_takes_its_name_from_its_certificate(tmp_path: Path) -> 
     wrong = node_tap.Options()
     with pytest.raises(usage.UsageError, match="names node 'node-1'"):
         wrong.parseOptions(["--config", str(tmp_path / "node.conf"), "--name", "node-2"])
+
+
+def test_issue_api_and_service_write_keys_and_print_their_access_sections(tmp_path: Path) -> None:
+    from nswarm.access import Access
+    from nswarm.cli import main
+    from nswarm.cluster_files import issue_api, issue_service
+    from nswarm.config import read_secret_file
+
+    init_cluster(tmp_path)
+    cert, key, auth, section = issue_api(tmp_path, "alice")
+    access = Access.parse(section, "access.conf")
+    alice = access.get("api", "alice")
+    assert alice is not None and alice.key_matches(read_secret_file(str(auth))) and not alice.rights.admin
+    user = pki.x509.load_pem_x509_certificate(cert.read_bytes())
+    assert certificate_identities(user) == [("api", "alice")] and key.stat().st_mode & 0o777 == 0o600
+    path, section = issue_service(tmp_path, "Greeter")
+    greeter = Access.parse(section, "node-access.conf").get("service", "Greeter")
+    assert greeter is not None and greeter.key_matches(read_secret_file(str(path)))
+    assert main(["issue", "api", "alice", "--dir", str(tmp_path)]) == 1  # exists: --force to replace
+    assert main(["issue", "api", "alice", "--dir", str(tmp_path), "--force"]) == 0

@@ -555,3 +555,16 @@ async def test_a_real_node_socket_passes_the_services_peer_check(cluster: Cluste
         check_node_peer(transport)
     finally:
         await service.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_node_records_which_process_and_user_run_each_service(cluster: Cluster) -> None:
+    """SO_PEERCRED: the node knows the pid and uid of a service at its socket, and logs them."""
+    service = await start_echo(cluster)
+    try:
+        (connection,) = [c for c in cluster.factories[2].connections if c.authenticated]
+        assert connection.credentials is not None
+        assert (connection.credentials.pid, connection.credentials.uid) == (os.getpid(), os.geteuid())
+        assert connection.address == f"pid {os.getpid()} (uid {os.geteuid()})"
+    finally:
+        await service.stop()

@@ -70,3 +70,19 @@ def test_wrong_keys_from_one_address_are_refused_without_a_check_once_over_the_b
     again = detach(client.callRemote(Authenticate, key=API_KEY))
     pump.flush()
     result_of(again)
+
+
+def test_a_flood_of_malformed_boxes_logs_one_traceback_then_decades() -> None:
+    from twisted.internet.testing import StringTransport
+
+    from nswarm.boxes import serialize
+
+    clock = Clock()
+    server = ApiServerProtocol(Master(clock), clock, API_KEY)
+    server.makeConnection(StringTransport())
+    server.authenticated = True
+    with capturedLogs() as logged:
+        server.dataReceived(b"".join(serialize({b"_command": b"\xff", b"_ask": b"%d" % n}) for n in range(150)))
+    failures = [e for e in logged if "log_failure" in e]
+    decades = [e["count"] for e in logged if e.get("nswarm_event") == "malformed_boxes"]
+    assert len(failures) == 1 and decades == [10, 100] and server.malformed == 150

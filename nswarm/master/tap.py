@@ -170,6 +170,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             options["send-buffer"],
             options["calls-in-flight"],
             options.access,
+            options["methods-per-connection"],
+            options["patterns-per-connection"],
         )
         factories.append(factory)
         server = listening_service(_Announced(endpoint, name, ports), factory)

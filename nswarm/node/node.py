@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from nswarm.amp_commands import CALL, EVENT, EXCLUDE, METHOD, NoSuchMethod, Overloaded
 from nswarm.node.upstream import Upstream
+from nswarm.peercred import PeerCredentials, peer_credentials
 from nswarm.relay.protocol import Downstream
 from nswarm.relay.relay import IRouter, Relay, check_rights, log_registration, routed_name
 from nswarm.relay.state import IPeer, Registry, Request
@@ -186,3 +187,19 @@ class ServiceServerProtocol(Downstream):
     role = "service"
     caller_role = "service"
     access_role = "service"
+    #: Who runs the service (pid, uid, gid), from the UNIX socket; None where it cannot tell.
+    credentials: PeerCredentials | None = None
+
+    @property
+    def address(self) -> Any:
+        """The service's process, for logs: its pid and uid."""
+        if self.credentials is None:
+            return super().address
+        return f"pid {self.credentials.pid} (uid {self.credentials.uid})"
+
+    def connectionMade(self) -> None:
+        try:
+            self.credentials = peer_credentials(self.transport)
+        except OSError as error:
+            self.log.warn("cannot tell which process connected to the service socket: {error}", error=str(error))
+        super().connectionMade()

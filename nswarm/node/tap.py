@@ -222,6 +222,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         options["send-buffer"],
         options["calls-in-flight"],
         options.access,
+        options["methods-per-connection"],
+        options["patterns-per-connection"],
     )
     services = listening_service(
         UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True), factory

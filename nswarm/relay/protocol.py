@@ -41,6 +41,7 @@ from nswarm.amp_commands import (
     AuthenticationFailed,
     Implement,
     InvalidRequest,
+    LimitExceeded,
     NotAuthenticated,
     NswarmError,
     Overloaded,
@@ -298,9 +299,32 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
 class Downstream(RelayProtocol):
     """
     A relay connection whose peer registers here what it implements and
-    subscribes to: a node at the master, a service at the node.
-
+    subscribes to: a node at the master, a service at the node; at most
+    C{max_methods} methods and C{max_patterns} subscriptions.
     """
+
+    #: The most methods this peer may implement, and patterns it may subscribe to.
+    max_methods = defaults.METHODS_PER_CONNECTION
+    max_patterns = defaults.PATTERNS_PER_CONNECTION
+
+    def _within_limits(self, methods: list[str], patterns: list[str]) -> None:
+        """L{LimitExceeded} if registering C{methods} and C{patterns} would pass this connection's caps."""
+        registry = self.relay.registry
+        have_methods, have_patterns = registry.counts(self)
+        new_methods, new_patterns = registry.new_names(self, methods, patterns)
+        if have_methods + new_methods > self.max_methods:
+            raise _too_many(
+                "methods", self.description, have_methods, new_methods, self.max_methods, "methods-per-connection"
+            )
+        if have_patterns + new_patterns > self.max_patterns:
+            raise _too_many(
+                "subscriptions",
+                self.description,
+                have_patterns,
+                new_patterns,
+                self.max_patterns,
+                "patterns-per-connection",
+            )
 
     @Implement.responder
     def _implement(
@@ -308,6 +332,7 @@ class Downstream(RelayProtocol):
     ) -> Any:
         if limits is not None and (len(limits) != len(methods) or min(limits, default=0) < 0):
             raise InvalidRequest("limits must give one number, 0 or more, for each method")
+        self._within_limits(methods, [])
         return _answered(self.router.implement(self, methods, idempotent or [], limits or []))
 
     @Unimplement.responder
@@ -316,11 +341,19 @@ class Downstream(RelayProtocol):
 
     @Subscribe.responder
     def _subscribe(self, events: list[str]) -> Any:
+        self._within_limits([], events)
         return _answered(self.router.subscribe(self, events))
 
     @Unsubscribe.responder
     def _unsubscribe(self, events: list[str]) -> Any:
         return _answered(self.router.unsubscribe(self, events))
+
+
+def _too_many(what: str, peer: str, have: int, adding: int, limit: int, option: str) -> LimitExceeded:
+    return LimitExceeded(
+        f"{peer} has {have:,} {what} and asks for {adding:,} more, over the {limit:,} one connection may have: "
+        f"register fewer, or raise {option}"
+    )
 
 
 def _answered(outcome: Any) -> Any:
@@ -346,9 +379,13 @@ class RelayFactory(Factory):
         send_buffer: int = defaults.SEND_BUFFER,
         calls_in_flight: int = defaults.CALLS_IN_FLIGHT,
         access: Access | None = None,
+        max_methods: int = defaults.METHODS_PER_CONNECTION,
+        max_patterns: int = defaults.PATTERNS_PER_CONNECTION,
     ) -> None:
         self.relay_protocol = protocol
         self.access = access
+        self.max_methods = max_methods
+        self.max_patterns = max_patterns
         self.router = router
         self.clock = clock
         self.auth_key = auth_key
@@ -381,6 +418,8 @@ class RelayFactory(Factory):
             self.calls_in_flight,
             self.access,
         )
+        if isinstance(proto, Downstream):
+            proto.max_methods, proto.max_patterns = self.max_methods, self.max_patterns
         proto.factory = self
         return proto
 

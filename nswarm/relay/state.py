@@ -184,6 +184,15 @@ class Registry(Generic[P]):
             self._turn.pop(method, None)
         return gone
 
+    def new_names(self, peer: P, methods: Iterable[str], patterns: Iterable[str]) -> tuple[int, int]:
+        """How many of C{methods} and C{patterns} C{peer} has not registered yet, and would add."""
+        mine, subscribed = self._methods.names.get(peer, set()), self._events.names.get(peer, set())
+        return len(set(methods) - mine), len(set(patterns) - subscribed)
+
+    def counts(self, peer: P) -> tuple[int, int]:
+        """How many methods C{peer} implements and patterns it subscribes to."""
+        return len(self._methods.names.get(peer, ())), len(self._events.names.get(peer, ()))
+
     def methods_of(self, peer: P) -> list[str]:
         """The methods C{peer} implements."""
         return list(self._methods.names.get(peer, ()))
