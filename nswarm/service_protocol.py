@@ -106,13 +106,11 @@ class ServiceProtocol(ClientProtocol):
                 if not waiting.called:
                     waiting.callback(None)
 
-    def _caller(self, stamp: bytes | None) -> Caller | None:
-        """The caller a stamp names, parsed once per stamp (a few hundred are remembered)."""
-        known = self._callers.get(stamp)
-        if known is None and stamp:
-            if len(self._callers) > 1000:
-                self._callers.clear()
-            known = self._callers[stamp] = Caller.from_stamp(stamp)
+    def _caller(self, stamp: bytes) -> Caller | None:
+        """The caller a stamp names, parsed once per stamp (up to a thousand are remembered)."""
+        if len(self._callers) > 1000:
+            self._callers.clear()
+        known = self._callers[stamp] = Caller.from_stamp(stamp)
         return known
 
     def _call_received(self, box: amp.AmpBox) -> None:
@@ -131,7 +129,11 @@ class ServiceProtocol(ClientProtocol):
                     error = InvalidRequest("the call has no UTF-8 method name: send it with an nswarm SDK")
                 self.send(error_box(tag, error))
             return
-        token = current.set(self._caller(box.get(CALLER)))
+        stamp = box.get(CALLER)
+        caller = self._callers.get(stamp)
+        if caller is None and stamp:
+            caller = self._caller(stamp)
+        token = current.set(caller)
         try:
             result = getattr(service, attribute)(*positional, **keywords)
             if iscoroutine(result):

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
+from nswarm.access import ALL
 from nswarm.amp_commands import CALL, EVENT, EXCLUDE, METHOD, NoSuchMethod, Overloaded
 from nswarm.node.upstream import Upstream
 from nswarm.peercred import PeerCredentials, peer_credentials
@@ -102,7 +103,7 @@ class Node:
         """A call from the master goes to a local service; one from a service goes up."""
         if caller is not self.upstream.connection:
             method = routed_name(box, METHOD, "method")
-            if not caller.may("call", method):
+            if caller.rights is not ALL and not caller.may("call", method):
                 raise caller.refuse("call", method)
             if self.upstream.connection is None and self.local_first:
                 # Cut off from the master: serve what this node implements itself.
@@ -124,7 +125,7 @@ class Node:
         """A call_all from the master goes to every local implementer; one from a service goes up."""
         if caller is not self.upstream.connection:
             method = routed_name(box, METHOD, "method")
-            if not caller.may("call", method):
+            if caller.rights is not ALL and not caller.may("call", method):
                 raise caller.refuse("call", method)
             self.relay.forward(caller, box, self.upstream.required())
             return
@@ -138,7 +139,7 @@ class Node:
         """An event from the master goes to every matching local service; one from a service goes up."""
         if publisher is not self.upstream.connection:
             event = routed_name(box, EVENT, "event")
-            if not publisher.may("publish", event):
+            if publisher.rights is not ALL and not publisher.may("publish", event):
                 raise publisher.refuse("publish", event)
             upstream = self.upstream.required()
             if EXCLUDE in box:

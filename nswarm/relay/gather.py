@@ -11,6 +11,7 @@ from typing import Any
 from twisted.protocols import amp
 from zope.interface import implementer
 
+from nswarm.access import ALL
 from nswarm.amp_commands import ANSWER, ERROR_CODE, ERROR_DESCRIPTION, RESULT, RESULTS, NswarmError
 from nswarm.boxes import error_frame, get_payload, put_payload, result_frame
 from nswarm.relay.state import IPeer
@@ -28,6 +29,8 @@ class Gather:
     role = "call_all"
     name = ""
     alive = True
+    calls_in_flight = 0
+    rights = ALL
     paused = False
 
     def __init__(self, tag: bytes, caller: IPeer, count: int, finished: Callable[[], Any]) -> None:

@@ -145,6 +145,19 @@ class PendingCalls(Generic[P]):
         pending = self._by_caller.get(caller)
         return pending is not None and caller_tag in pending
 
+    def refusal(self, caller: P, caller_tag: bytes, cap: int) -> int:
+        """
+        Why a new request C{caller_tag} from C{caller} may not be added: 1 if
+        that tag is still pending, 2 if C{caller} has C{cap} requests pending
+        already (a cap of 0: no cap); 0 if it may.
+        """
+        pending = self._by_caller.get(caller)
+        if pending is None:
+            return 0
+        if caller_tag in pending:
+            return 1
+        return 2 if cap and len(pending) >= cap else 0
+
     def asked_by(self, caller: P) -> int:
         """How many requests from C{caller} are still pending."""
         pending = self._by_caller.get(caller)

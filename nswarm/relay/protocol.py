@@ -44,7 +44,6 @@ from nswarm.amp_commands import (
     LimitExceeded,
     NotAuthenticated,
     NswarmError,
-    Overloaded,
     PayloadTooLarge,
     Subscribe,
     Unimplement,
@@ -201,15 +200,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         if not self.authenticated and command != AUTHENTICATE:
             self._refuse(box)
         elif command in ROUTED:
-            if (
-                self.calls_in_flight
-                and command in CALLS
-                and self.relay.pending.asked_by(self) >= self.calls_in_flight
-                and ASK in box
-            ):
-                self.send_error(box[ASK], self._too_many_calls())
-                return
-            if command in CALLS:
+            if self._stamp is not None and command in CALLS:
                 self.stamp(box)
             dispatch(self.router, self, command, box)
         elif command == HEARTBEAT:
@@ -229,12 +220,6 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         """Stamp a call from this peer with who made it, over anything the peer sent."""
         if self._stamp is not None:
             box[CALLER] = self._stamp
-
-    def _too_many_calls(self) -> Overloaded:
-        return Overloaded(
-            f"{self.description} has {self.calls_in_flight:,} calls in flight, the most one connection may: "
-            "wait for answers before sending more (calls-in-flight)"
-        )
 
     def _limit_boxes(self, payload: int) -> None:
         self.max_box_size = payload + defaults.BOX_OVERHEAD

@@ -226,8 +226,14 @@ class Relay:
             except (KeyError, ValueError):
                 left = time_left(box)
             caller_tag = box[ASK]
-            if self.pending.is_pending(caller, caller_tag):
-                raise InvalidRequest("this _ask tag is in use by a request still pending: use a new tag per request")
+            refusal = self.pending.refusal(caller, caller_tag, caller.calls_in_flight)
+            if refusal:
+                if refusal == 1:
+                    raise InvalidRequest("this _ask tag is in use by a request still pending: use a new tag for each")
+                raise Overloaded(
+                    f"{caller.description} has {caller.calls_in_flight:,} calls in flight, the most one connection "
+                    "may: wait for answers before sending more (calls-in-flight)"
+                )
             tag = callee.next_tag()
             registry = self.registry
             idempotent = bool(registry.idempotent) and method is not None and registry.is_idempotent(callee, method)

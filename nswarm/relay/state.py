@@ -34,6 +34,8 @@ class IPeer(Interface):
     name = Attribute("The name it authenticated with, '' if none.")
     description = Attribute("How logs and error messages name it, such as \"node 'node-1'\".")
     alive = Attribute("Whether its connection is still open (it can be sent anything).")
+    calls_in_flight = Attribute("The most requests it may have pending at once (0: no limit).")
+    rights = Attribute("What it may do (a L{nswarm.access.Rights}; L{nswarm.access.ALL} for every right).")
     paused = Attribute("Whether its transport's buffer is full (it is not reading): events may be dropped for it.")
 
     def next_tag() -> bytes:
