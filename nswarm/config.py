@@ -271,6 +271,21 @@ def require(settings: dict[str, str], key: str, source: str, section: str) -> st
     return value
 
 
+def connection_settings(options: usage.Options) -> dict[str, Any]:
+    """The keyword arguments of a daemon's listener (a C{RelayFactory}) that its options give."""
+    return {
+        "auth_timeout": options["auth-timeout"],
+        "heartbeat": options["heartbeat"],
+        "max_payload": options["max-payload"],
+        "subscriber_buffer": options["subscriber-buffer"],
+        "send_buffer": options["send-buffer"],
+        "calls_in_flight": options["calls-in-flight"],
+        "access": getattr(options, "access", None),
+        "max_methods": options["methods-per-connection"],
+        "max_patterns": options["patterns-per-connection"],
+    }
+
+
 def load_access(source: str | None) -> Any:
     """The access file at C{source} (None if not given), or a usage error with the sentence saying what is wrong."""
     if source is None:

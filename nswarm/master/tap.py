@@ -20,6 +20,7 @@ from zope.interface import implementer
 from nswarm import defaults
 from nswarm.config import (
     DaemonOptions,
+    connection_settings,
     count,
     limit_parameters,
     load_access,
@@ -158,21 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     factories: list[RelayFactory] = []
     for name, number, tls, protocol, key in servers:
         endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
-        factory = RelayFactory(
-            protocol,
-            master,
-            reactor,
-            key,
-            options["auth-timeout"],
-            options["heartbeat"],
-            options["max-payload"],
-            options["subscriber-buffer"],
-            options["send-buffer"],
-            options["calls-in-flight"],
-            options.access,
-            options["methods-per-connection"],
-            options["patterns-per-connection"],
-        )
+        factory = RelayFactory(protocol, master, reactor, key, **connection_settings(options))
         factories.append(factory)
         server = listening_service(_Announced(endpoint, name, ports), factory)
         server.setName(name)

@@ -18,6 +18,7 @@ from nswarm import defaults
 from nswarm.config import (
     DaemonOptions,
     boolean,
+    connection_settings,
     file_mode,
     limit_parameters,
     load_access,
@@ -211,19 +212,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     socket_path = options["service-socket"]  # its directory was made and checked by Options.postOptions
     factory = RelayFactory(
-        ServiceServerProtocol,
-        node,
-        reactor,
-        options.service_auth_key,
-        options["auth-timeout"],
-        options["heartbeat"],
-        options["max-payload"],
-        options["subscriber-buffer"],
-        options["send-buffer"],
-        options["calls-in-flight"],
-        options.access,
-        options["methods-per-connection"],
-        options["patterns-per-connection"],
+        ServiceServerProtocol, node, reactor, options.service_auth_key, **connection_settings(options)
     )
     services = listening_service(
         UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True), factory
