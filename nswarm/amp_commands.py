@@ -27,41 +27,6 @@ from typing import Any
 
 from twisted.protocols import amp
 
-__all__ = [
-    "ASK",
-    "ANSWER",
-    "ERROR",
-    "COMMAND",
-    "Authenticate",
-    "Call",
-    "Implement",
-    "Publish",
-    "Subscribe",
-    "Unimplement",
-    "Unsubscribe",
-    "Payload",
-    "NswarmError",
-    "AuthenticationFailed",
-    "NotAuthenticated",
-    "NoSuchMethod",
-    "HandlerFailed",
-    "ImplementerLost",
-    "UpstreamUnavailable",
-    "InvalidRequest",
-    "PayloadTooLarge",
-    "PermissionDenied",
-    "LimitExceeded",
-    "Overloaded",
-    "DeadlineExceeded",
-    "Cancelled",
-    "InternalError",
-    "Cancel",
-    "CallAll",
-    "Heartbeat",
-    "ERRORS",
-]
-
-
 # -- errors ------------------------------------------------------------------
 
 

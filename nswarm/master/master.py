@@ -33,7 +33,8 @@ from nswarm.amp_commands import (
 )
 from nswarm.identity import tls_identity
 from nswarm.master.held import Held, HeldCalls
-from nswarm.relay.protocol import Downstream, RelayProtocol
+from nswarm.relay.downstream import Downstream
+from nswarm.relay.protocol import RelayProtocol
 from nswarm.relay.relay import IRouter, Relay, check_rights, dispatch, log_registration, routed_name, time_left
 from nswarm.relay.state import IClock, IPeer, Registry, Request
 

@@ -20,7 +20,7 @@ from nswarm.access import ALL
 from nswarm.amp_commands import CALL, EVENT, EXCLUDE, METHOD, NoSuchMethod, Overloaded
 from nswarm.node.upstream import Upstream
 from nswarm.peercred import PeerCredentials, peer_credentials
-from nswarm.relay.protocol import Downstream
+from nswarm.relay.downstream import Downstream
 from nswarm.relay.relay import IRouter, Relay, check_rights, log_registration, routed_name
 from nswarm.relay.state import IPeer, Registry, Request
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -39,15 +38,9 @@ from nswarm.amp_commands import (
     ROUTED,
     Authenticate,
     AuthenticationFailed,
-    Implement,
-    InvalidRequest,
-    LimitExceeded,
     NotAuthenticated,
     NswarmError,
     PayloadTooLarge,
-    Subscribe,
-    Unimplement,
-    Unsubscribe,
     UpstreamUnavailable,
 )
 from nswarm.boxes import error_box
@@ -78,6 +71,9 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
     #: The role its calls are stamped with (C{caller}: "api", "service"); None to leave them as they come.
     caller_role: str | None = None
     _stamp: bytes | None = None
+    #: The most methods a peer that registers may implement, and patterns it may subscribe to.
+    max_methods = defaults.METHODS_PER_CONNECTION
+    max_patterns = defaults.PATTERNS_PER_CONNECTION
 
     def __init__(
         self,
@@ -281,73 +277,6 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self.router.lost(self)
 
 
-class Downstream(RelayProtocol):
-    """
-    A relay connection whose peer registers here what it implements and
-    subscribes to: a node at the master, a service at the node; at most
-    C{max_methods} methods and C{max_patterns} subscriptions.
-    """
-
-    #: The most methods this peer may implement, and patterns it may subscribe to.
-    max_methods = defaults.METHODS_PER_CONNECTION
-    max_patterns = defaults.PATTERNS_PER_CONNECTION
-
-    def _within_limits(self, methods: list[str], patterns: list[str]) -> None:
-        """L{LimitExceeded} if registering C{methods} and C{patterns} would pass this connection's caps."""
-        registry = self.relay.registry
-        have_methods, have_patterns = registry.counts(self)
-        new_methods, new_patterns = registry.new_names(self, methods, patterns)
-        if have_methods + new_methods > self.max_methods:
-            raise _too_many(
-                "methods", self.description, have_methods, new_methods, self.max_methods, "methods-per-connection"
-            )
-        if have_patterns + new_patterns > self.max_patterns:
-            raise _too_many(
-                "subscriptions",
-                self.description,
-                have_patterns,
-                new_patterns,
-                self.max_patterns,
-                "patterns-per-connection",
-            )
-
-    @Implement.responder
-    def _implement(
-        self, methods: list[str], idempotent: list[str] | None = None, limits: list[int] | None = None
-    ) -> Any:
-        if limits is not None and (len(limits) != len(methods) or min(limits, default=0) < 0):
-            raise InvalidRequest("limits must give one number, 0 or more, for each method")
-        self._within_limits(methods, [])
-        return _answered(self.router.implement(self, methods, idempotent or [], limits or []))
-
-    @Unimplement.responder
-    def _unimplement(self, methods: list[str]) -> Any:
-        return _answered(self.router.unimplement(self, methods))
-
-    @Subscribe.responder
-    def _subscribe(self, events: list[str]) -> Any:
-        self._within_limits([], events)
-        return _answered(self.router.subscribe(self, events))
-
-    @Unsubscribe.responder
-    def _unsubscribe(self, events: list[str]) -> Any:
-        return _answered(self.router.unsubscribe(self, events))
-
-
-def _too_many(what: str, peer: str, have: int, adding: int, limit: int, option: str) -> LimitExceeded:
-    return LimitExceeded(
-        f"{peer} has {have:,} {what} and asks for {adding:,} more, over the {limit:,} one connection may have: "
-        f"register fewer, or raise {option}"
-    )
-
-
-def _answered(outcome: Any) -> Any:
-    """The empty answer of a registration command, once C{outcome} (None, or a Deferred) has come."""
-    if isinstance(outcome, Deferred):
-        return outcome.addCallback(lambda _: {})
-    return {}
-
-
 class RelayFactory(Factory):
     """Builds the connections of one relay listener (or the node's upstream)."""
 
@@ -403,8 +332,7 @@ class RelayFactory(Factory):
             self.calls_in_flight,
             self.access,
         )
-        if isinstance(proto, Downstream):
-            proto.max_methods, proto.max_patterns = self.max_methods, self.max_patterns
+        proto.max_methods, proto.max_patterns = self.max_methods, self.max_patterns
         proto.factory = self
         return proto
 
