@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from floors import Count, Echo, Event, connect_echo, connect_receiver
+from hostile import HOSTILE, Harness, run_hostile
+from hostile import TARGETS as HOSTILE_TARGETS
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.protocols import amp
@@ -575,6 +577,20 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
             with open(RESULTS, "a") as results:
                 results.write(json.dumps(record) + "\n")
             rows.append(record)
+        hostile = [name for name in HOSTILE if not options.only or name in options.only]
+        if hostile:  # last: H4 spends the authentications this address may fail
+
+            def keep(record: dict[str, Any]) -> None:
+                with open(RESULTS, "a") as results:
+                    results.write(json.dumps(record) + "\n")
+                rows.append(record)
+
+            # The attackers join the floors' processes, so that they are stopped whatever happens.
+            spawned = setup.children.processes if setup.children is not None else []
+            harness = Harness(
+                setup.cluster, sides.api, progress, CPUWindow, sides.cluster_pids, hardware, options, spawned
+            )
+            await run_hostile(reactor, harness, hostile, keep)
     finally:
         if progress.loop.running:
             progress.loop.stop()
@@ -584,7 +600,7 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
 
 # -- S1: a master with 1000 nodes ----------------------------------------------
 
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "S1"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "S1", *HOSTILE]
 #: Nodes S1 simulates, and the processes (bench/scale.py) that share them.
 S1_NODES = 1000
 S1_PROCESSES = 4
@@ -840,6 +856,7 @@ TARGETS = {
     ("W5", "publishes/s"): ">= 0.9x",
     ("S1", "RSS MB"): "<= 150 MB",
     ("S1", "W2 calls/s"): ">= 0.9x",
+    **HOSTILE_TARGETS,
 }
 
 

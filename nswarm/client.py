@@ -37,7 +37,7 @@ from nswarm.amp_commands import (
 )
 from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
 from nswarm.codec import decode, encode, encode_arguments
-from nswarm.framing import FastBoxes
+from nswarm.framing import FastBoxes, no_delay
 from nswarm.requests import Requests
 
 
@@ -68,6 +68,10 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
     def __init__(self) -> None:
         super().__init__()
         self._timeout_cache: tuple[float, bytes] | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        no_delay(self.transport)
 
     def authenticate(self, key: bytes, name: str | None = None) -> Deferred[Any]:
         """Send L{Authenticate} with C{key} (and the name the server logs this end by)."""

@@ -65,6 +65,8 @@ EXTRA_KEYS = 64
 UNAUTHENTICATED_MAX_BOX = 64 * 1024
 #: Bytes of events that may wait for a subscriber that is not reading them.
 SUBSCRIBER_BUFFER = 8 * 1024 * 1024
+#: Bytes of answers and events waiting for a peer that is not reading past which it is no longer read from.
+READ_PAUSE_BACKLOG = 1024 * 1024
 #: Bytes of anything (answers, calls, events) that may wait for a peer that is not reading; past it it is closed.
 SEND_BUFFER = 64 * 1024 * 1024
 #: Calls one connection may have in flight at once; more are answered Overloaded.

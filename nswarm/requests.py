@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL.SSL import Error as TLSError
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -23,6 +23,23 @@ from nswarm.amp_commands import ANSWER, ASK, CANCEL, COMMAND, ID, InvalidRequest
 from nswarm.boxes import error_box, remote_error
 
 Parse = Callable[[amp.AmpBox], Any]
+
+#: Bytes of names one Implement, Unimplement, Subscribe or Unsubscribe carries: a list must fit one AMP value.
+NAMES_PER_REQUEST = 60_000
+
+
+def in_parts(names: list[str]) -> list[list[str]]:
+    """C{names} in lists small enough for one registration command each (at least one list, maybe empty)."""
+    parts: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        length = len(name.encode("utf-8")) + 2
+        if size + length > NAMES_PER_REQUEST and parts[-1]:
+            parts.append([])
+            size = 0
+        parts[-1].append(name)
+        size += length
+    return parts
 
 
 class Requests:
@@ -52,6 +69,19 @@ class Requests:
         box = command.makeArguments(arguments, self)
         box[COMMAND] = command.commandName
         return self.request_box(box, lambda answer: command.parseResponse(answer, self))
+
+    def register(
+        self, command: type[amp.Command], names: list[str], arguments: Callable[[list[str]], dict[str, Any]]
+    ) -> Deferred[Any]:
+        """
+        Send registration C{command} for C{names}, in as many requests as
+        their size needs (L{in_parts}), each with C{arguments(part)}; the
+        Deferred fires once all are answered, or fails with the first error.
+        """
+        gathered: Deferred[Any] = gatherResults(
+            [self.request(command, **arguments(part)) for part in in_parts(names)], consumeErrors=True
+        )
+        return gathered.addErrback(first_error)
 
     def request_box(self, box: amp.AmpBox, parse: Parse) -> Deferred[Any]:
         """
@@ -108,3 +138,9 @@ class Requests:
     def connection_gone(self) -> NswarmError:
         """The error a request fails with when the connection is gone."""
         raise NotImplementedError
+
+
+def first_error(failure: Failure) -> Failure:
+    """The first failure of a gathering (its own, not gatherResults' wrapper)."""
+    sub = getattr(failure.value, "subFailure", None)
+    return sub if isinstance(sub, Failure) else failure

@@ -90,19 +90,19 @@ class ServiceRunner(ClientFactory):
             return fail(error)
         d: Deferred[Any] = proto.authenticate(self.key, service.service_name)
         if service.nswarm_methods:
-            methods = list(service.nswarm_methods)
-            d.addCallback(
-                lambda _: proto.request(
-                    Implement,
-                    methods=methods,
-                    idempotent=sorted(service.nswarm_idempotent),
-                    limits=[service.nswarm_limits.get(method, 0) for method in methods],
-                )
-            )
+            d.addCallback(lambda _: proto.register(Implement, list(service.nswarm_methods), self._implement_arguments))
         if service.nswarm_events:
-            d.addCallback(lambda _: proto.request(Subscribe, events=list(service.nswarm_events)))
+            d.addCallback(lambda _: proto.register(Subscribe, list(service.nswarm_events), _events))
         d.addCallback(lambda _: proto.start_heartbeats(self.reactor, self.heartbeat))
         return d.addCallback(lambda _: proto.registered())
+
+    def _implement_arguments(self, methods: list[str]) -> dict[str, Any]:
+        service = self.service
+        return {
+            "methods": methods,
+            "idempotent": [method for method in methods if method in service.nswarm_idempotent],
+            "limits": [service.nswarm_limits.get(method, 0) for method in methods],
+        }
 
     def registered(self, proto: ServiceProtocol) -> None:
         """C{proto} (the protocol itself) is registered: calls may go through it."""
@@ -141,9 +141,9 @@ class ServiceRunner(ClientFactory):
         service = self.service
         self.log.info("service {name!r} draining", name=service.service_name, nswarm_event="service_draining")
         if service.nswarm_methods:
-            proto.request(Unimplement, methods=list(service.nswarm_methods)).addErrback(lambda _: None)
+            proto.register(Unimplement, list(service.nswarm_methods), _methods).addErrback(lambda _: None)
         if service.nswarm_events:
-            proto.request(Unsubscribe, events=list(service.nswarm_events)).addErrback(lambda _: None)
+            proto.register(Unsubscribe, list(service.nswarm_events), _events).addErrback(lambda _: None)
         drained = proto.when_idle(drain_timeout)
         return drained.addBoth(lambda _: client_service.stopService())
 
@@ -180,6 +180,14 @@ def check_node_peer(transport: Any) -> None:
 def _where(transport: Any) -> str:
     name = getattr(transport.getPeer(), "name", None)
     return os.fsdecode(name) if name else "(unnamed)"
+
+
+def _methods(part: list[str]) -> dict[str, Any]:
+    return {"methods": part}
+
+
+def _events(part: list[str]) -> dict[str, Any]:
+    return {"events": part}
 
 
 class RunOptions(usage.Options):

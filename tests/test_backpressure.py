@@ -120,8 +120,8 @@ async def test_the_master_stops_reading_from_a_client_that_does_not_read_and_res
         slow.transport.pauseProducing()
         big = "x" * 60_000
         answers = [slow.call("echo", big) for _ in range(200)]
-        await wait_until(lambda: server.paused, "the master's buffer to the client to fill")
-        assert server._socket not in reactor.getReaders()  # not reading what the client sends
+        await wait_until(lambda: server.backlog > 1024 * 1024, "the master's buffer to the client to fill")
+        assert server.paused and server._socket not in reactor.getReaders()  # not reading what the client sends
         slow.transport.resumeProducing()
         for answer in answers:
             assert await answer == big
@@ -176,3 +176,59 @@ def test_a_connection_may_register_only_so_many_methods_and_patterns() -> None:
     failure = failure_of(memory.run(runner.register(Proxy(proto))))
     assert failure.check(LimitExceeded) and "asks for 5 more, over the 4 one connection may have" in str(failure.value)
     assert node.registry.events() == [] and memory.master.registry.events() == []
+
+
+def test_requests_forwarded_to_a_busy_implementer_do_not_get_it_closed() -> None:
+    """Only what waits for a peer that asked for it (answers, events) counts against its send buffer."""
+    memory = Cluster()
+    node, _, _ = memory.add_node("a")
+    holder = Holder()
+    _, service_server = memory.add_service(node, holder)
+    service_server.send_buffer = 10_000
+    service_server.pauseProducing()  # busy: its socket's buffer is full
+    api, _ = memory.add_api()
+    calls = [api.call("hold", "x" * 1000) for _ in range(30)]
+    memory.flush()
+    assert service_server.transport is not None and len(holder.held) == 30
+    assert not any(call.called for call in calls)
+
+
+def test_thousands_of_patterns_register_in_parts_and_reach_the_master() -> None:
+    from nswarm.service import subscribe
+
+    patterns = [f"orders.region-{n:05d}.*" for n in range(6000)]  # about 150 kB: more than one AMP value
+
+    class Wide(Service):
+        @subscribe(*patterns)
+        def handler(self, event: str, payload: Any) -> None:
+            pass
+
+    memory = Cluster()
+    node, _, _ = memory.add_node("a")
+    memory.add_service(node, Wide())
+    assert sorted(memory.master.registry.events()) == sorted(patterns)
+
+
+def test_a_subscription_the_master_refuses_fails_the_services_registration() -> None:
+    from nswarm.amp_commands import LimitExceeded
+    from nswarm.service import subscribe
+
+    class Three(Service):
+        @subscribe("a.*", "b.*", "c.*")
+        def handler(self, event: str, payload: Any) -> None:
+            pass
+
+    memory = Cluster()
+    node, _, node_at_master = memory.add_node("a")
+    node_at_master.max_patterns = 2
+    from nswarm.service_runner import ServiceRunner
+
+    from .support import SERVICE_KEY, Proxy
+
+    runner = ServiceRunner(Three(), memory.clock, SERVICE_KEY)
+    proto = runner.buildProtocol(None)
+    from nswarm.node.node import ServiceServerProtocol
+
+    memory._connect(ServiceServerProtocol(node, memory.clock, SERVICE_KEY), proto)
+    failure = failure_of(memory.run(runner.register(Proxy(proto))))
+    assert failure.check(LimitExceeded) and "node 'a'" in str(failure.value)

@@ -127,3 +127,22 @@ def test_serialize_refuses_what_amp_cannot_carry() -> None:
         serialize({b"k" * 256: b""})
     with pytest.raises(amp.TooLong):
         serialize({b"k": b"v" * 65536})
+
+
+def test_nothing_more_is_parsed_once_the_connection_is_closing() -> None:
+    """A box handled while closing stops the parse; later data is dropped, not read from a stale state."""
+    protocol = FastRecorder()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    first = amp.AmpBox({b"a": b"1"}).serialize()
+    second = amp.AmpBox({b"b": b"2"}).serialize()
+    original = protocol.ampBoxReceived
+
+    def close_on_first(box: amp.AmpBox) -> None:
+        original(box)
+        transport.loseConnection()
+
+    protocol.ampBoxReceived = close_on_first  # type: ignore[method-assign]
+    protocol.dataReceived(first + second[:5])
+    protocol.dataReceived(second[5:])
+    assert protocol.boxes == [{b"a": b"1"}]

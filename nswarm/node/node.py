@@ -65,8 +65,9 @@ class Node:
         self.log.info(
             "{peer} disconnected", peer=peer.description, nswarm_event="disconnected", role=peer.role, name=peer.name
         )
-        self.upstream.methods_changed(methods)
-        self.upstream.unsubscribed(events)
+        for outcome in (self.upstream.methods_changed(methods), self.upstream.unsubscribed(events)):
+            if outcome is not None:
+                outcome.addErrback(lambda _: None)  # logged; the service is gone
         self.relay.lost(peer)
 
     # -- registrations -------------------------------------------------------

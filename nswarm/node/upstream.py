@@ -24,6 +24,7 @@ from nswarm.amp_commands import Authenticate, Implement, Subscribe, Unimplement,
 from nswarm.reconnect import reconnecting
 from nswarm.relay.protocol import RelayFactory, RelayProtocol
 from nswarm.relay.state import IPeer, Registry
+from nswarm.requests import first_error
 
 log = Logger()
 
@@ -104,8 +105,8 @@ class Upstream:
         self.advertised = {method: self._aggregate(method) for method in methods}
         return gatherResults(
             [
-                connection.request(Implement, **self._implement_arguments(methods)),
-                connection.request(Subscribe, events=self.registry.events()),
+                connection.register(Implement, methods, self._implement_arguments),
+                connection.register(Subscribe, self.registry.events(), _events),
             ],
             consumeErrors=True,
         ).addCallback(self._registered)
@@ -141,20 +142,20 @@ class Upstream:
         if gone:
             for method in gone:
                 del self.advertised[method]
-            sent.append(self._send(Unimplement, methods=gone))
+            sent.append(self._send(Unimplement, gone, _methods))
         if changed:
             for method in changed:
                 self.advertised[method] = self._aggregate(method)
-            sent.append(self._send(Implement, **self._implement_arguments(changed)))
-        return gatherResults(sent) if sent else None
+            sent.append(self._send(Implement, changed, self._implement_arguments))
+        return gatherResults(sent, consumeErrors=True).addErrback(first_error) if sent else None
 
     def subscribed(self, patterns: list[str]) -> Deferred[Any] | None:
         """The first local subscriptions to C{patterns}: tell the master."""
-        return self._send(Subscribe, events=patterns) if patterns and self.connection is not None else None
+        return self._send(Subscribe, patterns, _events) if patterns and self.connection is not None else None
 
     def unsubscribed(self, patterns: list[str]) -> Deferred[Any] | None:
         """No local service subscribes to C{patterns} any more: tell the master."""
-        return self._send(Unsubscribe, events=patterns) if patterns and self.connection is not None else None
+        return self._send(Unsubscribe, patterns, _events) if patterns and self.connection is not None else None
 
     def withdraw(self) -> None:
         """Before stopping: withdraw everything this node provides, so that the master sends nothing new."""
@@ -163,9 +164,9 @@ class Upstream:
         log.info("node {name!r} draining: withdrawing its methods and events", name=self.name)
         methods, events = self.registry.methods(), self.registry.events()
         if methods:
-            self._send(Unimplement, methods=methods)
+            self._send(Unimplement, methods, _methods).addErrback(_ignored)
         if events:
-            self._send(Unsubscribe, events=events)
+            self._send(Unsubscribe, events, _events).addErrback(_ignored)
 
     def _aggregate(self, method: str) -> tuple[bool, int]:
         """How C{method} stands here: idempotent if all its services say so; their summed limit."""
@@ -178,14 +179,31 @@ class Upstream:
             "limits": [self.advertised[method][1] for method in methods],
         }
 
-    def _send(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
-        """Send C{command} to the master; a failure is logged (the next connection sends a full snapshot)."""
+    def _send(self, command: type[amp.Command], names: list[str], arguments: Any) -> Deferred[Any]:
+        """
+        Send registration C{command} for C{names} to the master. A failure is
+        logged and passed on: the service whose registration it was is
+        answered with the master's error (a refusal reaches whoever asked).
+        """
         assert self.connection is not None
-        return self.connection.request(command, **arguments).addErrback(self._failed, command)
+        return self.connection.register(command, names, arguments).addErrback(self._failed, command)
 
-    def _failed(self, failure: Failure, command: type[amp.Command]) -> None:
+    def _failed(self, failure: Failure, command: type[amp.Command]) -> Failure:
         log.warn(
-            "could not send {command} to the master: {error}; it is sent again on reconnect",
+            "the master refused or did not answer {command}: {error}",
             command=command.__name__,
             error=failure.getErrorMessage(),
         )
+        return failure
+
+
+def _methods(part: list[str]) -> dict[str, Any]:
+    return {"methods": part}
+
+
+def _events(part: list[str]) -> dict[str, Any]:
+    return {"events": part}
+
+
+def _ignored(failure: Failure) -> None:
+    """Nobody waits for this one: it has been logged."""

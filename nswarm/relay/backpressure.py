@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from nswarm import defaults
 from nswarm.boxes import serialize
+from nswarm.framing import no_delay
 
 
 @implementer(IPushProducer)
@@ -42,6 +42,7 @@ class Backpressure:
     events_dropped = 0
     _socket: Any = None
     _overflowed = False
+    _reading_paused = False
     _drops_unlogged = 0
     _next_drop_log = 0.0
 
@@ -56,21 +57,20 @@ class Backpressure:
         # Registered below TLS: a TLS transport with a producer registered
         # does not close until it is unregistered, which Twisted's own
         # loseConnection calls (AMP's, on a fatal error) would not do.
-        socket: Any = self.transport
-        while isinstance(socket, ProtocolWrapper):
-            socket = socket.transport
+        socket = no_delay(self.transport)
         self._socket = socket
         socket.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         """
-        The socket's send buffer is full, the peer is not reading: stop
-        reading what it sends (so that it cannot make us queue more for it)
-        until the buffer drains; events for it now count against
-        C{subscriber_buffer}, everything against C{send_buffer}.
+        The socket's send buffer is full, the peer is not reading (or not
+        yet): events for it now count against C{subscriber_buffer}, and
+        answers and events against C{send_buffer}; past
+        L{nswarm.defaults.READ_PAUSE_BACKLOG} of them, what the peer sends is
+        no longer read (so that it cannot make us queue more for it) until
+        the buffer drains.
         """
         self.paused = True
-        self._socket.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The socket's send buffer has drained: read from the peer again."""
@@ -80,7 +80,8 @@ class Backpressure:
             # A closing transport resumes a paused producer, instead of
             # closing, once its buffer has drained: let it close.
             self._socket.unregisterProducer()
-        else:
+        elif self._reading_paused:
+            self._reading_paused = False
             self._socket.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -94,9 +95,22 @@ class Backpressure:
                 self._buffered(len(data))
             self.transport.write(data)
 
+    def send_request(self, box: amp.AmpBox) -> None:
+        """
+        Send a request forwarded to this peer. It does not count against
+        C{send_buffer}: what a relay forwards is bounded by its callers'
+        calls in flight, and a busy implementer is not one that stopped
+        reading (its callers' answers back up, and those are counted).
+        """
+        if self.transport is not None:
+            self.transport.write(serialize(box))
+
     def _buffered(self, size: int) -> None:
         """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
         self.backlog += size
+        if not self._reading_paused and self.backlog > defaults.READ_PAUSE_BACKLOG:
+            self._reading_paused = True
+            self._socket.pauseProducing()
         if self.backlog > self.send_buffer and not self._overflowed:
             self._overflowed = True
             self.log.warn(

@@ -53,6 +53,10 @@ class Gather:
             self.parts.append(error_frame(box.get(ERROR_CODE, b""), box.get(ERROR_DESCRIPTION, b"")))
         self._counted()
 
+    def send_request(self, box: Any) -> None:
+        """Never asked to run anything itself."""
+        raise NotImplementedError("a call_all gatherer is only ever a caller")
+
     def write(self, data: bytes) -> None:
         """Never sent events."""
 

@@ -243,7 +243,7 @@ class Relay:
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
-        callee.send(box)
+        callee.send_request(box)
 
     def answer(self, callee: IPeer, tag: bytes, box: amp.AmpBox) -> bool:
         """

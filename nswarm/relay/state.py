@@ -44,6 +44,9 @@ class IPeer(Interface):
     def send(box: Any) -> None:
         """Send C{box} (a request, an answer or an error) unless the connection is gone."""
 
+    def send_request(box: Any) -> None:
+        """Send a request forwarded to it (not counted against its send buffer)."""
+
     def write(data: bytes) -> None:
         """Write an already serialised box (a fanned-out event) unless the connection is gone."""
 
