@@ -200,8 +200,12 @@ def secret_parameters(name: str, doc: str) -> list[list[Any]]:
     ]
 
 
-def limit_parameters(subscriber: str) -> list[list[Any]]:
-    """The C{--max-payload} and C{--subscriber-buffer} options of a daemon whose subscribers are C{subscriber}s."""
+def limit_parameters(subscriber: str, names: int = defaults.METHODS_PER_CONNECTION) -> list[list[Any]]:
+    """
+    The limit options of a daemon whose subscribers (and registering peers)
+    are C{subscriber}s, each of which may register up to C{names} methods
+    and as many patterns by default.
+    """
     return [
         [
             "max-payload",
@@ -235,15 +239,15 @@ def limit_parameters(subscriber: str) -> list[list[Any]]:
         [
             "methods-per-connection",
             None,
-            str(defaults.METHODS_PER_CONNECTION),
-            "Methods one connection (a node, a service) may implement; more get LimitExceeded",
+            str(names),
+            f"Methods {subscriber} may implement; more get LimitExceeded",
             count,
         ],
         [
             "patterns-per-connection",
             None,
-            str(defaults.PATTERNS_PER_CONNECTION),
-            "Subscription patterns one connection (a node, a service) may have; more get LimitExceeded",
+            str(names),
+            f"Subscription patterns {subscriber} may have; more get LimitExceeded",
             count,
         ],
     ]

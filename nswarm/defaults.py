@@ -74,6 +74,8 @@ CALLS_IN_FLIGHT = 10_000
 #: Methods one connection may implement, and patterns it may subscribe to; more get LimitExceeded.
 METHODS_PER_CONNECTION = 10_000
 PATTERNS_PER_CONNECTION = 10_000
+#: The same at the master, for a node: it registers what all its services do.
+METHODS_PER_NODE = 100_000
 #: Most calls the master holds back at once (waiting for a busy implementer or the grace period).
 QUEUE_SIZE = 1000
 #: Failed authentications a source address may make at once, then one every AUTH_FAILURE_EVERY seconds.

@@ -73,7 +73,7 @@ class Options(DaemonOptions):
             "Seconds between heartbeats; 3 silent ones close a connection",
             positive,
         ],
-        *limit_parameters("a node"),
+        *limit_parameters("a node", defaults.METHODS_PER_NODE),
         [
             "queue-size",
             None,
