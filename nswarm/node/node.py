@@ -103,9 +103,7 @@ class Node:
     def call(self, caller: IPeer, box: amp.AmpBox) -> None:
         """A call from the master goes to a local service; one from a service goes up."""
         if caller is not self.upstream.connection:
-            method = routed_name(box, METHOD, "method")
-            if caller.rights is not ALL and not caller.may("call", method):
-                raise caller.refuse("call", method)
+            method = self._service_may("call", caller, box, METHOD, "method")
             if self.upstream.connection is None and self.local_first:
                 # Cut off from the master: serve what this node implements itself.
                 local = self.relay.choose(method)
@@ -125,9 +123,7 @@ class Node:
     def call_all(self, caller: IPeer, box: amp.AmpBox) -> None:
         """A call_all from the master goes to every local implementer; one from a service goes up."""
         if caller is not self.upstream.connection:
-            method = routed_name(box, METHOD, "method")
-            if caller.rights is not ALL and not caller.may("call", method):
-                raise caller.refuse("call", method)
+            self._service_may("call", caller, box, METHOD, "method")
             self.relay.forward(caller, box, self.upstream.required())
             return
         method = routed_name(box, METHOD, "method")
@@ -139,9 +135,7 @@ class Node:
     def publish(self, publisher: IPeer, box: amp.AmpBox) -> None:
         """An event from the master goes to every matching local service; one from a service goes up."""
         if publisher is not self.upstream.connection:
-            event = routed_name(box, EVENT, "event")
-            if publisher.rights is not ALL and not publisher.may("publish", event):
-                raise publisher.refuse("publish", event)
+            event = self._service_may("publish", publisher, box, EVENT, "event")
             upstream = self.upstream.required()
             if EXCLUDE in box:
                 # The master will leave this node out: deliver to the other
@@ -151,6 +145,14 @@ class Node:
             return
         event = routed_name(box, EVENT, "event")
         self.relay.fan_out(box, self.registry.subscribers(event))
+
+    @staticmethod
+    def _service_may(action: str, service: IPeer, box: amp.AmpBox, key: bytes, kind: str) -> str:
+        """The name a service's request routes on, or the error if its rights do not allow C{action} on it."""
+        name = routed_name(box, key, kind)
+        if service.rights is not ALL and not service.may(action, name):
+            raise service.refuse(action, name)
+        return name
 
     def cancel(self, caller: IPeer, caller_tag: bytes) -> None:
         """Cancel a forwarded request downstream."""
