@@ -232,3 +232,26 @@ def test_a_subscription_the_master_refuses_fails_the_services_registration() -> 
     memory._connect(ServiceServerProtocol(node, memory.clock, SERVICE_KEY), proto)
     failure = failure_of(memory.run(runner.register(Proxy(proto))))
     assert failure.check(LimitExceeded) and "node 'a'" in str(failure.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_at_its_cap_is_not_read_from_until_an_answer_frees_a_slot(cluster: LoopbackCluster) -> None:
+    """Past --calls-in-flight the client gets Overloaded once, then is not read (no retry storm) until answered."""
+    service = await start_echo(cluster)
+    greedy = await cluster.api()
+    port = greedy.transport.getHost().port
+    (server,) = [c for c in cluster.factories[1].connections if c.transport.getPeer().port == port]
+    server.calls_in_flight = 1
+    try:
+        first = greedy.call("echo", "one")
+        second = greedy.call("echo", "two")
+        assert await first == "one"
+        try:
+            await second
+        except Overloaded:
+            pass  # the answer to the first came first, or the second was one too many: both are fine
+        assert server._socket in reactor.getReaders()  # an answer was sent: reading again
+        assert await greedy.call("echo", "three") == "three"
+    finally:
+        await greedy.close()
+        await service.stop()

@@ -43,6 +43,7 @@ class Backpressure:
     _socket: Any = None
     _overflowed = False
     _reading_paused = False
+    _at_capacity = False
     _drops_unlogged = 0
     _next_drop_log = 0.0
 
@@ -82,7 +83,8 @@ class Backpressure:
             self._socket.unregisterProducer()
         elif self._reading_paused:
             self._reading_paused = False
-            self._socket.resumeProducing()
+            if not self._at_capacity:
+                self._socket.resumeProducing()
 
     def stopProducing(self) -> None:
         """The connection is lost: connectionLost follows."""
@@ -94,6 +96,24 @@ class Backpressure:
             if self.paused:
                 self._buffered(len(data))
             self.transport.write(data)
+            if self._at_capacity:
+                self._below_capacity()
+
+    def at_capacity(self) -> None:
+        """
+        This peer has as many calls in flight as it may: read nothing more
+        from it until something is sent to it (an answer frees a slot), so
+        that it cannot spin on Overloaded answers.
+        """
+        if not self._at_capacity:
+            self._at_capacity = True
+            if not self._reading_paused:
+                self._socket.pauseProducing()
+
+    def _below_capacity(self) -> None:
+        self._at_capacity = False
+        if not self._reading_paused and not self._socket.disconnecting:
+            self._socket.resumeProducing()
 
     def send_request(self, box: amp.AmpBox) -> None:
         """
@@ -110,7 +130,8 @@ class Backpressure:
         self.backlog += size
         if not self._reading_paused and self.backlog > defaults.READ_PAUSE_BACKLOG:
             self._reading_paused = True
-            self._socket.pauseProducing()
+            if not self._at_capacity:
+                self._socket.pauseProducing()
         if self.backlog > self.send_buffer and not self._overflowed:
             self._overflowed = True
             self.log.warn(

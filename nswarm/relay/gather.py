@@ -76,6 +76,9 @@ class Gather:
         """Never refused (see L{may})."""
         raise NotImplementedError
 
+    def at_capacity(self) -> None:
+        """Never capped (its calls_in_flight is 0)."""
+
     def close_connection(self, abort: bool = False) -> None:
         """Has no connection of its own."""
 

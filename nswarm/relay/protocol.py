@@ -131,9 +131,15 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         super().connectionMade()
         if isinstance(self.factory, RelayFactory):
             self.factory.connections.add(self)
-        if not self.authenticated:
-            self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
         self.produce_into_socket()
+        if not self.authenticated:
+            source, now = self._source(), self.clock.seconds()
+            if not self._guards().throttle.allowed(source, now):
+                # Throttled: closed before any TLS handshake work.
+                self._refused(source, now, "has failed to authenticate too often: closed at once")
+                self.close_connection(abort=True)
+                return
+            self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
 
     def _authentication_timed_out(self) -> None:
         self._auth_timer = None

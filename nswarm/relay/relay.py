@@ -230,6 +230,7 @@ class Relay:
             if refusal:
                 if refusal == 1:
                     raise InvalidRequest("this _ask tag is in use by a request still pending: use a new tag for each")
+                caller.at_capacity()
                 raise Overloaded(
                     f"{caller.description} has {caller.calls_in_flight:,} calls in flight, the most one connection "
                     "may: wait for answers before sending more (calls-in-flight)"

@@ -62,6 +62,9 @@ class IPeer(Interface):
     def refuse(action: str, name: str) -> NswarmError:
         """The L{nswarm.amp_commands.PermissionDenied} that answers its request to C{action} C{name}."""
 
+    def at_capacity() -> None:
+        """It has as many requests pending as it may: read nothing more from it until it is sent something."""
+
     def close_connection(abort: bool = False) -> None:
         """Close the connection (at once, dropping what is buffered, if C{abort})."""
 
