@@ -43,7 +43,8 @@ class Backpressure:
     _socket: Any = None
     _overflowed = False
     _reading_paused = False
-    _at_capacity = False
+    #: Whether it is at its calls-in-flight cap (and not read from).
+    capped = False
     _drops_unlogged = 0
     _next_drop_log = 0.0
 
@@ -83,7 +84,7 @@ class Backpressure:
             self._socket.unregisterProducer()
         elif self._reading_paused:
             self._reading_paused = False
-            if not self._at_capacity:
+            if not self.capped:
                 self._socket.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -96,22 +97,21 @@ class Backpressure:
             if self.paused:
                 self._buffered(len(data))
             self.transport.write(data)
-            if self._at_capacity:
-                self._below_capacity()
 
-    def at_capacity(self) -> None:
+    def cap(self) -> None:
         """
         This peer has as many calls in flight as it may: read nothing more
-        from it until something is sent to it (an answer frees a slot), so
-        that it cannot spin on Overloaded answers.
+        from it until one of them is done (L{uncap}), so that it cannot spin
+        on Overloaded answers.
         """
-        if not self._at_capacity:
-            self._at_capacity = True
+        if not self.capped:
+            self.capped = True
             if not self._reading_paused:
                 self._socket.pauseProducing()
 
-    def _below_capacity(self) -> None:
-        self._at_capacity = False
+    def uncap(self) -> None:
+        """One of its calls is done: read from it again."""
+        self.capped = False
         if not self._reading_paused and not self._socket.disconnecting:
             self._socket.resumeProducing()
 
@@ -130,7 +130,7 @@ class Backpressure:
         self.backlog += size
         if not self._reading_paused and self.backlog > defaults.READ_PAUSE_BACKLOG:
             self._reading_paused = True
-            if not self._at_capacity:
+            if not self.capped:
                 self._socket.pauseProducing()
         if self.backlog > self.send_buffer and not self._overflowed:
             self._overflowed = True

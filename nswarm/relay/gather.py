@@ -76,8 +76,13 @@ class Gather:
         """Never refused (see L{may})."""
         raise NotImplementedError
 
-    def at_capacity(self) -> None:
+    capped = False
+
+    def cap(self) -> None:
         """Never capped (its calls_in_flight is 0)."""
+
+    def uncap(self) -> None:
+        """Never capped."""
 
     def close_connection(self, abort: bool = False) -> None:
         """Has no connection of its own."""

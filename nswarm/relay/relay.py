@@ -230,7 +230,7 @@ class Relay:
             if refusal:
                 if refusal == 1:
                     raise InvalidRequest("this _ask tag is in use by a request still pending: use a new tag for each")
-                caller.at_capacity()
+                caller.cap()
                 raise Overloaded(
                     f"{caller.description} has {caller.calls_in_flight:,} calls in flight, the most one connection "
                     "may: wait for answers before sending more (calls-in-flight)"
@@ -261,7 +261,7 @@ class Relay:
                 return True
         box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
         request.caller.send(box)
-        self.done(request)
+        self._finished(request)
         return True
 
     def cancel(self, caller: IPeer, caller_tag: bytes) -> None:
@@ -275,7 +275,7 @@ class Relay:
         if request is not None:
             request.callee.send_cancel(request.tag)
             caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
-            self.done(request)
+            self._finished(request)
 
     def gather(self, caller: IPeer, box: amp.AmpBox, callees: list[IPeer], command: bytes) -> None:
         """
@@ -323,12 +323,18 @@ class Relay:
                 self._retry(request, error)
             else:
                 request.caller.send_error(request.caller_tag, error)
-                self.done(request)
+                self._finished(request)
         for request in asked_by:
             request.callee.send_cancel(request.tag)
-            self.done(request)
+            self._finished(request)
         for key in [key for key in self.gathers if key[0] is peer]:
             self._drop_gather(self.gathers.pop(key))
+
+    def _finished(self, request: Request[IPeer]) -> None:
+        """C{request} left L{pending}: its caller has a slot free again (see L{IPeer.cap})."""
+        if request.caller.capped:
+            request.caller.uncap()
+        self.done(request)
 
     def stop(self) -> None:
         """Stop the relay's timers (the daemon is stopping)."""
@@ -350,7 +356,7 @@ class Relay:
                 DeadlineExceeded(f"{request.callee.description} did not answer before the deadline: it was cancelled"),
             )
             request.callee.send_cancel(request.tag)
-            self.done(request)
+            self._finished(request)
         if len(self.pending):
             self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
 
@@ -359,7 +365,7 @@ class Relay:
         Send C{request} once more, to another implementer, within its
         deadline; answer C{error} if there is none (or no time).
         """
-        self.done(request)
+        self._finished(request)
         now = self.clock.seconds()
         if request.retry is not None and request.method is not None and request.expires > now:
             other = self.choose(request.method, exclude=request.callee)
@@ -377,4 +383,4 @@ class Relay:
         _, asked_by = self.pending.lost(gather)
         for request in asked_by:
             request.callee.send_cancel(request.tag)
-            self.done(request)
+            self._finished(request)

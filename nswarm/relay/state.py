@@ -62,8 +62,13 @@ class IPeer(Interface):
     def refuse(action: str, name: str) -> NswarmError:
         """The L{nswarm.amp_commands.PermissionDenied} that answers its request to C{action} C{name}."""
 
-    def at_capacity() -> None:
-        """It has as many requests pending as it may: read nothing more from it until it is sent something."""
+    capped = Attribute("Whether it is at its calls-in-flight cap, and not read from until one of its calls is done.")
+
+    def cap() -> None:
+        """It has as many requests pending as it may: read nothing more from it until L{uncap}."""
+
+    def uncap() -> None:
+        """One of its requests is done: read from it again."""
 
     def close_connection(abort: bool = False) -> None:
         """Close the connection (at once, dropping what is buffered, if C{abort})."""
