@@ -142,6 +142,10 @@ class Access:
         """The identity C{name} of C{role}, or None if it may not connect."""
         return self.identities.get((role, name))
 
+    def find(self, role: str, name: str) -> Identity | None:
+        """The entry that admits C{role} C{name}: its own, else the role's C{*} entry, else None."""
+        return self.get(role, name) or self.get(role, "*")
+
     def names(self, role: str) -> list[str]:
         """The names of the identities of C{role}, sorted."""
         return sorted(name for known, name in self.identities if known == role)

@@ -92,7 +92,7 @@ class Gate:
             if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
                 raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
             return ALL
-        identity = access.get(role, name) or access.get(role, "*")
+        identity = access.find(role, name)
         if role == "node":
             if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
                 raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
@@ -132,10 +132,12 @@ class Gate:
         """The access file changed: take the new rights, or close the connection if this identity is gone."""
         self.access = access
         self._allowed = {}
-        if not self.authenticated or access is None or self.access_role is None:
-            self.rights = ALL if access is None else self.rights
+        if access is None:
+            self.rights = ALL
             return
-        identity = access.get(self.access_role, self.name) or access.get(self.access_role, "*")
+        if not self.authenticated or self.access_role is None:
+            return
+        identity = access.find(self.access_role, self.name)
         if identity is None:
             self.log.warn(
                 "closing {peer}: it is no longer in the access file {source}",

@@ -140,11 +140,6 @@ class PendingCalls(Generic[P]):
         pending = self._by_callee.get(callee)
         return len(pending) if pending is not None else 0
 
-    def is_pending(self, caller: P, caller_tag: bytes) -> bool:
-        """Whether C{caller}'s request C{caller_tag} is still pending (a tag may not be reused until answered)."""
-        pending = self._by_caller.get(caller)
-        return pending is not None and caller_tag in pending
-
     def refusal(self, caller: P, caller_tag: bytes, cap: int) -> int:
         """
         Why a new request C{caller_tag} from C{caller} may not be added: 1 if
