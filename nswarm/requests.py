@@ -42,6 +42,16 @@ def in_parts(names: list[str]) -> list[list[str]]:
     return parts
 
 
+def methods_part(part: list[str]) -> dict[str, Any]:
+    """The arguments of an C{Unimplement} for one part of a list of methods (see L{Requests.register})."""
+    return {"methods": part}
+
+
+def events_part(part: list[str]) -> dict[str, Any]:
+    """The arguments of a C{Subscribe} or C{Unsubscribe} for one part of a list of patterns."""
+    return {"events": part}
+
+
 class Requests:
     """
     Mix in before L{nswarm.framing.FastBoxes}: C{next_tag} and C{request_box}

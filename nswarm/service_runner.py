@@ -23,6 +23,7 @@ from nswarm.client import check_key
 from nswarm.config import ConfigError, path, read_client_config, read_secret_file
 from nswarm.peercred import peer_credentials
 from nswarm.reconnect import reconnecting
+from nswarm.requests import events_part, methods_part
 from nswarm.service_protocol import ServiceProtocol
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class ServiceRunner(ClientFactory):
         if service.nswarm_methods:
             d.addCallback(lambda _: proto.register(Implement, list(service.nswarm_methods), self._implement_arguments))
         if service.nswarm_events:
-            d.addCallback(lambda _: proto.register(Subscribe, list(service.nswarm_events), _events))
+            d.addCallback(lambda _: proto.register(Subscribe, list(service.nswarm_events), events_part))
         d.addCallback(lambda _: proto.start_heartbeats(self.reactor, self.heartbeat))
         return d.addCallback(lambda _: proto.registered())
 
@@ -141,9 +142,9 @@ class ServiceRunner(ClientFactory):
         service = self.service
         self.log.info("service {name!r} draining", name=service.service_name, nswarm_event="service_draining")
         if service.nswarm_methods:
-            proto.register(Unimplement, list(service.nswarm_methods), _methods).addErrback(lambda _: None)
+            proto.register(Unimplement, list(service.nswarm_methods), methods_part).addErrback(lambda _: None)
         if service.nswarm_events:
-            proto.register(Unsubscribe, list(service.nswarm_events), _events).addErrback(lambda _: None)
+            proto.register(Unsubscribe, list(service.nswarm_events), events_part).addErrback(lambda _: None)
         drained = proto.when_idle(drain_timeout)
         return drained.addBoth(lambda _: client_service.stopService())
 
@@ -180,14 +181,6 @@ def check_node_peer(transport: Any) -> None:
 def _where(transport: Any) -> str:
     name = getattr(transport.getPeer(), "name", None)
     return os.fsdecode(name) if name else "(unnamed)"
-
-
-def _methods(part: list[str]) -> dict[str, Any]:
-    return {"methods": part}
-
-
-def _events(part: list[str]) -> dict[str, Any]:
-    return {"events": part}
 
 
 class RunOptions(usage.Options):

@@ -24,7 +24,7 @@ from nswarm.amp_commands import Authenticate, Implement, Subscribe, Unimplement,
 from nswarm.reconnect import reconnecting
 from nswarm.relay.protocol import RelayFactory, RelayProtocol
 from nswarm.relay.state import IPeer, Registry
-from nswarm.requests import first_error
+from nswarm.requests import events_part, first_error, methods_part
 
 log = Logger()
 
@@ -106,7 +106,7 @@ class Upstream:
         return gatherResults(
             [
                 connection.register(Implement, methods, self._implement_arguments),
-                connection.register(Subscribe, self.registry.events(), _events),
+                connection.register(Subscribe, self.registry.events(), events_part),
             ],
             consumeErrors=True,
         ).addCallback(self._registered)
@@ -142,7 +142,7 @@ class Upstream:
         if gone:
             for method in gone:
                 del self.advertised[method]
-            sent.append(self._send(Unimplement, gone, _methods))
+            sent.append(self._send(Unimplement, gone, methods_part))
         if changed:
             for method in changed:
                 self.advertised[method] = self._aggregate(method)
@@ -151,11 +151,11 @@ class Upstream:
 
     def subscribed(self, patterns: list[str]) -> Deferred[Any] | None:
         """The first local subscriptions to C{patterns}: tell the master."""
-        return self._send(Subscribe, patterns, _events) if patterns and self.connection is not None else None
+        return self._send(Subscribe, patterns, events_part) if patterns and self.connection is not None else None
 
     def unsubscribed(self, patterns: list[str]) -> Deferred[Any] | None:
         """No local service subscribes to C{patterns} any more: tell the master."""
-        return self._send(Unsubscribe, patterns, _events) if patterns and self.connection is not None else None
+        return self._send(Unsubscribe, patterns, events_part) if patterns and self.connection is not None else None
 
     def withdraw(self) -> None:
         """Before stopping: withdraw everything this node provides, so that the master sends nothing new."""
@@ -164,9 +164,9 @@ class Upstream:
         log.info("node {name!r} draining: withdrawing its methods and events", name=self.name)
         methods, events = self.registry.methods(), self.registry.events()
         if methods:
-            self._send(Unimplement, methods, _methods).addErrback(_ignored)
+            self._send(Unimplement, methods, methods_part).addErrback(_ignored)
         if events:
-            self._send(Unsubscribe, events, _events).addErrback(_ignored)
+            self._send(Unsubscribe, events, events_part).addErrback(_ignored)
 
     def _aggregate(self, method: str) -> tuple[bool, int]:
         """How C{method} stands here: idempotent if all its services say so; their summed limit."""
@@ -195,14 +195,6 @@ class Upstream:
             error=failure.getErrorMessage(),
         )
         return failure
-
-
-def _methods(part: list[str]) -> dict[str, Any]:
-    return {"methods": part}
-
-
-def _events(part: list[str]) -> dict[str, Any]:
-    return {"events": part}
 
 
 def _ignored(failure: Failure) -> None:
