@@ -52,7 +52,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall, deferLater, react
 from zope.interface import implementer
 
-from nswarm.amp_commands import AuthenticationFailed, Overloaded
+from nswarm.amp_commands import AuthenticationFailed, Overloaded, UpstreamUnavailable
 from nswarm.api import APIClient, connect
 from nswarm.config import read_client_config, read_secret_file
 from nswarm.testing.local import ClusterError, LocalCluster, Process, nswarm_event
@@ -505,9 +505,10 @@ class WrongKey(Attack):
 
     def figures(self, report: dict[str, Any], during: dict[str, Any], started: float, mark: int) -> dict[str, Any]:
         return {
-            "attacker": "throttled" if report["throttled"] else "not throttled",
+            "attacker": "throttled" if report["throttled"] + report["refused"] else "not throttled",
             "wrong key": report["wrong_key"],
             "throttled": report["throttled"],
+            "refused": report["refused"],
             "other": report["other"] + report["accepted"],
             "attempts/s": round(report["attempts"] / max(report["window_s"], 1e-9)),
         }
@@ -920,7 +921,7 @@ async def publishing(reactor: Any, options: argparse.Namespace, output: Output) 
 
 
 async def wrong_key(reactor: Any, options: argparse.Namespace, output: Output) -> None:
-    counts = {"wrong_key": 0, "throttled": 0, "other": 0, "accepted": 0}
+    counts = {"wrong_key": 0, "throttled": 0, "refused": 0, "other": 0, "accepted": 0}
     messages: dict[str, str] = {}
     attempts = 0
     output.write(ready=time.monotonic(), wall=time.time())
@@ -936,6 +937,10 @@ async def wrong_key(reactor: Any, options: argparse.Namespace, output: Output) -
                 kind = "throttled" if "too many failed authentications" in str(error) else "wrong_key"
                 counts[kind] += 1
                 messages.setdefault(kind, str(error))
+            except UpstreamUnavailable as error:
+                kind = "refused" if "before this client authenticated" in str(error) else "other"
+                counts[kind] += 1
+                messages.setdefault(kind, f"{type(error).__name__}: {error}")
             except Exception as error:
                 counts["other"] += 1
                 messages.setdefault("other", f"{type(error).__name__}: {error}")

@@ -20,11 +20,12 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
 from nswarm import defaults
+from nswarm.amp_commands import UpstreamUnavailable
 from nswarm.client import ClientProtocol, check_key
 from nswarm.config import ConfigError, read_client_config, read_secret_file, require
 from nswarm.tls import client_options
 
-__all__ = ["APIClient", "connect", "connect_from_config"]
+__all__ = ["APIClient", "connect", "connect_from_config", "refused_before_authenticating"]
 
 
 class APIClient(ClientProtocol):
@@ -87,6 +88,8 @@ def connect(
         def failed(failure: Failure) -> Failure:
             if client.transport is not None:
                 client.transport.loseConnection()
+            elif failure.check(UpstreamUnavailable):
+                return Failure(refused_before_authenticating(host, port))
             return failure
 
         def authenticated(_: object) -> APIClient:
@@ -96,6 +99,15 @@ def connect(
         return client.authenticate(key, name).addCallbacks(authenticated, failed)
 
     return d.addCallback(authenticate)
+
+
+def refused_before_authenticating(host: str, port: int) -> UpstreamUnavailable:
+    """What a client learns when the master closed its connection before it could authenticate."""
+    return UpstreamUnavailable(
+        f"{host}:{port} closed the connection before this client authenticated: a master refuses an address "
+        "that failed to authenticate too often for a while (its log says authentication_failed; wait a few "
+        "seconds, and check the key), or it did not accept this client's TLS (check ca, cert and cert-key)"
+    )
 
 
 def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:

@@ -35,6 +35,7 @@ from nswarm.amp_commands import (
     Call,
     HandlerFailed,
     NotAuthenticated,
+    UpstreamUnavailable,
 )
 from nswarm.cluster_files import init_cluster
 from nswarm.config import read_secret_file
@@ -131,11 +132,11 @@ class Cluster:
         # nswarm init's master.conf requires the API user's certificate (api-client-ca).
         kwargs.setdefault("cert", str(self.directory / "api.pem"))
         kwargs.setdefault("cert_key", str(self.directory / "api.key"))
+        kwargs.setdefault("key", self.key("api-auth.key"))
         return await api.connect(
             reactor,
             "localhost",
             int(self.ports["api"]),
-            key=self.key("api-auth.key"),
             ca=str(self.directory / "ca.pem"),
             **kwargs,
         )
@@ -540,6 +541,21 @@ async def test_the_master_from_nswarm_init_requires_an_api_users_certificate(clu
         client = await cluster.api(cert=None, cert_key=None)
         await client.close()
     await wait_until(lambda: not cluster.factories[1].connections, "the master to drop the connection")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_address_past_its_failed_authentications_is_refused_before_its_tls_handshake(
+    cluster: Cluster,
+) -> None:
+    for _ in range(10):
+        with pytest.raises(AuthenticationFailed):
+            await cluster.api(key=b"a wrong key")
+    await wait_until(lambda: not cluster.factories[1].connections, "the master to drop the connections")
+    before = cluster.factories[1].guards.refused
+    with pytest.raises(UpstreamUnavailable, match="closed the connection before this client authenticated"):
+        await cluster.api()  # the right key: the socket closes as it is accepted, all the same
+    assert cluster.factories[1].guards.refused == before + 1
+    assert not cluster.factories[1].connections  # nothing was built for it, so no TLS handshake either
 
 
 @pytest_twisted.ensureDeferred

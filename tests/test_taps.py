@@ -12,6 +12,7 @@ import pytest
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from nswarm.cluster_files import init_cluster
@@ -20,6 +21,7 @@ from nswarm.master.master import ApiServerProtocol, NodeServerProtocol
 from nswarm.node import tap as node_tap
 from nswarm.node.node import ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
+from nswarm.relay.listener import Admission
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +133,12 @@ def test_master_makes_a_node_server_and_an_api_server(cluster_dir: Path, tmp_pat
     service = master_tap.makeService(options, reactor=reactor)
     service.privilegedStartService()
     service.startService()
-    listening = {(port, interface): factory for port, factory, _, _, interface in reactor.sslServers}
+    assert not reactor.sslServers  # TLS is under the listener's Admission, which refuses throttled sources
+    listening = {(port, interface): factory.relay for port, factory, _, interface in reactor.tcpServers}
     assert set(listening) == {(6666, "127.0.0.1"), (6667, "127.0.0.1")}
+    for _, factory, _, _ in reactor.tcpServers:
+        assert isinstance(factory, Admission) and isinstance(factory.wrappedFactory, TLSMemoryBIOFactory)
+        assert factory.wrappedFactory.wrappedFactory is factory.relay
     assert listening[(6666, "127.0.0.1")].relay_protocol is NodeServerProtocol
     assert listening[(6667, "127.0.0.1")].relay_protocol is ApiServerProtocol
     assert listening[(6666, "127.0.0.1")].router is listening[(6667, "127.0.0.1")].router
@@ -165,8 +171,9 @@ def test_node_makes_an_upstream_client_and_a_private_service_socket(cluster_dir:
     assert isinstance(getattr(wrapped, "_protocol", wrapped), UpstreamProtocol)
     [(address, server_factory, _, mode, want_pid)] = reactor.unixServers
     assert address == str(socket_path) and mode == 0o600 and want_pid
-    assert server_factory.relay_protocol is ServiceServerProtocol
-    assert server_factory.subscriber_buffer == 4096
+    assert isinstance(server_factory, Admission) and server_factory.wrappedFactory is server_factory.relay
+    assert server_factory.relay.relay_protocol is ServiceServerProtocol
+    assert server_factory.relay.subscriber_buffer == 4096
     assert (socket_path.parent.stat().st_mode & 0o777) == 0o700
     service.stopService()
 
@@ -205,6 +212,6 @@ def test_payload_and_subscriber_limits_reach_the_listeners(cluster_dir: Path) ->
     service = master_tap.makeService(options, reactor=reactor)
     service.privilegedStartService()
     service.startService()
-    factories = [factory for _, factory, _, _, _ in reactor.sslServers]
-    assert {(f.max_payload, f.subscriber_buffer) for f in factories} == {(1048576, 65536)}
+    factories = [factory.relay for _, factory, _, _ in reactor.tcpServers]
+    assert len(factories) == 2 and {(f.max_payload, f.subscriber_buffer) for f in factories} == {(1048576, 65536)}
     service.stopService()

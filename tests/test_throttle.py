@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.protocols import amp
+from twisted.test import iosim
+from twisted.test.iosim import FakeTransport
 
+from nswarm import defaults
 from nswarm.amp_commands import Authenticate
 from nswarm.master.master import ApiServerProtocol, Master
+from nswarm.relay.listener import Admission
 from nswarm.relay.protocol import RelayFactory
 from nswarm.relay.throttle import Quieter, Throttle
 
-from .support import API_KEY, connect, detach, failure_of, result_of
+from .support import API_KEY, detach, failure_of, result_of
 
 
 def test_a_source_may_fail_a_burst_then_once_a_period() -> None:
@@ -33,6 +40,23 @@ def test_the_throttle_remembers_a_bounded_number_of_sources() -> None:
     assert not throttle.allowed("10.0.3.231", 0.0) and throttle.allowed("10.0.0.0", 0.0)
 
 
+def test_a_source_that_failed_may_have_no_more_connections_waiting_than_failures_left() -> None:
+    throttle = Throttle(burst=3, every=2.0)
+    for _ in range(10):  # a source that never failed: any number at once
+        assert throttle.may_open("10.0.0.1", 0.0)
+        throttle.opened("10.0.0.1")
+    throttle.failed("10.0.0.2", 0.0)  # two failures left
+    assert throttle.may_open("10.0.0.2", 0.0)
+    throttle.opened("10.0.0.2")
+    assert throttle.may_open("10.0.0.2", 0.0)
+    throttle.opened("10.0.0.2")
+    assert not throttle.may_open("10.0.0.2", 0.0)
+    throttle.settled("10.0.0.2")  # one authenticated
+    assert throttle.may_open("10.0.0.2", 0.0)
+    throttle.settled("10.0.0.2")
+    assert throttle._pending == {"10.0.0.1": 10}
+
+
 def test_the_quieter_logs_the_first_then_one_an_interval_with_the_count_between() -> None:
     quieter = Quieter(interval=10.0)
     assert quieter.should_log("a", 0.0) == 0
@@ -41,38 +65,82 @@ def test_the_quieter_logs_the_first_then_one_an_interval_with_the_count_between(
     assert quieter.should_log("b", 10.0) == 0
 
 
-def test_an_address_past_its_failed_authentications_is_closed_at_once_for_a_while() -> None:
+def attempt(admission: Admission, host: str, key: bytes | None) -> tuple[Any, Deferred[Any] | None]:
+    """
+    One connection from C{host} through C{admission}: its server end (None
+    if refused), and its Authenticate with C{key} (None if C{key} is).
+    The server end's C{pump} delivers what the two ends send.
+    """
+    address = IPv4Address("TCP", host, 40000)
+    server = admission.buildProtocol(address)
+    if server is None:
+        return None, None
+    client = amp.AMP()
+    transports = FakeTransport(server, isServer=True, peerAddress=address), FakeTransport(client, isServer=False)
+    pump = iosim.connect(server, transports[0], client, transports[1], greet=False)
+    answer = detach(client.callRemote(Authenticate, key=key)) if key is not None else None
+    pump.flush()
+    server.pump = pump
+    return server, answer
+
+
+def test_an_address_past_its_failed_authentications_is_refused_as_it_is_accepted_for_a_while() -> None:
     clock = Clock()
-    master = Master(clock)
-    factory = RelayFactory(ApiServerProtocol, master, clock, API_KEY)
-    attempts = []
+    factory = RelayFactory(ApiServerProtocol, Master(clock), clock, API_KEY)
+    admission = Admission(factory, factory)
     with capturedLogs() as logged:
-        for _ in range(12):
-            server = factory.buildProtocol(None)
-            client = amp.AMP()
-            pump = connect(server, client)
-            attempts.append(detach(client.callRemote(Authenticate, key=b"guess")))
-            pump.flush()
-        server = factory.buildProtocol(None)
-        client = amp.AMP()
-        pump = connect(server, client)
-        right = detach(client.callRemote(Authenticate, key=API_KEY))
-        pump.flush()
-    failures = [failure_of(d) for d in attempts]
-    assert all("wrong api user auth key" in str(f.value) for f in failures[:10])
-    # Over the burst, a connection from the address is closed as it is made, before any TLS work.
-    assert all(f.check(ConnectionDone, ConnectionLost) for f in failures[10:])
-    assert failure_of(right).check(ConnectionDone, ConnectionLost)  # even the right key waits
-    assert server.transport is None
+        attempts = [attempt(admission, "10.0.0.1", b"guess") for _ in range(10)]
+        # Over the burst, nothing is built for the address (the port closes the socket: no TLS work), even
+        # for the right key; another address is not held back.
+        assert attempt(admission, "10.0.0.1", b"guess") == (None, None)
+        assert attempt(admission, "10.0.0.1", API_KEY) == (None, None)
+        _, other = attempt(admission, "10.0.0.2", API_KEY)
+    assert all("wrong api user auth key" in str(failure_of(answer).value) for _, answer in attempts)
+    result_of(other)
+    assert factory.guards.refused == 2
     warnings = [e for e in logged if e.get("nswarm_event") == "authentication_failed"]
     assert len(warnings) == 1 and "guess" not in str(warnings)  # rate-limited, and keys never logged
     clock.advance(1.0)
-    server = factory.buildProtocol(None)
-    client = amp.AMP()
-    pump = connect(server, client)
-    again = detach(client.callRemote(Authenticate, key=API_KEY))
-    pump.flush()
+    _, again = attempt(admission, "10.0.0.1", API_KEY)
     result_of(again)
+
+
+def test_connections_opened_at_once_cannot_all_spend_a_last_failure() -> None:
+    """With one failure left, the first connection waiting to authenticate holds it: the others are refused."""
+    clock = Clock()
+    factory = RelayFactory(ApiServerProtocol, Master(clock), clock, API_KEY)
+    admission = Admission(factory, factory)
+    for _ in range(9):
+        attempt(admission, "10.0.0.1", b"guess")
+    opened = [attempt(admission, "10.0.0.1", None)[0] for _ in range(5)]
+    assert opened[0] is not None and opened[1:] == [None] * 4 and factory.guards.refused == 4
+    answer = detach(opened[0].pump.client.callRemote(Authenticate, key=API_KEY))
+    opened[0].pump.flush()
+    result_of(answer)  # it had the right key after all: its place is free again
+    assert attempt(admission, "10.0.0.1", None)[0] is not None
+
+
+def test_leaving_without_authenticating_counts_as_a_failed_authentication() -> None:
+    """A TLS handshake (or a bare connection) with no Authenticate costs as much as a wrong key: it is throttled too."""
+    clock = Clock()
+    factory = RelayFactory(ApiServerProtocol, Master(clock), clock, API_KEY)
+    admission = Admission(factory, factory)
+    factory.guards.throttle = Throttle(burst=10, every=3600.0)  # no token comes back while the timeout runs
+    for _ in range(5):
+        server, _ = attempt(admission, "10.0.0.1", None)
+        server.transport.loseConnection()
+        server.pump.flush()
+    waiting = [attempt(admission, "10.0.0.1", None)[0] for _ in range(5)]
+    clock.advance(defaults.AUTH_TIMEOUT)  # the authentication timeout closes these
+    for server in waiting:
+        server.pump.flush()
+    assert factory.connections == set()
+    assert attempt(admission, "10.0.0.1", API_KEY) == (None, None)
+    # An authenticated connection that closes is no failure.
+    _, answer = attempt(admission, "10.0.0.2", API_KEY)
+    result_of(answer)
+    assert factory.guards.throttle.allowed("10.0.0.2", clock.seconds())
+    assert len(factory.guards.throttle._buckets) == 1
 
 
 def test_a_flood_of_malformed_boxes_logs_one_traceback_then_decades() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -31,7 +31,8 @@ from nswarm.config import (
     secret_parameters,
 )
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
-from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
+from nswarm.relay.listener import GuardedEndpoint, listening_service
+from nswarm.relay.protocol import RelayFactory, RelayService
 from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import server_options
 
@@ -158,7 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ]
     factories: list[RelayFactory] = []
     for name, number, tls, protocol, key in servers:
-        endpoint = SSL4ServerEndpoint(reactor, number, tls, interface=options["interface"])
+        endpoint = GuardedEndpoint(TCP4ServerEndpoint(reactor, number, interface=options["interface"]), tls)
         factory = RelayFactory(protocol, master, reactor, key, **connection_settings(options))
         factories.append(factory)
         server = listening_service(_Announced(endpoint, name, ports), factory)

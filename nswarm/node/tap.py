@@ -31,7 +31,8 @@ from nswarm.config import (
 from nswarm.identity import certificate_identities
 from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
-from nswarm.relay.protocol import RelayFactory, RelayService, listening_service
+from nswarm.relay.listener import GuardedEndpoint, listening_service
+from nswarm.relay.protocol import RelayFactory, RelayService
 from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import client_options
 
@@ -214,9 +215,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     factory = RelayFactory(
         ServiceServerProtocol, node, reactor, options.service_auth_key, **connection_settings(options)
     )
-    services = listening_service(
-        UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True), factory
-    )
+    endpoint = UNIXServerEndpoint(reactor, socket_path, mode=options["service-socket-mode"], wantPID=True)
+    services = listening_service(GuardedEndpoint(endpoint), factory)
     services.setName("service server")
     services.setServiceParent(top)
     if options["access"]:

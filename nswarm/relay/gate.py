@@ -24,6 +24,27 @@ class Guards:
     def __init__(self) -> None:
         self.throttle = Throttle()
         self.quieter = Quieter()
+        #: Connections refused as they were accepted (see L{nswarm.relay.listener.Admission}).
+        self.refused = 0
+
+
+def source_of(address: Any) -> str:
+    """The source address authentication failures are counted by: the peer's host (UNIX peers share one)."""
+    return str(getattr(address, "host", None) or "local")
+
+
+def log_refused(log: Logger, guards: Guards, role: str, source: str, now: float, why: str) -> None:
+    """Log that C{source} was refused, at most once every interval per source (with how many were not logged)."""
+    unlogged = guards.quieter.should_log(source, now)
+    if unlogged is not None:
+        log.warn(
+            "{role} at {source} {why} ({unlogged} more refused since the last warning)",
+            role=role,
+            source=source,
+            why=why,
+            unlogged=unlogged,
+            nswarm_event="authentication_failed",
+        )
 
 
 class Gate:
@@ -53,9 +74,8 @@ class Gate:
             """How logs name this connection (provided by the protocol)."""
 
     def _source(self) -> str:
-        """The source address authentication failures are counted by: the peer's host (UNIX peers share one)."""
-        address = self.address
-        return str(getattr(address, "host", None) or "local")
+        """The source address authentication failures are counted by (see L{source_of})."""
+        return source_of(self.address)
 
     def _guards(self) -> Guards:
         """The listener's guards (a connection built without a listener's factory has its own)."""
@@ -68,16 +88,7 @@ class Gate:
 
     def _refused(self, source: str, now: float, why: str) -> None:
         """Log a refused authentication, at most once every interval per source."""
-        unlogged = self._guards().quieter.should_log(source, now)
-        if unlogged is not None:
-            self.log.warn(
-                "{role} at {source} {why} ({unlogged} more refused since the last warning)",
-                role=self.role,
-                source=source,
-                why=why,
-                unlogged=unlogged,
-                nswarm_event="authentication_failed",
-            )
+        log_refused(self.log, self._guards(), self.role, source, now, why)
 
     def admit(self, key: bytes, name: str) -> Rights:
         """

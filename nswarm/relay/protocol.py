@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -106,6 +104,8 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         self._auth_timeout = auth_timeout
         self._auth_timer: Any = None
         self._own_guards: Guards | None = None
+        #: The source this peer is counted under as waiting to authenticate (until it sends Authenticate).
+        self._unauthenticated_from: str | None = None
         #: A server connection (a shared key, or an access file, given) admits nothing before Authenticate.
         self.authenticated = auth_key is None and access is None
         self._limit_boxes(max_payload if self.authenticated else defaults.UNAUTHENTICATED_MAX_BOX)
@@ -133,12 +133,9 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self.factory.connections.add(self)
         self.produce_into_socket()
         if not self.authenticated:
-            source, now = self._source(), self.clock.seconds()
-            if not self._guards().throttle.allowed(source, now):
-                # Throttled: closed before any TLS handshake work.
-                self._refused(source, now, "has failed to authenticate too often: closed at once")
-                self.close_connection(abort=True)
-                return
+            # A source the throttle holds back was refused before this was built (see listener.py).
+            self._unauthenticated_from = self._source()
+            self._guards().throttle.opened(self._unauthenticated_from)
             self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
 
     def _authentication_timed_out(self) -> None:
@@ -155,6 +152,9 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             raise AuthenticationFailed("this connection is already authenticated: send Authenticate once")
         source, now = self._source(), self.clock.seconds()
         throttle = self._guards().throttle
+        if self._unauthenticated_from is not None:
+            self._unauthenticated_from = None
+            throttle.settled(source)
         if not throttle.allowed(source, now):
             self._refused(source, now, "has failed to authenticate too often")
             raise AuthenticationFailed(
@@ -277,6 +277,13 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self.factory.connections.discard(self)
         if self._drops_unlogged:
             self._log_drops()
+        if self._unauthenticated_from is not None:
+            # A TLS handshake, or a connection, without an Authenticate costs the daemon as much as a wrong key.
+            source, now, throttle = self._unauthenticated_from, self.clock.seconds(), self._guards().throttle
+            self._unauthenticated_from = None
+            throttle.settled(source)
+            throttle.failed(source, now)
+            self._refused(source, now, "closed the connection without authenticating (counted as a failure)")
         super().connectionLost(reason)
         self.fail_requests(reason)
         if self.authenticated:
@@ -352,15 +359,3 @@ class RelayService(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.router.stop()
-
-
-def listening_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> StreamServerEndpointService:
-    """
-    A service listening on C{endpoint} whose start fails if the port cannot
-    be bound, as C{strports.service} makes it. Twisted offers that only for
-    endpoint strings, which cannot require client certificates, through the
-    private C{_raiseSynchronously}: this is the one place nswarm sets it.
-    """
-    service = StreamServerEndpointService(endpoint, factory)
-    service._raiseSynchronously = True
-    return service

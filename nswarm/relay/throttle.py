@@ -29,6 +29,8 @@ class Throttle:
         self.every = every
         self.sources = sources
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: Connections per source that are open and have not yet authenticated (nor failed).
+        self._pending: dict[str, int] = {}
 
     def _tokens(self, source: str, now: float) -> float:
         tokens, when = self._buckets.get(source, (float(self.burst), now))
@@ -37,6 +39,27 @@ class Throttle:
     def allowed(self, source: str, now: float) -> bool:
         """Whether C{source} may try to authenticate now (it has failed less than its share)."""
         return source not in self._buckets or self._tokens(source, now) >= 1.0
+
+    def may_open(self, source: str, now: float) -> bool:
+        """
+        Whether a new connection from C{source} may be accepted: a source that
+        has failed before may have no more connections waiting to
+        authenticate than the failures it has left (so its connections opened
+        at once cannot all cost a TLS handshake); any other source may.
+        """
+        return source not in self._buckets or self._tokens(source, now) - self._pending.get(source, 0) >= 1.0
+
+    def opened(self, source: str) -> None:
+        """A connection from C{source} was accepted: it waits to authenticate."""
+        self._pending[source] = self._pending.get(source, 0) + 1
+
+    def settled(self, source: str) -> None:
+        """A connection from C{source} that L{opened} authenticated, failed, or closed."""
+        left = self._pending.get(source, 0) - 1
+        if left > 0:
+            self._pending[source] = left
+        else:
+            self._pending.pop(source, None)
 
     def failed(self, source: str, now: float) -> None:
         """C{source} failed to authenticate: it spends one token."""
