@@ -9,6 +9,7 @@ round-trip latency of a call. Run with `make demo` or
 
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +60,12 @@ async def talk(reactor, cluster: LocalCluster, greeter: Process) -> None:
         print(f"median round trip of {LATENCY_CALLS} sequential calls (API->master->node->greeter): {median:.2f} ms")
     finally:
         await client.close()
+    config = cluster.running_client_config()
+    print(f"\n$ nswarm status --config {config}", flush=True)
+    # The real command, in its own process (this reactor only waits: the cluster runs in other processes).
+    shown = subprocess.run([sys.executable, "-m", "nswarm.cli", "status", "--config", str(config)], timeout=TIMEOUT)
+    if shown.returncode != 0:
+        raise RuntimeError(f"nswarm status exited with status {shown.returncode}")
 
 
 async def demo(reactor, cluster: LocalCluster, greeter: Process) -> None:

@@ -16,22 +16,26 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from nswarm import defaults
-from nswarm.amp_commands import UpstreamUnavailable
+from nswarm.amp_commands import NswarmError, UpstreamUnavailable
+from nswarm.api_user import APIUser
 from nswarm.client import ClientProtocol, check_key
 from nswarm.config import ConfigError, read_client_config, read_secret_file, require
+from nswarm.failures import Target, api_server, cancelled, closed_before_authenticating, diagnose
 from nswarm.tls import client_options
 
 __all__ = ["APIClient", "connect", "connect_from_config", "refused_before_authenticating"]
 
 
-class APIClient(ClientProtocol):
+class APIClient(APIUser, ClientProtocol):
     """
     An authenticated connection to the api server. C{call} and C{publish}
-    (from L{ClientProtocol}) return Deferreds; L{close} ends the connection.
+    (from L{ClientProtocol}), C{subscribe} and C{status} (from
+    L{nswarm.api_user.APIUser}) return Deferreds; L{close} ends the connection.
     """
 
     def __init__(self) -> None:
@@ -42,6 +46,15 @@ class APIClient(ClientProtocol):
         super().connectionLost(reason)
         for closing in self._closing:
             closing.callback(None)
+        self._closing = []
+
+    def lost(self) -> Deferred[None]:
+        """A Deferred that fires once the connection is gone (at once if it is already)."""
+        if self.transport is None:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._closing.append(waiting)
+        return waiting
 
     def close(self) -> Deferred[None]:
         """Close the connection; the Deferred fires once it is closed."""
@@ -75,22 +88,28 @@ def connect(
     L{APIClient}.
     Both ends send a heartbeat every C{heartbeat} seconds; a master silent
     for three of them is taken as gone (the connection closes).
+
+    A wrong key or name fails with
+    L{nswarm.amp_commands.AuthenticationFailed}; a connection that cannot
+    be made, a TLS handshake that fails, a connection closed before
+    authenticating, or a port that is not the api server's, with
+    L{UpstreamUnavailable}, whose message says why and what to do (see
+    L{nswarm.failures}).
     """
     check_key(key)
     try:
         tls = client_options(host, ca, cert, cert_key)
     except ConfigError:
         return fail()
+    target = api_server(host, port, ca, timeout)
     endpoint = SSL4ClientEndpoint(reactor, host, port, tls, timeout=timeout)
-    d = connectProtocol(endpoint, APIClient())
+    d = endpoint.connect(_OneConnection(APIClient()))
 
     def authenticate(client: APIClient) -> Deferred[APIClient]:
         def failed(failure: Failure) -> Failure:
             if client.transport is not None:
                 client.transport.loseConnection()
-            elif failure.check(UpstreamUnavailable):
-                return Failure(refused_before_authenticating(host, port))
-            return failure
+            return _unavailable(failure, target)
 
         def authenticated(_: object) -> APIClient:
             client.start_heartbeats(reactor, heartbeat)
@@ -98,16 +117,39 @@ def connect(
 
         return client.authenticate(key, name).addCallbacks(authenticated, failed)
 
-    return d.addCallback(authenticate)
+    return d.addCallbacks(authenticate, _unavailable, errbackArgs=(target,))
+
+
+class _OneConnection(Factory):
+    """C{connectProtocol}'s factory, less its "Starting factory <... object at 0x...>" log line."""
+
+    noisy = False
+
+    def __init__(self, client: APIClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> APIClient:
+        return self.client
+
+
+def _unavailable(failure: Failure, target: Target) -> Failure:
+    """
+    C{failure}, the way C{connect} to C{target} fails with it: the typed
+    errors of a refusal (a wrong key, say) as they are; a failure to reach
+    the api server as L{UpstreamUnavailable} with the sentence that says
+    why (the original error as its C{__cause__}).
+    """
+    diagnosis = diagnose(failure, target)
+    if cancelled(failure) or (failure.check(NswarmError) and diagnosis.cause in ("authentication", "refused")):
+        return failure
+    translated = UpstreamUnavailable(diagnosis.message)
+    translated.__cause__ = failure.value
+    return Failure(translated)
 
 
 def refused_before_authenticating(host: str, port: int) -> UpstreamUnavailable:
     """What a client learns when the master closed its connection before it could authenticate."""
-    return UpstreamUnavailable(
-        f"{host}:{port} closed the connection before this client authenticated: a master refuses an address "
-        "that failed to authenticate too often for a while (its log says authentication_failed; wait a few "
-        "seconds, and check the key), or it did not accept this client's TLS (check ca, cert and cert-key)"
-    )
+    return UpstreamUnavailable(closed_before_authenticating(api_server(host, port, "ca")))
 
 
 def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:

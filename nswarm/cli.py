@@ -9,7 +9,6 @@ C{twistd nswarm-master}, C{twistd nswarm-node} and the SDKs read.
 
 from __future__ import annotations
 
-import getopt
 import shlex
 import sys
 from collections.abc import Callable
@@ -19,12 +18,12 @@ from typing import TextIO
 from twisted.python import usage
 
 from nswarm import defaults
+from nswarm.cli_cluster import COMMANDS, SUBCOMMANDS, run
+from nswarm.cli_options import PROGRAM, _Options
 from nswarm.cluster_files import InitError, init_cluster, issue_api, issue_node, issue_service
 from nswarm.config import port
 
 __all__ = ["InitOptions", "Options", "main"]
-
-PROGRAM = "nswarm"
 
 
 def _port(what: str) -> Callable[[str], int]:
@@ -61,42 +60,6 @@ def _node_name(value: str) -> str:
     if not name or len(name) > 64 or not name.isascii() or any(c.isspace() for c in name):
         raise usage.UsageError(f"The node name must be 1 to 64 ASCII characters without spaces, not {value!r}.")
     return name
-
-
-class _Options(usage.Options):
-    """Shared behaviour of the C{nswarm} option parsers."""
-
-    def opt_version(self) -> None:
-        """Display the nswarm version and exit."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            print(f"{PROGRAM} {version('nswarm')}")
-        except PackageNotFoundError:
-            print(f"{PROGRAM} (not installed)")
-        sys.exit(0)
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        """
-        Parse like Twisted does, but also accept options after the
-        arguments (C{nswarm init DIR --force}): GNU-style reordering first.
-        """
-        argv = sys.argv[1:] if options is None else options
-        try:
-            opts, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
-        reordered: list[str] = []
-        for name, value in opts:
-            reordered.append(name)
-            if self._takes_value(name):
-                reordered.append(value)
-        super().parseOptions(reordered + ["--", *args])
-
-    def _takes_value(self, option: str) -> bool:
-        if option.startswith("--"):
-            return option[2:] + "=" in self.longOpt
-        return option[1:2] + ":" in self.shortOpt
 
 
 class InitOptions(_Options):
@@ -183,6 +146,7 @@ class Options(_Options):
     subCommands = [
         ["init", None, InitOptions, "Create a ready cluster configuration in DIR."],
         ["issue", None, IssueOptions, "Issue a certificate for another node: issue node NAME."],
+        *SUBCOMMANDS,
     ]
 
     def postOptions(self) -> None:
@@ -298,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROGRAM} issue: cannot write the certificate: {e}", file=sys.stderr)
             return 1
         return 0
+    if options.subCommand in COMMANDS:
+        return run(options.subCommand, options.subOptions)
     raise AssertionError(f"unhandled command {options.subCommand!r}")
 
 

@@ -37,8 +37,9 @@ from nswarm.amp_commands import (
 )
 from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
 from nswarm.codec import decode, encode, encode_arguments
-from nswarm.framing import FastBoxes, no_delay
+from nswarm.framing import FastBoxes
 from nswarm.requests import Requests
+from nswarm.sockets import no_delay
 
 
 def check_key(key: Any) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import stat
 import sys
@@ -72,6 +73,36 @@ def file_mode(value: str) -> int:
 def path(value: str) -> str:
     """A file path; a leading ~ is expanded."""
     return os.path.expanduser(value)
+
+
+#: Endpoint types that listen on an interface: their loopback address, and the interface's place among their arguments.
+_LOOPBACK = {"tcp": ("127.0.0.1", 2), "ssl": ("127.0.0.1", 5), "tcp6": ("\\:\\:1", 3)}
+
+
+def http_endpoint(value: str) -> str:
+    """
+    A Twisted server endpoint string (such as C{tcp:9100}) for the HTTP
+    listener; a bare port number means C{tcp:PORT}. A C{tcp}, C{ssl} or
+    C{tcp6} endpoint that names no interface gets this machine's loopback
+    address (C{127.0.0.1}, C{::1}): the listener is public only if asked.
+    """
+    value = value.strip()
+    if value.isdigit():
+        value = f"tcp:{value}"
+    kind, _, rest = value.partition(":")
+    parts = [part for part in re.split(r"(?<!\\):", rest) if part] if rest else []
+    named = {part.split("=", 1)[0] for part in parts if "=" in part}
+    positional = [part for part in parts if "=" not in part]
+    loopback, position = _LOOPBACK.get(kind.lower(), (None, 0))
+    if loopback is not None and "interface" not in named and len(positional) < position:
+        value = f"{value}:interface={loopback}"
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, value)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise ValueError(f"{value!r} is not a server endpoint string such as tcp:9100 ({error})")
+    return value
 
 
 class ConfigError(ValueError):
@@ -251,6 +282,37 @@ def limit_parameters(subscriber: str, names: int = defaults.METHODS_PER_CONNECTI
             count,
         ],
     ]
+
+
+def http_parameters() -> list[list[Any]]:
+    """The options of a daemon's HTTP listener (metrics, status and dashboard): C{--http}, C{--http-token-file}."""
+    return [
+        [
+            "http",
+            None,
+            None,
+            "Serve /metrics, /status.json and the dashboard on this endpoint (such as tcp:9100; "
+            "on 127.0.0.1 unless it names an interface)",
+            http_endpoint,
+        ],
+        [
+            "http-token-file",
+            None,
+            None,
+            "File holding the bearer token /metrics and /status.json require (without it they are open)",
+            path,
+        ],
+    ]
+
+
+def http_token(options: usage.Options) -> bytes | None:
+    """The bearer token of the HTTP listener, read from C{--http-token-file} (checked like a key file), or None."""
+    source = options["http-token-file"]
+    if source is None:
+        return None
+    if options["http"] is None:
+        raise usage.UsageError("--http-token-file is given without --http: give the endpoint to listen on too")
+    return read_secret_file(source)
 
 
 def read_client_config(source: str, section: str) -> dict[str, str]:

@@ -89,3 +89,8 @@ MAX_NAME_LENGTH = 255
 MATCH_CACHE_SIZE = 10_000
 #: Names a registration log line quotes; it gives the count of the rest.
 LOGGED_NAMES = 5
+
+#: Methods the metrics and the status count by name; past it they fold into the label "_other".
+METRICS_METHODS = 1000
+#: Seconds each node has to send its part of the cluster's status.
+STATUS_TIMEOUT = 5.0

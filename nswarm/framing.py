@@ -22,11 +22,12 @@ from twisted.internet.interfaces import ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.policies import ProtocolWrapper
 
 from nswarm import defaults
 from nswarm.amp_commands import ANSWER, ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTION, HEARTBEAT
 from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
+from nswarm.failures import address_text
+from nswarm.sockets import socket_counters
 
 log = Logger()
 _HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
@@ -39,22 +40,6 @@ _CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION
 def _control(box: amp.AmpBox) -> amp.AmpBox:
     """The AMP control keys of C{box}: what answering it needs."""
     return amp.AmpBox({key: value for key, value in box.items() if key in _CONTROL})
-
-
-def no_delay(transport: Any) -> Any:
-    """
-    Turn Nagle's algorithm off on the TCP socket under C{transport} (under
-    TLS, if any), and return that socket transport. Boxes are written whole:
-    with Nagle on, a small answer written behind a burst waits for the
-    peer's delayed ACK, about 40 ms.
-    """
-    socket = transport
-    while isinstance(socket, ProtocolWrapper):
-        socket = socket.transport
-    set_no_delay = getattr(socket, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
-    return socket
 
 
 class FastBoxes:
@@ -75,8 +60,25 @@ class FastBoxes:
     boxes_received = 0
     #: Boxes received that could not be handled.
     malformed = 0
+    #: When the heartbeat last saw a box arrive (it looks once an interval).
+    heard_at = 0.0
+    #: The socket's byte counts (received, sent) when the heartbeat last looked (see L{socket_counters}).
+    traffic: tuple[int, int] | None = None
     _discarding = False
     _heartbeat: LoopingCall | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """
+        Start the connection as AMP does, without AMP's own log line, which
+        shows the addresses' reprs: nswarm logs its connections itself
+        ("connected", "disconnected"), as C{HOST:PORT}.
+        """
+        amp.BinaryBoxProtocol.makeConnection(self, transport)  # type: ignore[arg-type]
+
+    def connectionLost(self, reason: Any) -> None:
+        """End the connection as AMP does (the transport is gone), without its log line (see L{makeConnection})."""
+        amp.BinaryBoxProtocol.connectionLost(self, reason)  # type: ignore[arg-type]
+        self.transport = None
 
     def dataReceived(self, data: bytes) -> None:
         # Limits are checked once per box and once per chunk of data, not per
@@ -181,8 +183,9 @@ class FastBoxes:
         if transport is not None:
             transport.abortConnection() if abort else transport.loseConnection()
 
-    def _peer(self) -> Any:
-        return self.transport.getPeer() if self.transport is not None else None
+    def _peer(self) -> str:
+        """The peer, for logs: its address as C{HOST:PORT} (or a socket path), never an object's repr."""
+        return address_text(self.transport.getPeer() if self.transport is not None else None)
 
     def sendBox(self, box: amp.AmpBox) -> None:
         """Write C{box}, or raise C{ConnectionLost} if the connection is gone (as AMP's own does)."""
@@ -206,8 +209,10 @@ class FastBoxes:
         silent = [0]
 
         def beat() -> None:
+            self.traffic = socket_counters(self.transport) or self.traffic
             if self.boxes_received != heard[0]:
                 heard[0], silent[0] = self.boxes_received, 0
+                self.heard_at = clock.seconds()
             else:
                 silent[0] += 1
                 if silent[0] >= defaults.HEARTBEAT_MISSES:

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm.amp_commands import ANSWER, ASK, CANCEL, COMMAND, ID, InvalidRequest, NswarmError
 from nswarm.boxes import error_box, remote_error
+from nswarm.failures import TLS_FAILURES
 
 Parse = Callable[[amp.AmpBox], Any]
 
@@ -138,12 +138,13 @@ class Requests:
         """
         The connection is gone (for C{reason}): fail every request still
         waiting with L{connection_gone}, or with the TLS error that closed it
-        (a certificate that did not verify, say), which says more.
+        (a certificate that did not verify, or did not name the host, say),
+        which says more.
         """
         waiting, self._waiting = self._waiting, {}
         for d, _ in waiting.values():
             if not d.called:
-                d.errback(reason if reason.check(TLSError) else self.connection_gone())
+                d.errback(reason if reason.check(*TLS_FAILURES) else self.connection_gone())
 
     def connection_gone(self) -> NswarmError:
         """The error a request fails with when the connection is gone."""

@@ -151,42 +151,40 @@ class ServiceProtocol(ClientProtocol):
             self._answer(result, tag, method)
 
     def _answer(self, value: Any, tag: bytes | None, method: str) -> None:
-        """Send a handler's result as the answer to call C{tag}."""
+        """
+        Send a handler's result as the answer to call C{tag}, then mark the
+        handler done (which, in a drain, may close the connection: the
+        answer is written first).
+        """
         if tag is None:
             return
-        if self.running:
-            self._handler_done(tag)
         try:
-            data = self.checked(encode(value), "result")
+            reply = amp.AmpBox({ANSWER: tag})
+            put_payload(reply, RESULT, self.checked(encode(value), "result"))
         except PayloadTooLarge as error:
             self.log.warn("the result of {method!r} was not sent: {error}", method=method, error=error)
-            self.send(error_box(tag, error))
-            return
+            reply = error_box(tag, error)
         except InvalidRequest as error:
             self.log.warn("the result of {method!r} was not sent: {error}", method=method, error=error)
-            self.send(
-                error_box(
-                    tag,
-                    HandlerFailed(
-                        f"InvalidResult: {method} returned a {type(value).__name__}, "
-                        "which is not JSON-compatible: return JSON-compatible values"
-                    ),
-                )
+            reply = error_box(
+                tag,
+                HandlerFailed(
+                    f"InvalidResult: {method} returned a {type(value).__name__}, "
+                    "which is not JSON-compatible: return JSON-compatible values"
+                ),
             )
-            return
-        reply = amp.AmpBox({ANSWER: tag})
-        put_payload(reply, RESULT, data)
         self.send(reply)
+        if self.running:
+            self._handler_done(tag)
 
     def _failed(self, failure: Failure, tag: bytes | None, method: str) -> None:
-        """Send a handler's exception as the L{HandlerFailed} answer to call C{tag}."""
+        """Send a handler's exception as the L{HandlerFailed} answer to call C{tag}, then mark the handler done."""
         if tag is not None and tag not in self.running and failure.check(CancelledError):
             return  # cancelled by its caller or its deadline: the relay has answered
-        if tag is not None:
-            self._handler_done(tag)
         self.log.failure("handler of {method!r} raised", failure, method=method)
         if tag is not None:
             self.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
+            self._handler_done(tag)
 
     def _event_received(self, box: amp.AmpBox) -> None:
         """Run every handler of the event in a Publish box."""

@@ -21,8 +21,9 @@ from nswarm import defaults
 from nswarm.amp_commands import Implement, Subscribe, Unimplement, Unsubscribe
 from nswarm.client import check_key
 from nswarm.config import ConfigError, path, read_client_config, read_secret_file
+from nswarm.failures import service_socket
 from nswarm.peercred import peer_credentials
-from nswarm.reconnect import reconnecting
+from nswarm.reconnect import Reconnecting
 from nswarm.requests import events_part, methods_part
 from nswarm.service_protocol import ServiceProtocol
 
@@ -38,6 +39,8 @@ class ServiceRunner(ClientFactory):
     """
 
     log = Logger()
+    #: No "Starting factory <... object at 0x...>" on every connection: the runner logs what it does itself.
+    noisy = False
 
     def __init__(self, service: Service, reactor: Any, key: bytes, heartbeat: float = defaults.HEARTBEAT) -> None:
         self.service = service
@@ -48,6 +51,8 @@ class ServiceRunner(ClientFactory):
         self.connection: ServiceProtocol | None = None
         self.client_service: ClientService | None = None
         self._waiting: list[Deferred[None]] = []
+        #: Whether the ClientService has taken the registered connection (it has, or there is none).
+        self._settled = True
         service.runner = self
 
     def buildProtocol(self, addr: Any) -> ServiceProtocol:
@@ -57,12 +62,13 @@ class ServiceRunner(ClientFactory):
 
     def start(self, socket: str, max_delay: float = defaults.SERVICE_RECONNECT_MAX_DELAY) -> ClientService:
         """Connect to the node's service server at UNIX socket C{socket}, and reconnect whenever it is lost."""
-        self.client_service = reconnecting(
+        self.client_service = Reconnecting(
             self.reactor,
             UNIXClientEndpoint(self.reactor, socket),
             self,
             self.register,
-            f"service {self.service.service_name!r} (check the socket path and the service auth key)",
+            f"service {self.service.service_name!r}",
+            service_socket(socket),
             max_delay,
         )
         self.client_service.startService()
@@ -118,9 +124,16 @@ class ServiceRunner(ClientFactory):
             implements=sorted(service.nswarm_methods),
             subscribes=sorted(service.nswarm_events),
         )
+        if self.client_service is not None:
+            # The ClientService takes the connection as this registration returns; until then it cannot stop.
+            self._settled = False
+            self.client_service.whenConnected().addBoth(self._settle)
         waiting, self._waiting = self._waiting, []
         for ready in waiting:
             ready.callback(None)
+
+    def _settle(self, _: object) -> None:
+        self._settled = True
 
     def lost(self, proto: ServiceProtocol) -> None:
         """C{proto}'s connection is gone; the ClientService reconnects."""
@@ -146,7 +159,19 @@ class ServiceRunner(ClientFactory):
         if service.nswarm_events:
             proto.register(Unsubscribe, list(service.nswarm_events), events_part).addErrback(lambda _: None)
         drained = proto.when_idle(drain_timeout)
-        return drained.addBoth(lambda _: client_service.stopService())
+        return drained.addBoth(lambda _: self._stop_reconnecting(client_service))
+
+    def _stop_reconnecting(self, client_service: ClientService) -> Deferred[None]:
+        """
+        Stop C{client_service}; if it has not yet taken the connection just
+        registered (L{stop} was called from a L{ready} callback, say), once
+        the reactor has let it.
+        """
+        if self._settled:
+            return client_service.stopService()
+        stopped: Deferred[None] = Deferred()
+        self.reactor.callLater(0, lambda: client_service.stopService().chainDeferred(stopped))
+        return stopped
 
 
 def check_node_peer(transport: Any) -> None:
@@ -183,12 +208,12 @@ def _where(transport: Any) -> str:
     return os.fsdecode(name) if name else "(unnamed)"
 
 
-class RunOptions(usage.Options):
-    """Options of L{nswarm.service.Service.main}."""
+class ServiceOptions(usage.Options):
+    """
+    The options every way of running a service takes (L{RunOptions},
+    C{twistd nswarm-service}): its node's socket, its key and its drain.
+    """
 
-    optFlags = [
-        ["json-log", None, "Log JSON events (one per line) to standard output instead of text, for log shippers"],
-    ]
     optParameters = [
         ["config", "c", None, "client.conf whose [service] section gives the socket and key file", path],
         ["socket", None, None, "UNIX socket of the node's service server", path],
@@ -210,6 +235,14 @@ class RunOptions(usage.Options):
             raise usage.UsageError("give --config DIR/client.conf, or --socket and --auth-key-file")
         self.socket: str = socket
         self.key = read_secret_file(key_file)
+
+
+class RunOptions(ServiceOptions):
+    """Options of L{nswarm.service.Service.main}."""
+
+    optFlags = [
+        ["json-log", None, "Log JSON events (one per line) to standard output instead of text, for log shippers"],
+    ]
 
 
 def run(cls: type[Service], argv: list[str] | None = None) -> None:

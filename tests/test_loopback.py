@@ -25,7 +25,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint, c
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 
 from nswarm import api
@@ -287,7 +287,7 @@ async def test_api_client_must_trust_the_master(cluster: Cluster, tmp_path: Path
     """An API user whose CA did not sign the master's certificate does not connect."""
     other = tmp_path / "other"
     init_cluster(other)
-    with pytest.raises((TLSError, ConnectionClosed)):
+    with pytest.raises(UpstreamUnavailable, match=r"the master's certificate at localhost:\d+ is not signed by the CA"):
         client = await api.connect(
             reactor,
             "localhost",
@@ -341,7 +341,7 @@ async def test_service_with_a_wrong_key_is_refused_and_the_node_stays_up(cluster
     refusals: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "nswarm.reconnecting":
+        if event.get("nswarm_event") == "connect_failed":
             refusals.append(event)
 
     globalLogPublisher.addObserver(observe)
@@ -350,6 +350,8 @@ async def test_service_with_a_wrong_key_is_refused_and_the_node_stays_up(cluster
         intruder.start(reactor, str(cluster.socket), b"not-the-service-key")
         await wait_until(lambda: refusals, "the refusal")
         assert "no service 'Echo' with this key in the access file" in refusals[0]["error"]
+        assert refusals[0]["cause"] == "authentication"
+        assert refusals[0]["reason"].startswith(f"the node's service server at {cluster.socket} refused this service")
         assert intruder.connection is None
         assert "echo" not in cluster.master.registry.methods()
     finally:
@@ -537,7 +539,7 @@ async def test_nswarm_clients_refuse_a_listener_without_an_aead_suite(
 
 @pytest_twisted.ensureDeferred
 async def test_the_master_from_nswarm_init_requires_an_api_users_certificate(cluster: Cluster) -> None:
-    with pytest.raises((TLSError, ConnectionClosed)):
+    with pytest.raises(UpstreamUnavailable, match="requires a certificate signed by the cluster's CA from this client"):
         client = await cluster.api(cert=None, cert_key=None)
         await client.close()
     await wait_until(lambda: not cluster.factories[1].connections, "the master to drop the connection")
@@ -576,11 +578,21 @@ async def test_a_real_node_socket_passes_the_services_peer_check(cluster: Cluste
 @pytest_twisted.ensureDeferred
 async def test_the_node_records_which_process_and_user_run_each_service(cluster: Cluster) -> None:
     """SO_PEERCRED: the node knows the pid and uid of a service at its socket, and logs them."""
-    service = await start_echo(cluster)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
     try:
-        (connection,) = [c for c in cluster.factories[2].connections if c.authenticated]
-        assert connection.credentials is not None
-        assert (connection.credentials.pid, connection.credentials.uid) == (os.getpid(), os.geteuid())
-        assert connection.address == f"pid {os.getpid()} (uid {os.geteuid()})"
+        service = await start_echo(cluster)
+        try:
+            (connection,) = [c for c in cluster.factories[2].connections if c.authenticated]
+            assert connection.credentials is not None
+            assert (connection.credentials.pid, connection.credentials.uid) == (os.getpid(), os.geteuid())
+            process = f"pid {os.getpid()} uid {os.geteuid()}"
+            assert connection.description == f"service 'Echo' ({process})"
+        finally:
+            await service.stop()
+        await wait_until(lambda: [e for e in events if e.get("nswarm_event") == "disconnected"], "the disconnection")
     finally:
-        await service.stop()
+        globalLogPublisher.removeObserver(events.append)
+    lines = {e["nswarm_event"]: formatEvent(e) for e in events if e.get("role") == "service" and "nswarm_event" in e}
+    assert lines["connected"] == f"service 'Echo' ({process}) connected from the service socket"
+    assert lines["disconnected"] == f"service 'Echo' ({process}) disconnected"

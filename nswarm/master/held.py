@@ -45,6 +45,10 @@ class HeldCalls:
     def __contains__(self, method: str) -> bool:
         return method in self._by_method
 
+    def queued(self) -> dict[str, int]:
+        """How many calls are held, by method."""
+        return {method: len(queue) for method, queue in self._by_method.items() if queue}
+
     def hold(self, method: str, held: Held) -> None:
         """Hold C{held}, a call to C{method}, behind those held before it."""
         self._by_method.setdefault(method, deque()).append(held)

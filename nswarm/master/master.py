@@ -6,8 +6,10 @@ a matching subscription. Calls that cannot go at once are held back.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
@@ -27,16 +29,20 @@ from nswarm.amp_commands import (
     AuthenticationFailed,
     Cancelled,
     DeadlineExceeded,
+    Implement,
     NoSuchMethod,
     NswarmError,
     Overloaded,
+    PermissionDenied,
 )
 from nswarm.identity import tls_identity
 from nswarm.master.held import Held, HeldCalls
+from nswarm.master.status import cluster_report
+from nswarm.relay.checks import check_rights, log_registration, routed_name, time_left
 from nswarm.relay.downstream import Downstream
-from nswarm.relay.protocol import RelayProtocol
-from nswarm.relay.relay import IRouter, Relay, check_rights, dispatch, log_registration, routed_name, time_left
+from nswarm.relay.relay import IRouter, Relay, dispatch
 from nswarm.relay.state import IClock, IPeer, Registry, Request
+from nswarm.status_commands import Status
 
 
 @implementer(IRouter)
@@ -59,10 +65,16 @@ class Master:
         self.clock = clock
         self.grace = grace
         self.registry: Registry[IPeer] = Registry()
-        self.relay = Relay(clock, self.registry, done=self._slot_freed)
+        self.relay = Relay(clock, self.registry, done=self._slot_freed, latencies=True)
         self.held = HeldCalls(queue_size)
         #: The connected nodes, by name.
         self.nodes: dict[str, IPeer] = {}
+        #: Every authenticated connection (nodes and API users).
+        self.peers: set[IPeer] = set()
+        self.started = clock.seconds()
+        #: The factories of its servers ("node", "api"), and where each listens ("HOST:PORT").
+        self.listeners: dict[str, Any] = {}
+        self.addresses: dict[str, str] = {}
         self._hold_timer: Any = None
 
     @property
@@ -79,6 +91,7 @@ class Master:
 
     def authenticated(self, peer: IPeer) -> None:
         """A node of the same name as a connected one replaces it: the old connection is stale."""
+        self.peers.add(peer)
         if peer.role != "node" or not peer.name:
             return
         stale = self.nodes.get(peer.name)
@@ -89,6 +102,7 @@ class Master:
 
     def lost(self, peer: IPeer) -> None:
         """Forget C{peer}: its node entry, the calls it had held, its registrations; fail what is pending on it."""
+        self.peers.discard(peer)
         if self.nodes.get(peer.name) is peer:
             del self.nodes[peer.name]
         self.held.drop_caller(peer)
@@ -173,8 +187,10 @@ class Master:
 
     def cancel(self, caller: IPeer, caller_tag: bytes) -> None:
         """Cancel a held call here, or a forwarded one downstream."""
-        if self.held.cancel(caller, caller_tag) is not None:
+        held = self.held.cancel(caller, caller_tag)
+        if held is not None:
             caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
+            self.relay.count_refused(held.box, Cancelled.code)
             return
         self.relay.cancel(caller, caller_tag)
 
@@ -208,6 +224,7 @@ class Master:
             left = held.deadline - self.clock.seconds()
             if left <= 0:
                 held.caller.send_error(held.box[ASK], DeadlineExceeded(f"{method!r} waited past its deadline"))
+                self.relay.stats.failed(method, DeadlineExceeded.code)
             elif held.caller.alive:
                 held.box[TIMEOUT] = repr(left).encode("ascii")
                 dispatch(self, held.caller, CALL, held.box)
@@ -227,6 +244,7 @@ class Master:
             else:
                 error = self._no_such_method(method)
             held.caller.send_error(held.box[ASK], error)
+            self.relay.count_refused(held.box, error.code)
         self._watch_held()
 
 
@@ -258,18 +276,22 @@ class NodeServerProtocol(Downstream):
         if name is None:
             raise AuthenticationFailed(
                 "the certificate this node presented names no node (nswarm://node/NAME): "
-                "issue it one with 'nswarm issue node NAME' and give it as node-cert"
+                "issue it one with 'nswarm issue node NAME' and give it as node-cert (this is the master's node server)"
             )
         if claimed and claimed != name:
             raise AuthenticationFailed(
-                f"this node's certificate names node {name!r}, not {claimed!r}: "
-                "set the node's name to the one in its certificate, or issue it one ('nswarm issue node NAME')"
+                f"this node's certificate names node {name!r}, not {claimed!r}: set the node's name to the one in "
+                "its certificate, or issue it one ('nswarm issue node NAME') (this is the master's node server)"
             )
         return name
 
 
-class ApiServerProtocol(RelayProtocol):
-    """An API user's connection to the master's api server: it may call and publish."""
+class ApiServerProtocol(Downstream):
+    """
+    An API user's connection to the master's api server: it may call,
+    publish and subscribe (events come to it as to a node, within its
+    subscriber buffer), but not implement.
+    """
 
     role = "api user"
     caller_role = "api"
@@ -277,12 +299,32 @@ class ApiServerProtocol(RelayProtocol):
     #: Reads the name the peer's certificate gives a role (replaced in in-memory tests).
     certificate_identity = staticmethod(tls_identity)
 
+    @Implement.responder
+    def _implement(
+        self, methods: list[str], idempotent: list[str] | None = None, limits: list[int] | None = None
+    ) -> Any:
+        raise PermissionDenied(
+            f"{self.description} may not implement methods: an API user calls, publishes and subscribes; "
+            "to implement methods, run a service beside a node"
+        )
+
+    @Status.responder
+    def status(self) -> Deferred[dict[str, bytes]]:
+        """The cluster's status document, for an API user with the admin right."""
+        if not self.rights.admin:
+            where = self.access.source if self.access is not None else "the access file"
+            raise PermissionDenied(
+                f"{self.description} may not query the cluster's status: set 'admin = yes' in "
+                f"[api {self.name or '*'}] of {where}, and reload the master"
+            )
+        return cluster_report(self.router).addCallback(lambda document: {"document": json.dumps(document).encode()})
+
     def identify(self, claimed: str | None) -> str:
         """The API user's name: the one its certificate gives, if it presented one naming an API user."""
         named = self.certificate_identity(self.transport, "api")
         if named is not None and claimed and claimed != named:
             raise AuthenticationFailed(
                 f"this API user's certificate names {named!r}, not {claimed!r}: connect with the name in the "
-                "certificate, or use that user's certificate"
+                "certificate, or use that user's certificate (this is the master's api server)"
             )
         return named or claimed or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import (
@@ -22,6 +22,8 @@ from nswarm.config import (
     DaemonOptions,
     connection_settings,
     count,
+    http_parameters,
+    http_token,
     limit_parameters,
     load_access,
     non_negative,
@@ -35,6 +37,7 @@ from nswarm.relay.listener import GuardedEndpoint, listening_service
 from nswarm.relay.protocol import RelayFactory, RelayService
 from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import server_options
+from nswarm.web.site import has_port, http_service, master_site
 
 log = Logger()
 
@@ -66,7 +69,13 @@ class Options(DaemonOptions):
         *secret_parameters("api-auth-key", "key API users authenticate with, if there is no access file"),
         ["access", None, None, "Access file: the API users and nodes that may connect, and their rights", path],
         ["auth-timeout", None, str(defaults.AUTH_TIMEOUT), "Seconds a connection may take to authenticate", positive],
-        ["ports-file", None, None, "Write the bound ports here once listening ('node PORT', 'api PORT')", path],
+        [
+            "ports-file",
+            None,
+            None,
+            "Write the bound ports here once listening ('node PORT', 'api PORT', 'http PORT')",
+            path,
+        ],
         [
             "heartbeat",
             None,
@@ -89,6 +98,7 @@ class Options(DaemonOptions):
             "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
             non_negative,
         ],
+        *http_parameters(),
     ]
 
     def postOptions(self) -> None:
@@ -101,6 +111,7 @@ class Options(DaemonOptions):
         self.api_auth_key = self.secret("api-auth-key") if given or self.access is None else None
         self.node_tls = server_options(self["node-cert"], self["node-cert-key"], client_ca=self["ca"])
         self.api_tls = server_options(self["api-cert"], self["api-cert-key"], client_ca=self["api-client-ca"])
+        self.http_token = http_token(self)
 
 
 class PortsFile:
@@ -124,10 +135,11 @@ class PortsFile:
 class _Announced:
     """An endpoint that logs, and records in the ports file, where it listens."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, name: str, ports: PortsFile) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, name: str, ports: PortsFile, master: Master) -> None:
         self.endpoint = endpoint
         self.name = name
         self.ports = ports
+        self.master = master
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def bound(listening: IListeningPort) -> IListeningPort:
@@ -140,9 +152,23 @@ class _Announced:
                 nswarm_event="listening",
             )
             self.ports.bound(self.name.split()[0], address.port)
+            self.master.addresses[self.name.split()[0]] = f"{address.host}:{address.port}"
             return listening
 
         return self.endpoint.listen(factory).addCallback(bound)
+
+
+def http_server(options: Options, master: Master, ports: PortsFile, reactor: Any) -> Service:
+    """The HTTP listener (C{--http}): metrics, status and dashboard; its port goes in the ports file as C{http}."""
+
+    def bound(address: Any) -> None:
+        port = getattr(address, "port", None)
+        if port is not None:
+            master.addresses["http"] = f"{address.host}:{port}"
+            if "http" in ports.ports:
+                ports.bound("http", port)
+
+    return http_service(reactor, options["http"], master_site(master, options.http_token), bound)
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -150,7 +176,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     master = Master(reactor, grace=options["grace"], queue_size=options["queue-size"])
-    ports = PortsFile(options["ports-file"], ["node", "api"])
+    ports = PortsFile(options["ports-file"], ["node", "api"] + (["http"] if has_port(options["http"]) else []))
     top = MultiService()
     RelayService(master).setServiceParent(top)
     servers = [
@@ -162,9 +188,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         endpoint = GuardedEndpoint(TCP4ServerEndpoint(reactor, number, interface=options["interface"]), tls)
         factory = RelayFactory(protocol, master, reactor, key, **connection_settings(options))
         factories.append(factory)
-        server = listening_service(_Announced(endpoint, name, ports), factory)
+        master.listeners[name.split()[0]] = factory
+        server = listening_service(_Announced(endpoint, name, ports, master), factory)
         server.setName(name)
         server.setServiceParent(top)
     if options["access"]:
         AccessReloader(options["access"], factories, reactor).setServiceParent(top)
+    if options["http"]:
+        http_server(options, master, ports, reactor).setServiceParent(top)
     return top

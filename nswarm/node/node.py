@@ -20,8 +20,9 @@ from nswarm.access import ALL
 from nswarm.amp_commands import CALL, EVENT, EXCLUDE, METHOD, NoSuchMethod, Overloaded
 from nswarm.node.upstream import Upstream
 from nswarm.peercred import PeerCredentials, peer_credentials
+from nswarm.relay.checks import check_rights, log_registration, routed_name
 from nswarm.relay.downstream import Downstream
-from nswarm.relay.relay import IRouter, Relay, check_rights, log_registration, routed_name
+from nswarm.relay.relay import IRouter, Relay
 from nswarm.relay.state import IPeer, Registry, Request
 
 
@@ -39,6 +40,10 @@ class Node:
         self.relay = Relay(clock, self.registry, done=self._request_done)
         self.upstream = Upstream(name, self.registry)
         self._drained: list[Deferred[None]] = []
+        #: The services connected now (authenticated).
+        self.services: set[IPeer] = set()
+        #: The factory of its service server, as "service" (for the metrics: its failed authentications).
+        self.listeners: dict[str, Any] = {}
 
     @property
     def pending(self) -> Any:
@@ -53,6 +58,7 @@ class Node:
 
     def authenticated(self, peer: IPeer) -> None:
         """A service has connected (the upstream's own authentication is its own)."""
+        self.services.add(peer)
 
     def lost(self, peer: IPeer) -> None:
         """The upstream, or a service, is gone: forget it and fail what is pending on it."""
@@ -60,6 +66,7 @@ class Node:
             self.upstream.lost()
             self.relay.lost(peer)
             return
+        self.services.discard(peer)
         methods = self.registry.methods_of(peer)
         _, events = self.registry.remove(peer)
         self.log.info(
@@ -195,11 +202,18 @@ class ServiceServerProtocol(Downstream):
     credentials: PeerCredentials | None = None
 
     @property
+    def description(self) -> str:
+        """How logs and error messages name this service: with its process ("service 'Echo' (pid 7 uid 1000)")."""
+        if self.credentials is None:
+            return super().description
+        return f"{super().description} (pid {self.credentials.pid} uid {self.credentials.uid})"
+
+    @property
     def address(self) -> Any:
-        """The service's process, for logs: its pid and uid."""
+        """Where the service is, for logs: the service socket (its description gives its process)."""
         if self.credentials is None:
             return super().address
-        return f"pid {self.credentials.pid} (uid {self.credentials.uid})"
+        return "the service socket"
 
     def connectionMade(self) -> None:
         try:

@@ -20,6 +20,8 @@ from nswarm.config import (
     boolean,
     connection_settings,
     file_mode,
+    http_parameters,
+    http_token,
     limit_parameters,
     load_access,
     non_negative,
@@ -28,6 +30,7 @@ from nswarm.config import (
     positive,
     secret_parameters,
 )
+from nswarm.failures import node_server
 from nswarm.identity import certificate_identities
 from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
@@ -35,6 +38,7 @@ from nswarm.relay.listener import GuardedEndpoint, listening_service
 from nswarm.relay.protocol import RelayFactory, RelayService
 from nswarm.relay.reloading import AccessReloader
 from nswarm.tls import client_options
+from nswarm.web.site import http_service, node_site
 
 
 class Options(DaemonOptions):
@@ -104,6 +108,7 @@ class Options(DaemonOptions):
             "While the master is unreachable, serve calls this node implements itself",
             boolean,
         ],
+        *http_parameters(),
     ]
 
     def postOptions(self) -> None:
@@ -117,6 +122,7 @@ class Options(DaemonOptions):
         self["name"] = certified_name(self["node-cert"], self["name"])
         self.upstream_tls = client_options(self["upstream-host"], self["ca"], self["node-cert"], self["node-cert-key"])
         socket_directory(self["service-socket"])
+        self.http_token = http_token(self)
 
 
 def socket_directory(socket_path: str) -> str:
@@ -193,9 +199,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = NodeService(node, options["drain-timeout"])
     RelayService(node).setServiceParent(top)
 
+    host, port = options["upstream-host"], options["upstream-port"]
     upstream = node.upstream.service(
         reactor,
-        SSL4ClientEndpoint(reactor, options["upstream-host"], options["upstream-port"], options.upstream_tls),
+        SSL4ClientEndpoint(reactor, host, port, options.upstream_tls, timeout=defaults.CONNECT_TIMEOUT),
+        node_server(host, port, options["ca"]),
         RelayFactory(
             UpstreamProtocol,
             node,
@@ -219,6 +227,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     services = listening_service(GuardedEndpoint(endpoint), factory)
     services.setName("service server")
     services.setServiceParent(top)
+    node.listeners["service"] = factory
+    if options["http"]:
+        http_service(reactor, options["http"], node_site(node, options.http_token)).setServiceParent(top)
     if options["access"]:
         AccessReloader(options["access"], [factory], reactor).setServiceParent(top)
     return top

@@ -11,6 +11,7 @@ the sum of theirs (none if one has none).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -21,10 +22,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm.amp_commands import Authenticate, Implement, Subscribe, Unimplement, Unsubscribe, UpstreamUnavailable
-from nswarm.reconnect import reconnecting
+from nswarm.failures import Target
+from nswarm.node.status import node_report
+from nswarm.reconnect import Reconnecting
 from nswarm.relay.protocol import RelayFactory, RelayProtocol
 from nswarm.relay.state import IPeer, Registry
 from nswarm.requests import events_part, first_error, methods_part
+from nswarm.status_commands import NodeStatus
 
 log = Logger()
 
@@ -33,6 +37,11 @@ class UpstreamProtocol(RelayProtocol):
     """The node's connection to the master's node server."""
 
     role = "master"
+
+    @NodeStatus.responder
+    def node_status(self) -> dict[str, bytes]:
+        """The master asks for this node's part of the cluster's status."""
+        return {"document": json.dumps(node_report(self.router)).encode()}
 
     def became_upstream(self, upstream: Upstream) -> Deferred[Any]:
         """
@@ -59,19 +68,18 @@ class Upstream:
         self,
         reactor: Any,
         endpoint: IStreamClientEndpoint,
+        target: Target,
         factory: RelayFactory,
         key: bytes,
         max_delay: float,
     ) -> ClientService:
-        """A ClientService that keeps this upstream connected and authenticated through C{endpoint}."""
-        return reconnecting(
-            reactor,
-            endpoint,
-            factory,
-            self.authenticate(key),
-            f"node {self.name!r} (check upstream-host, upstream-port, upstream-auth-key-file, node-cert and ca)",
-            max_delay,
-        )
+        """
+        A ClientService that keeps this upstream connected and authenticated
+        through C{endpoint}, to the master's node server at C{target} (which
+        its log lines name, with the cause of each failed attempt).
+        """
+        prepare = self.authenticate(key)
+        return Reconnecting(reactor, endpoint, factory, prepare, f"node {self.name!r}", target, max_delay)
 
     def authenticate(self, key: bytes) -> Any:
         """

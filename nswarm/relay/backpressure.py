@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from nswarm import defaults
 from nswarm.boxes import serialize
-from nswarm.framing import no_delay
+from nswarm.sockets import no_delay
 
 
 @implementer(IPushProducer)
@@ -40,6 +40,8 @@ class Backpressure:
     backlog = 0
     #: Events dropped because this peer was not reading them.
     events_dropped = 0
+    #: Events written while its buffer was full: lost if the connection closes before it drains.
+    events_waiting = 0
     _socket: Any = None
     _overflowed = False
     _reading_paused = False
@@ -78,6 +80,7 @@ class Backpressure:
         """The socket's send buffer has drained: read from the peer again."""
         self.paused = False
         self.backlog = 0
+        self.events_waiting = 0
         if self._socket.disconnecting:
             # A closing transport resumes a paused producer, instead of
             # closing, once its buffer has drained: let it close.
@@ -150,6 +153,7 @@ class Backpressure:
         """Write an already serialised box (an event) unless the connection is gone."""
         if self.transport is not None:
             if self.paused:
+                self.events_waiting += 1
                 self._buffered(len(data))
             self.transport.write(data)
 

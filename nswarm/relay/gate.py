@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from nswarm import defaults
 from nswarm.access import ALL, Access, Rights
 from nswarm.amp_commands import AuthenticationFailed, PermissionDenied
+from nswarm.failures import this_is
 from nswarm.relay.throttle import Quieter, Throttle
 
 
@@ -101,22 +102,26 @@ class Gate:
         access, role = self.access, self.access_role
         if access is None or role is None:
             if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
-                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+                raise AuthenticationFailed(
+                    f"wrong {self.role} auth key: check the key file this client uses {this_is(self.role)}"
+                )
             return ALL
         identity = access.find(role, name)
         if role == "node":
             if self._auth_key is None or not hmac.compare_digest(key, self._auth_key):
-                raise AuthenticationFailed(f"wrong {self.role} auth key: check the key file this client uses")
+                raise AuthenticationFailed(
+                    f"wrong {self.role} auth key: check the key file this client uses {this_is(self.role)}"
+                )
             if identity is None:
                 raise AuthenticationFailed(
                     f"node {name!r} is not in the access file {access.source}: add a section [node {name}] "
-                    "(see docs/access.md) and reload the master"
+                    f"(see docs/access.md) and reload the master {this_is(self.role)}"
                 )
             return identity.rights
         if identity is None or not identity.key_matches(key):
             raise AuthenticationFailed(
                 f"no {self.role} {name!r} with this key in the access file: check the name and the key file "
-                "this client uses"
+                f"this client uses {this_is(self.role)}"
             )
         return identity.rights
 

@@ -32,6 +32,8 @@ class Gather:
     calls_in_flight = 0
     rights = ALL
     paused = False
+    calls_handled = 0
+    call_errors = None
 
     def __init__(self, tag: bytes, caller: IPeer, count: int, finished: Callable[[], Any]) -> None:
         self.tag = tag

@@ -21,7 +21,7 @@ COMPACT_SLACK = 64
 class Request(Generic[P]):
     """A request a relay forwarded: where it went, where it came from, and when it expires."""
 
-    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry", "idempotent")
+    __slots__ = ("callee", "tag", "caller", "caller_tag", "expires", "method", "retry", "idempotent", "sent")
 
     def __init__(
         self,
@@ -33,6 +33,7 @@ class Request(Generic[P]):
         method: str | None = None,
         retry: Any = None,
         idempotent: bool = False,
+        sent: float = 0.0,
     ) -> None:
         self.callee = callee
         self.tag = tag
@@ -45,6 +46,8 @@ class Request(Generic[P]):
         self.retry = retry
         #: Whether the call may run again elsewhere after its implementer was lost mid-call.
         self.idempotent = idempotent
+        #: When it was sent on (for the latency of the answer).
+        self.sent = sent
 
 
 class PendingCalls(Generic[P]):
@@ -162,6 +165,15 @@ class PendingCalls(Generic[P]):
         """How many calls to C{method} C{callee} has not answered yet (counted: only limits need it)."""
         pending = self._by_callee.get(callee)
         return sum(1 for request in pending.values() if request.method == method) if pending else 0
+
+    def by_method(self) -> dict[str, int]:
+        """How many calls are pending, by method (counted: for the status only)."""
+        counts: dict[str, int] = {}
+        for pending in self._by_callee.values():
+            for request in pending.values():
+                if request.method is not None:
+                    counts[request.method] = counts.get(request.method, 0) + 1
+        return counts
 
     def __len__(self) -> int:
         return self._count

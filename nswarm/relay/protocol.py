@@ -42,12 +42,14 @@ from nswarm.amp_commands import (
     UpstreamUnavailable,
 )
 from nswarm.boxes import error_box
+from nswarm.failures import address_text, this_is
 from nswarm.framing import FastBoxes
 from nswarm.relay.backpressure import Backpressure
 from nswarm.relay.gate import Gate, Guards
 from nswarm.relay.relay import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer
 from nswarm.requests import Requests
+from nswarm.sockets import socket_counters
 
 #: The routed commands that are calls (and count against calls-in-flight).
 CALLS = frozenset({CALL, CALL_ALL})
@@ -72,6 +74,11 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
     #: The most methods a peer that registers may implement, and patterns it may subscribe to.
     max_methods = defaults.METHODS_PER_CONNECTION
     max_patterns = defaults.PATTERNS_PER_CONNECTION
+    #: When it authenticated.
+    connected_at = 0.0
+    #: Calls it answered (as an implementer), and of those the failed ones by error code (None: none yet).
+    calls_handled = 0
+    call_errors: dict[str, int] | None = None
 
     def __init__(
         self,
@@ -127,6 +134,10 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         """The peer's address, for logs."""
         return self.transport.getPeer() if self.transport is not None else None
 
+    def _peer(self) -> str:
+        """The peer, for logs: who it is and where ("api user 'bob' at 10.0.0.5:51234"), never an object's repr."""
+        return f"{self.description} at {address_text(self.address)}"
+
     def connectionMade(self) -> None:
         super().connectionMade()
         if isinstance(self.factory, RelayFactory):
@@ -141,7 +152,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
     def _authentication_timed_out(self) -> None:
         self._auth_timer = None
         self.log.info(
-            "closing {peer}: no authentication within {timeout}s", peer=self.address, timeout=self._auth_timeout
+            "closing {peer}: no authentication within {timeout}s", peer=self._peer(), timeout=self._auth_timeout
         )
         self.close_connection(abort=True)
 
@@ -159,7 +170,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._refused(source, now, "has failed to authenticate too often")
             raise AuthenticationFailed(
                 f"too many failed authentications from {source}: wait {throttle.retry_after(source, now):.0f} s, "
-                "and check the key file this client uses"
+                f"and check the key file this client uses {this_is(self.role)}"
             )
         try:
             identified = self.identify(name)
@@ -172,6 +183,8 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.authenticated = True
+        self.connected_at = self.heard_at = now
+        self.traffic = socket_counters(self.transport)
         self._limit_boxes(self.max_payload)
         self.name = identified
         self.rights = rights
@@ -180,7 +193,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         self.log.info(
             "{peer} connected from {address}",
             peer=self.description,
-            address=str(self.address),
+            address=address_text(self.address),
             nswarm_event="connected",
             role=self.role,
             name=self.name,
@@ -249,7 +262,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
                 self.fail_request(tag, error)
 
     def _refuse(self, box: amp.AmpBox) -> None:
-        self.log.info("closing {peer}: it sent a command before authenticating", peer=self.address)
+        self.log.info("closing {peer}: it sent a command before authenticating", peer=self._peer())
         tag = box.get(ASK)
         if tag is not None:
             self.send(error_box(tag, NotAuthenticated("authenticate first: send Authenticate with the auth key")))
@@ -286,12 +299,18 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._refused(source, now, "closed the connection without authenticating (counted as a failure)")
         super().connectionLost(reason)
         self.fail_requests(reason)
+        waiting = self.events_waiting if self.paused else 0
+        self.events_dropped += waiting
+        self.relay.stats.lost(self.role, self.traffic, waiting)
         if self.authenticated:
             self.router.lost(self)
 
 
 class RelayFactory(Factory):
     """Builds the connections of one relay listener (or the node's upstream)."""
+
+    #: No "Starting factory <... object at 0x...>" as a listener starts or the upstream connects: nswarm logs those.
+    noisy = False
 
     def __init__(
         self,

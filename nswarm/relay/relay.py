@@ -15,7 +15,7 @@ reactor: peers are L{IPeer}s and time comes from an L{IClock}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from twisted.logger import Logger
@@ -31,6 +31,7 @@ from nswarm.amp_commands import (
     ERROR,
     ERROR_CODE,
     ID,
+    METHOD,
     PUBLISH,
     TIMEOUT,
     Cancelled,
@@ -43,10 +44,11 @@ from nswarm.amp_commands import (
     Overloaded,
 )
 from nswarm.boxes import remote_error, serialize
-from nswarm.defaults import CALL_TIMEOUT, LOGGED_NAMES, MAX_CALL_TIMEOUT, SWEEP_INTERVAL
+from nswarm.defaults import MAX_CALL_TIMEOUT, SWEEP_INTERVAL
+from nswarm.relay.checks import time_left
 from nswarm.relay.gather import Gather
-from nswarm.relay.names import check_event, check_name
 from nswarm.relay.state import IClock, IPeer, PendingCalls, Registry, Request
+from nswarm.relay.stats import OTHER, Stats
 
 log = Logger()
 
@@ -112,67 +114,12 @@ def dispatch(router: Any, peer: IPeer, command: bytes, box: amp.AmpBox) -> None:
         else:
             router.cancel(peer, box.get(ID, b""))
     except NswarmError as error:
+        if command == CALL or command == CALL_ALL:
+            router.relay.count_refused(box, error.code)
         peer.send_error(box.get(ASK), error)
     except Exception:
         log.failure("routing a {command} from {peer} failed", command=command.decode("ascii"), peer=peer.description)
         peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
-
-
-def time_left(box: amp.AmpBox) -> float:
-    """
-    The seconds left before the deadline of the request in C{box}; a box
-    without one gets the default, which is written into it for the next hops.
-    """
-    raw = box.get(TIMEOUT)
-    if raw is None:
-        box[TIMEOUT] = repr(CALL_TIMEOUT).encode("ascii")
-        return CALL_TIMEOUT
-    try:
-        left = float(raw)
-    except ValueError:
-        raise InvalidRequest("the call's timeout is not a number: send seconds, such as 5.0")
-    if not 0 < left <= MAX_CALL_TIMEOUT:
-        if left <= 0:
-            raise DeadlineExceeded("the call's deadline had passed when it reached this relay")
-        raise InvalidRequest(f"the call's timeout must be at most {MAX_CALL_TIMEOUT:g} seconds")
-    return left
-
-
-def routed_name(box: amp.AmpBox, key: bytes, kind: str, known: Container[str] = ()) -> str:
-    """
-    The method or event name a relay routes C{box} on, or L{InvalidRequest}.
-    A name in C{known} (registered, so checked already) is not checked again.
-    """
-    try:
-        name = box[key].decode("utf-8")
-        if name in known:
-            return name
-        return check_event(name) if kind == "event" else check_name(kind, name)
-    except (KeyError, UnicodeDecodeError):
-        raise InvalidRequest(f"the {kind} name is missing or not UTF-8: send it as AMP Unicode")
-
-
-def check_rights(peer: IPeer, action: str, names: list[str]) -> None:
-    """Raise the peer's L{nswarm.amp_commands.PermissionDenied} unless it may C{action} every one of C{names}."""
-    for name in names:
-        if not peer.may(action, name):
-            raise peer.refuse(action, name)
-
-
-def log_registration(peer: IPeer, action: str, names: list[str]) -> None:
-    """Log that C{peer} C{action} ("implements", "withdraws", ...) C{names}: a count and the first few."""
-    if names:
-        shown = ", ".join(names[:LOGGED_NAMES]) + (", ..." if len(names) > LOGGED_NAMES else "")
-        log.info(
-            "{peer} {action} {count} name(s): {shown}",
-            peer=peer.description,
-            action=action,
-            count=len(names),
-            shown=shown,
-            nswarm_event="registration",
-            role=peer.role,
-            name=peer.name,
-        )
 
 
 def _nothing(request: Request[IPeer]) -> None:
@@ -186,7 +133,8 @@ class Relay:
     down (or, if idempotent, lost); scatter-gather; fanning events out; and
     failing at once the requests pending on a lost peer. C{done} is told of
     every request that leaves L{pending} (answered, lost, cancelled or
-    expired): a slot it held is free.
+    expired): a slot it held is free. With C{latencies}, L{stats} measures
+    how long each call took to be answered.
     """
 
     def __init__(
@@ -194,6 +142,7 @@ class Relay:
         clock: IClock,
         registry: Registry[IPeer],
         done: Callable[[Request[IPeer]], None] = _nothing,
+        latencies: bool = False,
     ) -> None:
         self.clock = clock
         self.registry = registry
@@ -202,6 +151,20 @@ class Relay:
         #: The call_all requests being gathered, by caller and caller tag.
         self.gathers: dict[tuple[IPeer, bytes], Gather] = {}
         self._sweeper: Any = None
+        #: What it counted: calls by method and outcome, latencies, events (see L{nswarm.relay.stats}).
+        self.stats = Stats(clock if latencies else None)
+
+    def count_refused(self, box: amp.AmpBox, code: bytes) -> None:
+        """
+        A call in C{box} was refused before it was sent on (with error
+        C{code}): counted under its method if that is implemented here, else
+        under L{OTHER} (so that names nobody implements cannot crowd the metrics).
+        """
+        try:
+            method = box[METHOD].decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            method = OTHER
+        self.stats.failed(method if self.registry.implemented(method) else OTHER, code)
 
     def choose(self, method: str, exclude: IPeer | None = None) -> IPeer | None:
         """The implementer of C{method} with the fewest calls in flight that is below its limit."""
@@ -238,9 +201,9 @@ class Relay:
             tag = callee.next_tag()
             registry = self.registry
             idempotent = bool(registry.idempotent) and method is not None and registry.is_idempotent(callee, method)
-            expires = self.clock.seconds() + left
+            now = self.clock.seconds()
             retry = box if method else None
-            self.pending.add(Request(callee, tag, caller, caller_tag, expires, method, retry, idempotent))
+            self.pending.add(Request(callee, tag, caller, caller_tag, now + left, method, retry, idempotent, now))
             box[ASK] = tag
             if self._sweeper is None:
                 self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
@@ -259,8 +222,15 @@ class Relay:
             if code in _NOT_RUN or (code == ImplementerLost.code and request.idempotent):
                 self._retry(request, cast(NswarmError, remote_error(box)))
                 return True
-        box[ANSWER if ANSWER in box else ERROR] = request.caller_tag
+        if ANSWER in box:
+            box[ANSWER] = request.caller_tag
+            code = None
+        else:
+            box[ERROR] = request.caller_tag
+            code = box.get(ERROR_CODE, b"UNKNOWN")
         request.caller.send(box)
+        if request.method is not None:
+            self.stats.answered(request.method, callee, code, request.sent)
         self._finished(request)
         return True
 
@@ -275,6 +245,7 @@ class Relay:
         if request is not None:
             request.callee.send_cancel(request.tag)
             caller.send_error(caller_tag, Cancelled("the caller cancelled the call"))
+            self._count(request, Cancelled.code)
             self._finished(request)
 
     def gather(self, caller: IPeer, box: amp.AmpBox, callees: list[IPeer], command: bytes) -> None:
@@ -304,9 +275,15 @@ class Relay:
         """
         box.pop(ASK, None)
         data = serialize(box)
+        delivered = dropped = 0
         for peer in peers:
-            if peer is not exclude and (not peer.paused or peer.may_buffer(len(data))):
-                peer.write(data)
+            if peer is not exclude:
+                if not peer.paused or peer.may_buffer(len(data)):
+                    peer.write(data)
+                    delivered += 1
+                else:
+                    dropped += 1
+        self.stats.fanned_out(delivered, dropped)
 
     def lost(self, peer: IPeer) -> None:
         """
@@ -323,12 +300,18 @@ class Relay:
                 self._retry(request, error)
             else:
                 request.caller.send_error(request.caller_tag, error)
+                self._count(request, error.code)
                 self._finished(request)
         for request in asked_by:
             request.callee.send_cancel(request.tag)
             self._finished(request)
         for key in [key for key in self.gathers if key[0] is peer]:
             self._drop_gather(self.gathers.pop(key))
+
+    def _count(self, request: Request[IPeer], code: bytes) -> None:
+        """C{request} ended here with error C{code}: count it under its method (if a call)."""
+        if request.method is not None:
+            self.stats.failed(request.method, code)
 
     def _finished(self, request: Request[IPeer]) -> None:
         """C{request} left L{pending}: its caller has a slot free again (see L{IPeer.cap})."""
@@ -356,6 +339,7 @@ class Relay:
                 DeadlineExceeded(f"{request.callee.description} did not answer before the deadline: it was cancelled"),
             )
             request.callee.send_cancel(request.tag)
+            self._count(request, DeadlineExceeded.code)
             self._finished(request)
         if len(self.pending):
             self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
@@ -377,6 +361,7 @@ class Relay:
                 self.forward(request.caller, box, other)
                 return
         request.caller.send_error(request.caller_tag, error)
+        self._count(request, error.code)
 
     def _drop_gather(self, gather: Gather) -> None:
         """Cancel what is left of C{gather} downstream."""

@@ -37,6 +37,8 @@ class IPeer(Interface):
     calls_in_flight = Attribute("The most requests it may have pending at once (0: no limit).")
     rights = Attribute("What it may do (a L{nswarm.access.Rights}; L{nswarm.access.ALL} for every right).")
     paused = Attribute("Whether its transport's buffer is full (it is not reading): events may be dropped for it.")
+    calls_handled = Attribute("Calls it answered as an implementer (counted by the relay).")
+    call_errors = Attribute("Of those, the failed ones by error code (a dict, or None for none yet).")
 
     def next_tag() -> bytes:
         """A new C{_ask} tag for a request sent to this peer, unique on its connection."""
@@ -209,6 +211,14 @@ class Registry(Generic[P]):
     def methods_of(self, peer: P) -> list[str]:
         """The methods C{peer} implements."""
         return list(self._methods.names.get(peer, ()))
+
+    def patterns_of(self, peer: P) -> list[str]:
+        """The event patterns C{peer} subscribes to."""
+        return list(self._events.names.get(peer, ()))
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Each pattern somebody subscribes to, with how many peers do."""
+        return {pattern: len(peers) for pattern, peers in self._events.peers.items() if peers}
 
     def implementers(self, method: str) -> list[P]:
         """Every peer that implements C{method}."""

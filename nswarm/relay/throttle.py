@@ -31,6 +31,8 @@ class Throttle:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         #: Connections per source that are open and have not yet authenticated (nor failed).
         self._pending: dict[str, int] = {}
+        #: Failed authentications counted, in all.
+        self.failures = 0
 
     def _tokens(self, source: str, now: float) -> float:
         tokens, when = self._buckets.get(source, (float(self.burst), now))
@@ -63,6 +65,7 @@ class Throttle:
 
     def failed(self, source: str, now: float) -> None:
         """C{source} failed to authenticate: it spends one token."""
+        self.failures += 1
         tokens = max(0.0, self._tokens(source, now) - 1.0)
         self._buckets[source] = (tokens, now)
         self._buckets.move_to_end(source)

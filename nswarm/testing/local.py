@@ -104,6 +104,21 @@ class LocalCluster:
         """The port the master's api server listens on (chosen by the system)."""
         return self._port("api")
 
+    def running_client_config(self) -> Path:
+        """
+        A copy of L{client_config} with the api port the master really
+        listens on (C{running-client.conf}), for the C{nswarm} commands.
+        """
+        import configparser
+
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(self.client_config, encoding="utf-8")
+        parser["api"]["port"] = str(self.api_port)
+        path = self.directory / "running-client.conf"
+        with open(path, "w", encoding="utf-8") as out:
+            parser.write(out)
+        return path
+
     def _port(self, server: str) -> int:
         if server not in self._ports:
             raise ClusterError("the master is not running: call start_master() first")

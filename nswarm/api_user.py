@@ -1,0 +1,134 @@
+"""
+What an API user does besides calling and publishing: subscribing to
+events, which the master delivers with the same slow-subscriber protection
+as to nodes (and only for patterns its access file lets it subscribe to),
+and querying the cluster's status (with the admin right). Mixed into
+L{nswarm.api.APIClient}::
+
+    async def show(event, payload):
+        print(event, payload)
+
+    subscription = await client.subscribe("orders.*", show)
+    ...
+    await subscription.cancel()
+    print(await client.status())
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from nswarm.amp_commands import NswarmError, Publish, Subscribe, Unsubscribe
+from nswarm.codec import decode
+from nswarm.relay.names import check_pattern, matches
+from nswarm.status_commands import Status
+
+#: A handler of events: called with the event's name and its payload; may return a Deferred or be async.
+Handler = Callable[[str, Any], Any]
+
+
+class Subscription:
+    """One handler subscribed to one pattern; L{cancel} ends it."""
+
+    def __init__(self, user: APIUser, pattern: str, handler: Handler) -> None:
+        self.user = user
+        self.pattern = pattern
+        self.handler = handler
+
+    def cancel(self) -> Deferred[None]:
+        """Stop calling this handler (the master stops sending once no handler of the pattern is left)."""
+        return self.user.unsubscribe(self.pattern, self.handler)
+
+
+class APIUser(amp.CommandLocator):
+    """
+    Mix in before L{nswarm.client.ClientProtocol}: subscriptions and the
+    status query. (A C{CommandLocator}, so that its responder is its own.)
+    """
+
+    log = Logger()
+    request: Any
+    send: Any
+
+    _handlers: dict[str, list[Handler]]
+
+    def subscribe(self, pattern: str, handler: Handler) -> Deferred[Subscription]:
+        """
+        Call C{handler(event, payload)} for every event matching C{pattern}
+        (C{orders.created}, C{orders.*}, C{orders.>}) published from now on.
+        Fires once the master has the subscription, with a L{Subscription};
+        fails with L{nswarm.amp_commands.PermissionDenied} if this user may
+        not subscribe to C{pattern}.
+        """
+        try:
+            check_pattern(pattern)
+        except NswarmError:
+            return fail()
+        handlers = self._subscriptions().setdefault(pattern, [])
+        handlers.append(handler)
+        subscription = Subscription(self, pattern, handler)
+        if len(handlers) > 1:
+            return succeed(subscription)
+
+        def refused(failure: Failure) -> Failure:
+            self._forget(pattern, handler)
+            return failure
+
+        asked: Deferred[Any] = self.request(Subscribe, events=[pattern])
+        return asked.addCallbacks(lambda _: subscription, refused)
+
+    def unsubscribe(self, pattern: str, handler: Handler | None = None) -> Deferred[None]:
+        """Stop calling C{handler} (or every handler) for C{pattern}; fires once the master knows."""
+        if handler is None:
+            self._subscriptions().pop(pattern, None)
+        else:
+            self._forget(pattern, handler)
+        if pattern in self._subscriptions():
+            return succeed(None)
+        asked: Deferred[Any] = self.request(Unsubscribe, events=[pattern])
+        return asked.addCallback(lambda _: None)
+
+    def status(self) -> Deferred[dict[str, Any]]:
+        """
+        The cluster's status document (docs/operations.md): the master, its
+        nodes, services, methods and events. Needs the admin right (else
+        L{nswarm.amp_commands.PermissionDenied}).
+        """
+        asked: Deferred[Any] = self.request(Status)
+        return asked.addCallback(lambda answer: json.loads(answer["document"]))
+
+    def _subscriptions(self) -> dict[str, list[Handler]]:
+        if "_handlers" not in self.__dict__:
+            self._handlers = {}
+        return self._handlers
+
+    def _forget(self, pattern: str, handler: Handler) -> None:
+        handlers = self._subscriptions().get(pattern, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self._subscriptions().pop(pattern, None)
+
+    @Publish.responder
+    def _event(self, event: str, payload: bytes, exclude: int | None = None) -> dict[str, Any]:
+        """An event the master delivers to this user's subscriptions: call every handler whose pattern matches."""
+        try:
+            value = decode(payload)
+        except NswarmError:
+            self.log.warn("dropped event {event!r}: its payload is not valid JSON", event=event)
+            return {}
+        for pattern, handlers in list(self._subscriptions().items()):
+            if matches(pattern, event):
+                for handler in list(handlers):
+                    maybeDeferred(handler, event, value).addErrback(self._handler_failed, event)
+        return {}
+
+    def _handler_failed(self, failure: Failure, event: str) -> None:
+        self.log.failure("an event handler raised, for event {event!r}", failure, event=event)

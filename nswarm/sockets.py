@@ -1,0 +1,80 @@
+"""
+The TCP socket under a connection (under TLS, if any): Nagle's algorithm
+off, and what the kernel counts for it (bytes each way, the time since data
+last came), so that nothing is counted in Python per write.
+"""
+
+from __future__ import annotations
+
+import socket as _socket_module
+import struct as _struct
+from typing import Any
+
+from twisted.protocols.policies import ProtocolWrapper
+
+
+def _socket_under(transport: Any) -> Any:
+    """The socket transport under C{transport} (under TLS, if any)."""
+    socket = transport
+    while isinstance(socket, ProtocolWrapper):
+        socket = socket.transport
+    return socket
+
+
+def no_delay(transport: Any) -> Any:
+    """
+    Turn Nagle's algorithm off on the TCP socket under C{transport} (under
+    TLS, if any), and return that socket transport. Boxes are written whole:
+    with Nagle on, a small answer written behind a burst waits for the
+    peer's delayed ACK, about 40 ms.
+    """
+    socket = _socket_under(transport)
+    set_no_delay = getattr(socket, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+    return socket
+
+
+#: Where struct tcp_info (linux/tcp.h) holds tcpi_last_data_recv (u32, ms), tcpi_bytes_acked and
+#: tcpi_bytes_received (u64 each); and the size read.
+_LAST_DATA_RECV, _BYTES_ACKED, _BYTES_RECEIVED, _TCP_INFO_SIZE = 52, 120, 128, 136
+
+
+def _tcp_info(transport: Any) -> bytes | None:
+    """The kernel's struct tcp_info of the TCP socket under C{transport}, or None (not TCP, closed, not Linux)."""
+    socket = _socket_under(transport)
+    handle = getattr(socket, "getHandle", None)
+    option = getattr(_socket_module, "TCP_INFO", None)
+    if handle is None or option is None:
+        return None
+    try:
+        sock = handle()
+        if sock.family not in (_socket_module.AF_INET, _socket_module.AF_INET6):
+            return None
+        info = sock.getsockopt(_socket_module.IPPROTO_TCP, option, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return None
+    return info if len(info) >= _TCP_INFO_SIZE else None
+
+
+def socket_counters(transport: Any) -> tuple[int, int] | None:
+    """
+    The bytes received and sent (and acknowledged) on the TCP socket under
+    C{transport}, TLS included, as the kernel counts them: nothing is counted
+    per write. None where the kernel does not say (a UNIX socket, a closed one).
+    """
+    info = _tcp_info(transport)
+    if info is None:
+        return None
+    (received,) = _struct.unpack_from("Q", info, _BYTES_RECEIVED)
+    (sent,) = _struct.unpack_from("Q", info, _BYTES_ACKED)
+    return received, sent
+
+
+def silent_for(transport: Any) -> float | None:
+    """Seconds since data last arrived on the TCP socket under C{transport} (None where the kernel does not say)."""
+    info = _tcp_info(transport)
+    if info is None:
+        return None
+    (milliseconds,) = _struct.unpack_from("I", info, _LAST_DATA_RECV)
+    return milliseconds / 1000
