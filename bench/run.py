@@ -641,7 +641,6 @@ async def start_simulated_nodes(
     cluster = setup.cluster
     directory = cluster.directory
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    outputs: list[Path] = []
     share, extra = divmod(nodes, S1_PROCESSES)
     first = 0
     for number in range(S1_PROCESSES):
@@ -675,17 +674,28 @@ async def start_simulated_nodes(
         processes.append(process)
         if setup.children is not None:
             setup.children.processes.append(process)
-        outputs.append(output)
         first += count
+    return await simulator_reports(reactor, directory, processes, 0, "S1 simulated processes registered", progress)
+
+
+async def simulator_reports(
+    reactor: Any, directory: Path, processes: list[subprocess.Popen[bytes]], line: int, what: str, progress: Progress
+) -> list[dict[str, Any]]:
+    """
+    Wait (at most L{S1_REGISTER_LIMIT} s) until each simulator process has
+    printed its JSON line number C{line} (0 the first: registered; 1:
+    registered again after reconnecting) in its sim-N.out; return them.
+    """
     reports: list[dict[str, Any] | None] = [None] * len(processes)
     deadline = time.monotonic() + S1_REGISTER_LIMIT
-    progress.begin("S1 simulated processes registered", len(processes))
+    progress.begin(what, len(processes))
     while None in reports:
-        for number, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        for number, process in enumerate(processes):
             if reports[number] is None:
-                line = output.read_text().partition("\n")[0] if output.exists() else ""
-                if line:
-                    reports[number] = json.loads(line)
+                output = directory / f"sim-{number}.out"
+                complete = output.read_text().split("\n")[:-1] if output.exists() else []
+                if len(complete) > line:
+                    reports[number] = json.loads(complete[line])
                     if "error" in reports[number]:  # type: ignore[operator]
                         raise ClusterError(f"simulated nodes (sim-{number}) failed: {reports[number]['error']}")  # type: ignore[index]
                 elif process.poll() is not None:
@@ -695,10 +705,67 @@ async def start_simulated_nodes(
                     )
         progress.done = sum(report is not None for report in reports)
         if time.monotonic() > deadline and None in reports:
-            raise ClusterError(f"the simulated nodes did not all register within {S1_REGISTER_LIMIT:g}s")
+            raise ClusterError(f"{what}: not all within {S1_REGISTER_LIMIT:g}s")
         await deferLater(reactor, 0.05, lambda: None)
     progress.end()
     return [report for report in reports if report is not None]
+
+
+async def reconnect_simulated_nodes(
+    reactor: Any, setup: Setup, master: Process, processes: list[subprocess.Popen[bytes]], progress: Progress
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """
+    Abort every simulated node's connection at once (SIGUSR1 to each
+    simulator), and wait until all have reconnected and registered again by
+    themselves, with a real node's retry policy and jitter. Returns the
+    figures, and the CPU% of the master and the simulators over that time.
+    """
+    log_offset = master.mark()
+    pids = {"master": [master.pid], f"sims x{len(processes)}": [process.pid for process in processes]}
+    overflows = listen_overflows()
+    with CPUWindow(pids) as window:
+        started = time.monotonic()
+        for process in processes:
+            process.send_signal(signal.SIGUSR1)
+        directory = setup.cluster.directory
+        reports = await simulator_reports(reactor, directory, processes, 1, "S1 simulated nodes back", progress)
+        ready = time.monotonic()
+    overflowed = listen_overflows()
+    nodes = sum(report["nodes"] for report in reports)
+    lost = min(report["lost_at"] for report in reports)
+    rss, peak = rss_mb(master.pid)
+    logged = await master_count(reactor, master, simulated("registration", action="implements"), log_offset, nodes)
+    figures = {
+        "processes": reports,
+        "nodes": nodes,
+        "seconds": round(max(report["last_registered"] for report in reports) - lost, 2),
+        "first_attempt_after": round(min(report["first_attempt"] for report in reports) - lost, 3),
+        "attempts": sum(report["attempts"] for report in reports),
+        "failed_attempts": sum(report["failed_attempts"] for report in reports),
+        "harness_seconds": round(ready - started, 2),
+        "listen_overflows": None if overflows is None or overflowed is None else overflowed - overflows,
+        "master_logged_implements": logged,
+        "master_rss_mb": rss,
+        "master_peak_rss_mb": peak,
+    }
+    return figures, window.percent
+
+
+def listen_overflows() -> int | None:
+    """
+    How many times, on this machine, a listening socket's accept queue was
+    full (TCP ListenOverflows, from /proc/net/netstat; None elsewhere): each
+    is a handshake the kernel dropped, which the client's TCP retries 1, 3,
+    7 ... seconds later. It counts every socket, so read it as a difference.
+    """
+    try:
+        lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names and names[0] == "TcpExt:" and "ListenOverflows" in names:
+            return int(values[names.index("ListenOverflows")])
+    return None
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]]) -> list[int]:
@@ -791,6 +858,10 @@ async def run_scale(
             w2, lambda: sides.api.call("echo", text), f"S1 W2 with {nodes}", progress, with_cpu_pids
         )
         _, rss_peak = rss_mb(master.pid)
+        # All of them lose their connection at once, and come back by themselves.
+        reconnected, reconnect_cpu = await reconnect_simulated_nodes(reactor, setup, master, processes, progress)
+        if reconnected["nodes"] != nodes:
+            raise ClusterError(f"only {reconnected['nodes']} of {nodes} simulated nodes registered again")
         # W2 without them once more, once the master has seen them all go: the "without" figure is the
         # mean of the runs before and after, so a drift in the machine's load does not favour one side.
         log_offset = master.mark()
@@ -802,12 +873,17 @@ async def run_scale(
         record["floor"] = {
             "RSS MB": rss_before,
             "W2 calls/s": round((without["calls/s"] + after["calls/s"]) / 2),
+            "RSS MB, back": rss_after,
         }
         record["nswarm"] = {
             "RSS MB": rss_after,
             "register s": round(last - first, 2),
             "W2 calls/s": with_nodes["calls/s"],
+            "reconnect s": reconnected["seconds"],
+            "RSS MB, back": reconnected["master_rss_mb"],
         }
+        record["reconnect_cpu"] = reconnect_cpu
+        record["reconnect"] = reconnected
         record["floor_cpu"] = without_cpu
         record["nswarm_cpu"] = with_cpu
         record["register_cpu"] = {
@@ -924,7 +1000,7 @@ def print_table(rows: list[dict[str, Any]], quick: bool) -> None:
     for row in rows:
         if "error" in row:
             continue
-        for side in ("floor", "nswarm", "register"):
+        for side in ("floor", "nswarm", "register", "reconnect"):
             if f"{side}_cpu" not in row:
                 continue
             usage = ", ".join(f"{name} {percent:.0f}%" for name, percent in row[f"{side}_cpu"].items())

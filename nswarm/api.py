@@ -8,24 +8,27 @@ and publish events::
     await client.close()
 
 or C{await connect_from_config(reactor, "DIR/client.conf")} with the file
-C{nswarm init DIR} writes.
+C{nswarm init DIR} writes. The client reconnects by itself when its
+connection is lost (see L{nswarm.api_reconnect}), unless told not to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm import defaults
-from nswarm.amp_commands import NswarmError, UpstreamUnavailable
+from nswarm.amp_commands import COMMAND, UpstreamUnavailable
+from nswarm.api_reconnect import Address, Reconnector
 from nswarm.api_user import APIUser
 from nswarm.client import ClientProtocol, check_key
-from nswarm.config import ConfigError, read_client_config, read_secret_file, require
-from nswarm.failures import Target, api_server, cancelled, closed_before_authenticating, diagnose
+from nswarm.config import ConfigError, addresses, boolean, names, read_client_config, read_secret_file, require
+from nswarm.failures import api_server, closed_before_authenticating
 from nswarm.tls import client_options
 
 __all__ = ["APIClient", "connect", "connect_from_config", "refused_before_authenticating"]
@@ -33,23 +36,58 @@ __all__ = ["APIClient", "connect", "connect_from_config", "refused_before_authen
 
 class APIClient(APIUser, ClientProtocol):
     """
-    An authenticated connection to the api server. C{call} and C{publish}
-    (from L{ClientProtocol}), C{subscribe} and C{status} (from
-    L{nswarm.api_user.APIUser}) return Deferreds; L{close} ends the connection.
+    A client of the api server. C{call} and C{publish} (from
+    L{ClientProtocol}), C{subscribe} and C{status} (from
+    L{nswarm.api_user.APIUser}) return Deferreds; L{close} ends it. The one
+    object stays the user's across reconnections (its C{keeper}, a
+    L{Reconnector}, gives it each new connection).
     """
+
+    keeper: Reconnector | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self._closing: list[Deferred[None]] = []
 
+    def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
+        """
+        Send C{command}; the Deferred fires with its parsed response or typed
+        error. While the client reconnects, it waits for the new connection
+        (at most C{client.timeout} seconds).
+        """
+        keeper = self.keeper
+        if not self.holding or keeper is None:
+            return super().request(command, **arguments)
+        box = command.makeArguments(arguments, self)
+        box[COMMAND] = command.commandName
+        return keeper.send(box, lambda answer: command.parseResponse(answer, self), self.timeout, None)
+
+    def request_now(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
+        """Send C{command} on this connection at once, even while other requests wait: it prepares a connection."""
+        return super().request(command, **arguments)
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.losing()
+            try:
+                super().connectionLost(reason)
+            finally:
+                keeper.lost(reason)
+            return
         super().connectionLost(reason)
         for closing in self._closing:
             closing.callback(None)
         self._closing = []
 
     def lost(self) -> Deferred[None]:
-        """A Deferred that fires once the connection is gone (at once if it is already)."""
+        """
+        A Deferred that fires once the client is gone for good (at once if
+        it is): closed, its connection lost while reconnecting is off, or
+        reconnecting given up.
+        """
+        if self.keeper is not None:
+            return self.keeper.gone()
         if self.transport is None:
             return succeed(None)
         waiting: Deferred[None] = Deferred()
@@ -57,7 +95,9 @@ class APIClient(APIUser, ClientProtocol):
         return waiting
 
     def close(self) -> Deferred[None]:
-        """Close the connection; the Deferred fires once it is closed."""
+        """Stop reconnecting and close the connection; the Deferred fires once it is closed."""
+        if self.keeper is not None:
+            return self.keeper.close()
         if self.transport is None:
             return succeed(None)
         closing: Deferred[None] = Deferred()
@@ -78,6 +118,9 @@ def connect(
     timeout: float = defaults.CONNECT_TIMEOUT,
     heartbeat: float = defaults.HEARTBEAT,
     name: str | None = None,
+    hosts: Sequence[Address] | None = None,
+    reconnect: bool = True,
+    idempotent: Iterable[str] = (),
 ) -> Deferred[APIClient]:
     """
     Connect to the api server at C{host}:C{port} over TLS (its certificate
@@ -86,65 +129,66 @@ def connect(
     give a client certificate if the master requires one; the user's name
     is then the one in it, and C{name} may be left out. Fires with an
     L{APIClient}.
+    C{hosts}, a list of C{(host, port)}, names several masters instead:
+    each is tried in turn until one takes the connection.
     Both ends send a heartbeat every C{heartbeat} seconds; a master silent
     for three of them is taken as gone (the connection closes).
 
+    With C{reconnect} (the default), a lost connection is made again (to
+    the next address, with backoff: at most about a second apart), and
+    requests made meanwhile wait for it within their deadlines; calls to the
+    C{idempotent} methods that were lost with it are sent again (they must
+    be C{@implement(idempotent=True)} in their services). See
+    L{nswarm.api_reconnect}.
+
     A wrong key or name fails with
     L{nswarm.amp_commands.AuthenticationFailed}; a connection that cannot
-    be made, a TLS handshake that fails, a connection closed before
-    authenticating, or a port that is not the api server's, with
-    L{UpstreamUnavailable}, whose message says why and what to do (see
-    L{nswarm.failures}).
+    be made, a TLS handshake that fails or gets no answer in C{timeout}
+    seconds, a connection closed before authenticating, or a port that is
+    not the api server's, with L{UpstreamUnavailable}, whose message says
+    why and what to do (see L{nswarm.failures}).
     """
     check_key(key)
+    masters = _addresses(hosts) if hosts is not None else [(host, port)]
+    methods = _names(idempotent)
     try:
-        tls = client_options(host, ca, cert, cert_key)
+        tls = {address: client_options(address[0], ca, cert, cert_key) for address in masters}
     except ConfigError:
         return fail()
-    target = api_server(host, port, ca, timeout)
-    endpoint = SSL4ClientEndpoint(reactor, host, port, tls, timeout=timeout)
-    d = endpoint.connect(_OneConnection(APIClient()))
-
-    def authenticate(client: APIClient) -> Deferred[APIClient]:
-        def failed(failure: Failure) -> Failure:
-            if client.transport is not None:
-                client.transport.loseConnection()
-            return _unavailable(failure, target)
-
-        def authenticated(_: object) -> APIClient:
-            client.start_heartbeats(reactor, heartbeat)
-            return client
-
-        return client.authenticate(key, name).addCallbacks(authenticated, failed)
-
-    return d.addCallbacks(authenticate, _unavailable, errbackArgs=(target,))
+    reconnector = Reconnector(
+        reactor,
+        APIClient(),
+        masters,
+        endpoint=lambda address: SSL4ClientEndpoint(reactor, *address, tls[address], timeout=timeout),
+        target=lambda address: api_server(*address, ca, timeout),
+        key=key,
+        name=name,
+        heartbeat=heartbeat,
+        timeout=timeout,
+        reconnect=reconnect,
+        idempotent=methods,
+    )
+    return reconnector.start()
 
 
-class _OneConnection(Factory):
-    """C{connectProtocol}'s factory, less its "Starting factory <... object at 0x...>" log line."""
+def _addresses(hosts: Sequence[Address]) -> list[Address]:
+    """C{connect}'s C{hosts}, checked: (host, port) pairs, at least one."""
+    masters = [tuple(address) for address in hosts]
+    if not masters:
+        raise ValueError("hosts is empty: give at least one (host, port) of a master")
+    for address in masters:
+        if len(address) != 2 or not isinstance(address[0], str) or not isinstance(address[1], int):
+            raise TypeError(f"hosts takes (host, port) pairs such as ('m1', 6667), not {address!r}")
+    return masters  # type: ignore[return-value]
 
-    noisy = False
 
-    def __init__(self, client: APIClient) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: Any) -> APIClient:
-        return self.client
-
-
-def _unavailable(failure: Failure, target: Target) -> Failure:
-    """
-    C{failure}, the way C{connect} to C{target} fails with it: the typed
-    errors of a refusal (a wrong key, say) as they are; a failure to reach
-    the api server as L{UpstreamUnavailable} with the sentence that says
-    why (the original error as its C{__cause__}).
-    """
-    diagnosis = diagnose(failure, target)
-    if cancelled(failure) or (failure.check(NswarmError) and diagnosis.cause in ("authentication", "refused")):
-        return failure
-    translated = UpstreamUnavailable(diagnosis.message)
-    translated.__cause__ = failure.value
-    return Failure(translated)
+def _names(idempotent: Iterable[str]) -> list[str]:
+    """C{connect}'s C{idempotent}, checked: method names (one name alone is taken as one name)."""
+    listed = [idempotent] if isinstance(idempotent, str) else list(idempotent)
+    for method in listed:
+        if not isinstance(method, str):
+            raise TypeError(f"idempotent takes method names, not {method!r}")
+    return listed
 
 
 def refused_before_authenticating(host: str, port: int) -> UpstreamUnavailable:
@@ -152,22 +196,44 @@ def refused_before_authenticating(host: str, port: int) -> UpstreamUnavailable:
     return UpstreamUnavailable(closed_before_authenticating(api_server(host, port, "ca")))
 
 
-def connect_from_config(reactor: Any, source: str) -> Deferred[APIClient]:
-    """L{connect} with the C{[api]} section of a client.conf (C{nswarm init} writes one)."""
+def connect_from_config(
+    reactor: Any, source: str, *, reconnect: bool | None = None, idempotent: Iterable[str] | None = None
+) -> Deferred[APIClient]:
+    """
+    L{connect} with the C{[api]} section of a client.conf (C{nswarm init}
+    writes one). C{reconnect} and C{idempotent}, if given, take the place
+    of the file's keys of those names.
+    """
     try:
         config = read_client_config(source, "api")
         key = read_secret_file(require(config, "auth-key-file", source, "api"))
         ca = require(config, "ca", source, "api")
-        port = int(config.get("port", defaults.API_PORT))
+        port = _setting(config, "port", int, defaults.API_PORT, source)
+        masters = _setting(config, "host", lambda value: addresses(value, port), [("localhost", port)], source)
+        if reconnect is None:
+            reconnect = _setting(config, "reconnect", boolean, True, source)
+        if idempotent is None:
+            idempotent = names(config.get("idempotent", ""))
     except ValueError:
         return fail()
     return connect(
         reactor,
-        config.get("host", "localhost"),
-        port,
         key=key,
         ca=ca,
         cert=config.get("cert"),
         cert_key=config.get("cert-key"),
         name=config.get("name"),
+        hosts=masters,
+        reconnect=reconnect,
+        idempotent=idempotent,
     )
+
+
+def _setting(config: dict[str, str], key: str, parse: Any, default: Any, source: str) -> Any:
+    """C{parse(config[key])}, C{default} if it is absent, or a L{ConfigError} naming the file and key."""
+    if key not in config:
+        return default
+    try:
+        return parse(config[key])
+    except ValueError as error:
+        raise ConfigError(f"{source}: {key} = {config[key]} in [api]: {error}")

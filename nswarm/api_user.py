@@ -20,14 +20,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import NswarmError, Publish, Subscribe, Unsubscribe
+from nswarm.amp_commands import NswarmError, Publish, Subscribe, Unsubscribe, UpstreamUnavailable
 from nswarm.codec import decode
 from nswarm.relay.names import check_pattern, matches
+from nswarm.requests import first_error
 from nswarm.status_commands import Status
 
 #: A handler of events: called with the event's name and its payload; may return a Deferred or be async.
@@ -55,6 +56,7 @@ class APIUser(amp.CommandLocator):
 
     log = Logger()
     request: Any
+    request_now: Any
     send: Any
 
     _handlers: dict[str, list[Handler]]
@@ -65,13 +67,15 @@ class APIUser(amp.CommandLocator):
         (C{orders.created}, C{orders.*}, C{orders.>}) published from now on.
         Fires once the master has the subscription, with a L{Subscription};
         fails with L{nswarm.amp_commands.PermissionDenied} if this user may
-        not subscribe to C{pattern}.
+        not subscribe to C{pattern}. A client that reconnects subscribes
+        again on each new connection (events published in between are not
+        delivered).
         """
         try:
             check_pattern(pattern)
         except NswarmError:
             return fail()
-        handlers = self._subscriptions().setdefault(pattern, [])
+        handlers = self.subscriptions().setdefault(pattern, [])
         handlers.append(handler)
         subscription = Subscription(self, pattern, handler)
         if len(handlers) > 1:
@@ -87,13 +91,40 @@ class APIUser(amp.CommandLocator):
     def unsubscribe(self, pattern: str, handler: Handler | None = None) -> Deferred[None]:
         """Stop calling C{handler} (or every handler) for C{pattern}; fires once the master knows."""
         if handler is None:
-            self._subscriptions().pop(pattern, None)
+            self.subscriptions().pop(pattern, None)
         else:
             self._forget(pattern, handler)
-        if pattern in self._subscriptions():
+        if pattern in self.subscriptions():
             return succeed(None)
         asked: Deferred[Any] = self.request(Unsubscribe, events=[pattern])
         return asked.addCallback(lambda _: None)
+
+    def subscribe_again(self, master: str) -> Deferred[Any] | None:
+        """
+        On a new connection (to C{master}, for the log), before anything else
+        goes out on it: subscribe again to every pattern with a handler. A
+        pattern refused now loses its handlers, with a warning.
+        """
+        patterns = list(self.subscriptions())
+        if not patterns:
+            return None
+
+        def refused(failure: Failure, pattern: str) -> Failure | None:
+            if not failure.check(NswarmError) or failure.check(UpstreamUnavailable):
+                return failure
+            self.subscriptions().pop(pattern, None)
+            self.log.warn(
+                "the master at {address} refused the subscription to {pattern!r} again, so its handlers get no "
+                "more events: {reason}",
+                address=master,
+                pattern=pattern,
+                reason=failure.getErrorMessage(),
+                nswarm_event="api_subscription_refused",
+            )
+            return None
+
+        asked = [self.request_now(Subscribe, events=[pattern]).addErrback(refused, pattern) for pattern in patterns]
+        return gatherResults(asked, consumeErrors=True).addErrback(first_error)
 
     def status(self) -> Deferred[dict[str, Any]]:
         """
@@ -104,17 +135,18 @@ class APIUser(amp.CommandLocator):
         asked: Deferred[Any] = self.request(Status)
         return asked.addCallback(lambda answer: json.loads(answer["document"]))
 
-    def _subscriptions(self) -> dict[str, list[Handler]]:
+    def subscriptions(self) -> dict[str, list[Handler]]:
+        """The patterns this user subscribes to, with their handlers (a client that reconnects subscribes again)."""
         if "_handlers" not in self.__dict__:
             self._handlers = {}
         return self._handlers
 
     def _forget(self, pattern: str, handler: Handler) -> None:
-        handlers = self._subscriptions().get(pattern, [])
+        handlers = self.subscriptions().get(pattern, [])
         if handler in handlers:
             handlers.remove(handler)
         if not handlers:
-            self._subscriptions().pop(pattern, None)
+            self.subscriptions().pop(pattern, None)
 
     @Publish.responder
     def _event(self, event: str, payload: bytes, exclude: int | None = None) -> dict[str, Any]:
@@ -124,7 +156,7 @@ class APIUser(amp.CommandLocator):
         except NswarmError:
             self.log.warn("dropped event {event!r}: its payload is not valid JSON", event=event)
             return {}
-        for pattern, handlers in list(self._subscriptions().items()):
+        for pattern, handlers in list(self.subscriptions().items()):
             if matches(pattern, event):
                 for handler in list(handlers):
                     maybeDeferred(handler, event, value).addErrback(self._handler_failed, event)

@@ -240,7 +240,8 @@ def run(command: str, options: usage.Options, out: TextIO = sys.stdout, err: Tex
     async def main() -> None:
         client = None
         try:
-            client = await connect_from_config(reactor, config_path(options["config"]))
+            # A command reports a lost connection rather than wait for another (watch ends with it).
+            client = await connect_from_config(reactor, config_path(options["config"]), reconnect=False)
             outcome.append(await COMMANDS[command](client, options, out, reactor))
         except (errors.NswarmError, ConfigError) as error:
             print(f"nswarm {command}: {error}", file=err)

@@ -6,7 +6,7 @@ events as JSON and turns failures into nswarm's typed errors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.protocols import amp
@@ -23,6 +23,7 @@ from nswarm.amp_commands import (
     ERROR,
     EVENT,
     EXCLUDE,
+    HANDED_TO,
     HEARTBEAT,
     METHOD,
     PAYLOAD,
@@ -38,7 +39,7 @@ from nswarm.amp_commands import (
 from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
 from nswarm.codec import decode, encode, encode_arguments
 from nswarm.framing import FastBoxes
-from nswarm.requests import Requests
+from nswarm.requests import Parse, Requests
 from nswarm.sockets import no_delay
 
 
@@ -50,6 +51,23 @@ def check_key(key: Any) -> bytes:
             "read it with nswarm.config.read_secret_file(PATH), or pass key.encode()"
         )
     return key
+
+
+class Keeper(Protocol):
+    """
+    What keeps a client's requests across its connections: an API client
+    that reconnects (L{nswarm.api_reconnect.Reconnector}).
+    """
+
+    def send(self, box: amp.AmpBox, parse: Parse, timeout: float, method: str | None) -> Deferred[Any]:
+        """
+        Send request C{box} now, or once a connection is ready if none is
+        (within C{timeout} seconds); send it again after a lost connection if
+        C{method} may be. Fires as L{Requests.request_box} does.
+        """
+
+    def refused(self, box: amp.AmpBox) -> None:
+        """Error box C{box} came (a draining master's refusal, say), before it fails its request."""
 
 
 class ClientProtocol(Requests, FastBoxes, amp.AMP):
@@ -65,6 +83,12 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
     timeout = defaults.CALL_TIMEOUT
     #: The largest arguments, result or event payload sent or accepted, in bytes.
     max_payload = defaults.MAX_PAYLOAD
+    #: Keeps the requests across connections (an API client that reconnects), or None: they go out or fail.
+    keeper: Keeper | None = None
+    #: Whether requests go to the keeper to wait (no connection is ready) rather than out at once.
+    holding = False
+    #: The methods whose calls the keeper sends again after a lost connection (the user declared them idempotent).
+    idempotent: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,6 +132,8 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
             return fail()
         box = amp.AmpBox({COMMAND: CALL, METHOD: method.encode("utf-8"), TIMEOUT: self._timeout_value(timeout)})
         put_payload(box, ARGS, data)
+        if self.holding or method in self.idempotent:
+            return self._kept(box, _call_result, timeout, method)
         return self.request_box(box, _call_result)
 
     def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
@@ -128,13 +154,16 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
             {COMMAND: CALL_ALL, METHOD: method.encode("utf-8"), TIMEOUT: self._timeout_value(self.timeout)}
         )
         put_payload(box, ARGS, data)
+        if self.holding or method in self.idempotent:
+            return self._kept(box, _gathered, self.timeout, method)
         return self.request_box(box, _gathered)
 
-    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[None]:
+    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[Any]:
         """
         Publish C{event} with a JSON-compatible C{payload} to every subscriber
         (but this connection, with C{exclude_self}); the Deferred fires once
-        the master has handed it on.
+        the master has handed it on, with the number of connections (nodes
+        and API users) it was handed to, or None if the answer does not say.
         """
         try:
             data = self.checked(encode(payload), "event payload")
@@ -144,7 +173,32 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
         if exclude_self:
             box[EXCLUDE] = b"1"
         put_payload(box, PAYLOAD, data)
-        return self.request_box(box, _nothing)
+        if self.holding:
+            return self._kept(box, _handed_to, self.timeout, None)
+        return self.request_box(box, _handed_to)
+
+    def _kept(self, box: amp.AmpBox, parse: Parse, timeout: float, method: str | None) -> Deferred[Any]:
+        """Request C{box} through the keeper (see L{Keeper.send}), or as usual if there is none."""
+        keeper = self.keeper
+        if keeper is None:
+            return self.request_box(box, parse)
+        return keeper.send(box, parse, timeout, method)
+
+    def requests_in_flight(self) -> int:
+        """How many requests sent on this connection have no answer yet."""
+        return len(self._waiting)
+
+    def forget_connection(self) -> None:
+        """
+        Before this protocol takes a new connection (an API client
+        reconnecting): drop what the last one left behind, a partly read box
+        (L{FastBoxes}' parser state) and AMP's table of C{callRemote}
+        requests, which AMP closes for good when a connection is lost.
+        """
+        for name in ("_unparsed", "_box", "_key", "_size", "_oversized", "_discarding", "traffic", "heard_at"):
+            self.__dict__.pop(name, None)
+        amp.BoxDispatcher.__init__(self, self)
+        self._failAllReason = None
 
     def checked(self, data: bytes, what: str) -> bytes:
         """C{data}, or L{PayloadTooLarge} if it is over L{max_payload}."""
@@ -169,10 +223,14 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
         tag = box.get(ANSWER)
         if tag is None:
             tag = box.get(ERROR)
+            if tag is not None and self.keeper is not None:
+                self.keeper.refused(box)
         if tag is not None:
             self.answered(tag, box)  # an unknown tag: a late answer, dropped
         elif box.get(COMMAND) != HEARTBEAT:
             super().ampBoxReceived(box)
+        elif ASK in box:  # a relay's probe: is this end alive?
+            self.send(amp.AmpBox({ANSWER: box[ASK]}))
 
     def connection_gone(self) -> UpstreamUnavailable:
         """What a request fails with once the connection is gone."""
@@ -198,5 +256,6 @@ def _gathered(box: amp.AmpBox) -> list[Any]:
     ]
 
 
-def _nothing(box: amp.AmpBox) -> None:
-    return None
+def _handed_to(box: amp.AmpBox) -> int | None:
+    handed_to = box.get(HANDED_TO)
+    return None if handed_to is None else int(handed_to)

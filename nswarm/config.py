@@ -329,6 +329,43 @@ def read_client_config(source: str, section: str) -> dict[str, str]:
     return {key: os.path.expanduser(value) for key, value in parser.items(section)}
 
 
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
+
+
+def addresses(value: str, default_port: int) -> list[tuple[str, int]]:
+    """
+    The masters a client.conf's C{host} names: one or more of C{HOST},
+    C{HOST:PORT} or C{[IPv6]:PORT} (a bare IPv6 address is a host too),
+    separated by commas or spaces; those without a port get C{default_port}.
+    """
+    found: list[tuple[str, int]] = []
+    for item in re.split(r"[,\s]+", value.strip()):
+        if not item:
+            continue
+        match = _ADDRESS.match(item)
+        if match is None:
+            if item.count(":") > 1 and "[" not in item:  # an IPv6 address without a port
+                found.append((item, default_port))
+                continue
+            raise ValueError(f"{item!r} is not HOST, HOST:PORT or [IPv6]:PORT")
+        host, text = match.group("v6") or match.group("host"), match.group("port")
+        try:
+            number = default_port if text is None else port(text)
+        except ValueError:
+            raise ValueError(f"{item!r} does not end in a port number (HOST:PORT, PORT from 1 to 65535)")
+        if number == 0:
+            raise ValueError(f"{item!r} has no port to connect to: give one from 1 to 65535")
+        found.append((host, number))
+    if not found:
+        raise ValueError("no host is given: give HOST, HOST:PORT, or several separated by commas")
+    return found
+
+
+def names(value: str) -> list[str]:
+    """A list of names (methods) in a config file: separated by commas or spaces."""
+    return [name for name in re.split(r"[,\s]+", value.strip()) if name]
+
+
 def require(settings: dict[str, str], key: str, source: str, section: str) -> str:
     """C{settings[key]}, or a L{ConfigError} naming the missing key."""
     value = settings.get(key)

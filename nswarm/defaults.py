@@ -44,7 +44,7 @@ DROP_LOG_INTERVAL = 10.0
 
 # -- reconnecting ------------------------------------------------------------------
 
-#: First wait, in seconds, before reconnecting; each failure doubles it up to the maximum.
+#: First wait, in seconds, before reconnecting; each failure makes it 1.5 times longer, up to the maximum.
 RECONNECT_INITIAL_DELAY = 0.25
 #: Up to this many seconds of random jitter are added to each wait.
 RECONNECT_JITTER = 0.25
@@ -94,3 +94,25 @@ LOGGED_NAMES = 5
 METRICS_METHODS = 1000
 #: Seconds each node has to send its part of the cluster's status.
 STATUS_TIMEOUT = 5.0
+#: Seconds after the master starts during which calls to methods nobody implements yet wait (within their
+#: deadlines) and events are held: its nodes are reconnecting (the master's --startup-window).
+STARTUP_WINDOW = 3.0
+#: The most bytes of events the master holds during its startup window; past it they are handed on at once.
+EARLY_EVENTS_BYTES = 64 * 1024 * 1024
+#: Seconds a peer with calls pending may be silent before it is probed, and before it is ejected from balancing.
+PROBE_AFTER = 0.5
+EJECT_AFTER = 1.0
+
+# -- reconnecting after a loss, and a client's authentication ----------------------------
+
+#: Longest wait, in seconds, between a node's or a service's attempts to reconnect once a connection that was up
+#: is lost (each wait is a random part, half to all, of its backoff step, so this bounds the jitter too).
+RECONNECT_LOST_MAX_DELAY = 1.0
+#: Seconds a node (a service) waits for the master (its node) to answer its TLS handshake and authentication
+#: before it closes the connection and tries again.
+CLIENT_AUTH_TIMEOUT = 10.0
+#: While reconnecting fast after a loss, seconds between two warnings about failed attempts with the same cause.
+RECONNECT_LOG_INTERVAL = 10.0
+#: Connections the master's listeners queue before accepting (Twisted's default, 50, drops the handshakes of a
+#: thousand nodes reconnecting at once: TCP retries them only 1 s and 3 s later).
+LISTEN_BACKLOG = 1024

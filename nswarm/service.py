@@ -188,17 +188,22 @@ class Service:
         key: bytes,
         max_delay: float = defaults.SERVICE_RECONNECT_MAX_DELAY,
         heartbeat: float = defaults.HEARTBEAT,
+        lost_max_delay: float = defaults.RECONNECT_LOST_MAX_DELAY,
+        auth_timeout: float = defaults.CLIENT_AUTH_TIMEOUT,
     ) -> ClientService:
         """
         Connect to the node's service server at UNIX socket C{socket} with the
-        service auth C{key}, register, and keep reconnecting (with backoff, at
-        most C{max_delay} seconds apart) whenever the connection is lost.
-        L{ready} fires once registered.
+        service auth C{key}, register, and keep reconnecting whenever the
+        connection is lost or cannot be made: with backoff, at most
+        C{max_delay} seconds apart until it has been connected, at most
+        C{lost_max_delay} seconds apart once it was connected and is lost. A
+        node that does not answer the authentication within C{auth_timeout}
+        seconds costs an attempt. L{ready} fires once registered.
         """
         from nswarm.service_runner import ServiceRunner
 
         self.runner = ServiceRunner(self, reactor, key, heartbeat)
-        return self.runner.start(socket, max_delay)
+        return self.runner.start(socket, max_delay, lost_max_delay, auth_timeout)
 
     def ready(self) -> Deferred[None]:
         """Fires once this service is connected to its node and registered."""

@@ -23,7 +23,7 @@ from nswarm.client import check_key
 from nswarm.config import ConfigError, path, read_client_config, read_secret_file
 from nswarm.failures import service_socket
 from nswarm.peercred import peer_credentials
-from nswarm.reconnect import Reconnecting
+from nswarm.reconnect import AuthenticationDeadline, Reconnecting
 from nswarm.requests import events_part, methods_part
 from nswarm.service_protocol import ServiceProtocol
 
@@ -50,6 +50,8 @@ class ServiceRunner(ClientFactory):
         #: The registered connection to the node, if there is one now.
         self.connection: ServiceProtocol | None = None
         self.client_service: ClientService | None = None
+        #: How long the node may take to answer the authentication (set by L{start}).
+        self.deadline: AuthenticationDeadline | None = None
         self._waiting: list[Deferred[None]] = []
         #: Whether the ClientService has taken the registered connection (it has, or there is none).
         self._settled = True
@@ -60,16 +62,31 @@ class ServiceRunner(ClientFactory):
         proto.factory = self
         return proto
 
-    def start(self, socket: str, max_delay: float = defaults.SERVICE_RECONNECT_MAX_DELAY) -> ClientService:
-        """Connect to the node's service server at UNIX socket C{socket}, and reconnect whenever it is lost."""
+    def start(
+        self,
+        socket: str,
+        max_delay: float = defaults.SERVICE_RECONNECT_MAX_DELAY,
+        lost_max_delay: float = defaults.RECONNECT_LOST_MAX_DELAY,
+        auth_timeout: float = defaults.CLIENT_AUTH_TIMEOUT,
+    ) -> ClientService:
+        """
+        Connect to the node's service server at UNIX socket C{socket}, and
+        reconnect whenever it is lost: at most C{max_delay} seconds apart
+        until connected, at most C{lost_max_delay} apart once connected and
+        lost (see L{nswarm.reconnect}). A node that does not answer the
+        authentication within C{auth_timeout} seconds costs an attempt.
+        """
+        target = service_socket(socket)
+        self.deadline = AuthenticationDeadline(self.reactor, auth_timeout, target, "Service.start's auth_timeout")
         self.client_service = Reconnecting(
             self.reactor,
             UNIXClientEndpoint(self.reactor, socket),
             self,
             self.register,
             f"service {self.service.service_name!r}",
-            service_socket(socket),
+            target,
             max_delay,
+            lost_max_delay,
         )
         self.client_service.startService()
         return self.client_service
@@ -96,6 +113,8 @@ class ServiceRunner(ClientFactory):
         except ConfigError as error:
             return fail(error)
         d: Deferred[Any] = proto.authenticate(self.key, service.service_name)
+        if self.deadline is not None:
+            d = self.deadline.bound(proto, d)
         if service.nswarm_methods:
             d.addCallback(lambda _: proto.register(Implement, list(service.nswarm_methods), self._implement_arguments))
         if service.nswarm_events:

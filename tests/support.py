@@ -65,8 +65,8 @@ def certified(server: NodeServerProtocol, name: str) -> NodeServerProtocol:
 class Cluster:
     """A master with nodes, services and API users, all in memory."""
 
-    def __init__(self) -> None:
-        self.clock = Clock()
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = Clock() if clock is None else clock
         self.master = Master(self.clock)
         self.pumps: list[IOPump] = []
 

@@ -14,27 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from nswarm.testing.local import LocalCluster, alive_pids
+from nswarm.testing.local import LocalCluster
 
-GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter.py"
+from .conftest import GREETER, running_cluster
+
 #: Bound, in seconds, on each process start and each command.
 BOUND = 20.0
 
 
 @pytest.fixture
 def cluster(directory: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(directory, timeout=BOUND)
-    try:
-        with local:
-            local.init()
-            local.start_master()
-            local.start_node("node-1")
-            local.start_service(GREETER)
-            yield local
-    finally:
-        for process in local.processes:
-            print(f"{process}, exit status {process.returncode}:\n{process.tail()}\n")
-        assert not alive_pids(local.pids())
+    with running_cluster(directory, BOUND, (GREETER,)) as local:
+        yield local
 
 
 def nswarm(cluster: LocalCluster, *arguments: str) -> subprocess.CompletedProcess[str]:

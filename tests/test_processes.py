@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred
 
 from nswarm.amp_commands import HandlerFailed, ImplementerLost, NoSuchMethod
 from nswarm.api import APIClient
-from nswarm.testing.local import LocalCluster, Process, alive_pids, event_matching
+from nswarm.testing.local import LocalCluster, Process, event_matching
 
-GREETER = Path(__file__).resolve().parent.parent / "examples" / "greeter.py"
+from .conftest import GREETER, running_cluster
 
 #: Bound, in seconds, on each process start and each log wait.
 START_TIMEOUT = 20.0
@@ -33,19 +33,8 @@ CALL_TIMEOUT = 10.0
 @pytest.fixture
 def cluster(directory: Path) -> Iterator[LocalCluster]:
     """A master, node 'node-1' and the greeter service, all stopped afterwards."""
-    local = LocalCluster(directory, timeout=START_TIMEOUT)
-    try:
-        with local:
-            local.init()
-            local.start_master()
-            local.start_node("node-1")
-            local.start_service(GREETER)
-            yield local
-    finally:
-        for process in local.processes:  # pytest shows this output when a test fails
-            print(f"{process}, exit status {process.returncode}:\n{process.tail()}\n")
-        left = alive_pids(local.pids())
-        assert not left, f"processes still running after stop(): {left}"
+    with running_cluster(directory, START_TIMEOUT, (GREETER,)) as local:
+        yield local
 
 
 def greeter(cluster: LocalCluster) -> Process:

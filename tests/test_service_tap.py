@@ -32,9 +32,11 @@ from nswarm import defaults, service_tap
 from nswarm.cluster_files import init_cluster
 from nswarm.node.node import ServiceServerProtocol
 from nswarm.service import Service, implement
-from nswarm.testing.local import LocalCluster, alive_pids, nswarm_event
+from nswarm.testing.local import LocalCluster, nswarm_event
 from nswarm.testing.memory import SERVICE_KEY, MemoryCluster
 from nswarm.testing.process import child_environment
+
+from .conftest import running_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The service class of these tests, as the command line names it.
@@ -319,18 +321,8 @@ class Daemon:
 @pytest.fixture
 def cluster(directory: Path) -> Iterator[LocalCluster]:
     """A master and node 'node-1', stopped afterwards."""
-    local = LocalCluster(directory, timeout=BOUND)
-    try:
-        with local:
-            local.init()
-            local.start_master()
-            local.start_node("node-1")
-            yield local
-    finally:
-        for process in local.processes:  # pytest shows this output when a test fails
-            print(f"{process}, exit status {process.returncode}:\n{process.tail()}\n")
-        left = alive_pids(local.pids())
-        assert not left, f"processes still running after stop(): {left}"
+    with running_cluster(directory, BOUND) as local:
+        yield local
 
 
 @pytest.fixture

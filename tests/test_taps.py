@@ -15,6 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from nswarm import defaults
 from nswarm.cluster_files import init_cluster
 from nswarm.master import tap as master_tap
 from nswarm.master.master import ApiServerProtocol, NodeServerProtocol
@@ -136,7 +137,8 @@ def test_master_makes_a_node_server_and_an_api_server(cluster_dir: Path, tmp_pat
     assert not reactor.sslServers  # TLS is under the listener's Admission, which refuses throttled sources
     listening = {(port, interface): factory.relay for port, factory, _, interface in reactor.tcpServers}
     assert set(listening) == {(6666, "127.0.0.1"), (6667, "127.0.0.1")}
-    for _, factory, _, _ in reactor.tcpServers:
+    for _, factory, backlog, _ in reactor.tcpServers:
+        assert backlog == defaults.LISTEN_BACKLOG  # a thousand nodes reconnecting at once are all queued
         assert isinstance(factory, Admission) and isinstance(factory.wrappedFactory, TLSMemoryBIOFactory)
         assert factory.wrappedFactory.wrappedFactory is factory.relay
     assert listening[(6666, "127.0.0.1")].relay_protocol is NodeServerProtocol
@@ -215,3 +217,16 @@ def test_payload_and_subscriber_limits_reach_the_listeners(cluster_dir: Path) ->
     factories = [factory.relay for _, factory, _, _ in reactor.tcpServers]
     assert len(factories) == 2 and {(f.max_payload, f.subscriber_buffer) for f in factories} == {(1048576, 65536)}
     service.stopService()
+
+
+def test_the_master_has_a_startup_window_and_drains_when_stopped(cluster_dir: Path) -> None:
+    options = parse(master_tap.Options(), "--config", str(cluster_dir / "master.conf"), "--drain-timeout", "7")
+    reactor = MemoryReactorClock()
+    service = master_tap.makeService(options, reactor=reactor)
+    assert isinstance(service, master_tap.MasterService) and service.drain_timeout == 7.0
+    master = service.master
+    assert master.opens_at - master.started == defaults.STARTUP_WINDOW
+    service.privilegedStartService()
+    service.startService()
+    stopped = service.stopService()  # nothing in flight: the drain is over at once
+    assert master.drain.active and stopped.called

@@ -75,6 +75,10 @@ class HeldCalls:
                     return self._taken(method, held)
         return None
 
+    def take_all(self) -> list[tuple[str, Held]]:
+        """Take every held call (the master is draining)."""
+        return self._take(lambda held: True)
+
     def drop_caller(self, caller: Any) -> list[Held]:
         """Take every call C{caller} made (it is gone)."""
         return [held for _, held in self._take(lambda held: held.caller is caller)]

@@ -24,7 +24,9 @@ from nswarm.amp_commands import (
     CALLER,
     EVENT,
     EXCLUDE,
+    HANDED_TO,
     METHOD,
+    PUBLISH,
     TIMEOUT,
     AuthenticationFailed,
     Cancelled,
@@ -37,10 +39,12 @@ from nswarm.amp_commands import (
 )
 from nswarm.identity import tls_identity
 from nswarm.master.held import Held, HeldCalls
+from nswarm.master.phases import Drain, EarlyEvents, draining_error
 from nswarm.master.status import cluster_report
 from nswarm.relay.checks import check_rights, log_registration, routed_name, time_left
 from nswarm.relay.downstream import Downstream
-from nswarm.relay.relay import IRouter, Relay, dispatch
+from nswarm.relay.relay import Relay
+from nswarm.relay.router import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer, Registry, Request
 from nswarm.status_commands import Status
 
@@ -61,7 +65,13 @@ class Master:
 
     log = Logger()
 
-    def __init__(self, clock: IClock, grace: float = defaults.GRACE, queue_size: int = defaults.QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        clock: IClock,
+        grace: float = defaults.GRACE,
+        queue_size: int = defaults.QUEUE_SIZE,
+        startup_window: float = 0.0,
+    ) -> None:
         self.clock = clock
         self.grace = grace
         self.registry: Registry[IPeer] = Registry()
@@ -72,6 +82,11 @@ class Master:
         #: Every authenticated connection (nodes and API users).
         self.peers: set[IPeer] = set()
         self.started = clock.seconds()
+        #: Until when calls to unregistered methods wait, and events are held (see L{nswarm.master.phases}).
+        self.opens_at = self.started + startup_window
+        self.early = EarlyEvents()
+        self.drain = Drain(clock)
+        self._open_timer: Any = None
         #: The factories of its servers ("node", "api"), and where each listens ("HOST:PORT").
         self.listeners: dict[str, Any] = {}
         self.addresses: dict[str, str] = {}
@@ -115,6 +130,9 @@ class Master:
     def stop(self) -> None:
         """Stop the timers (the daemon is stopping)."""
         self.relay.stop()
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
@@ -152,16 +170,19 @@ class Master:
         method = routed_name(box, METHOD, "method", self.registry.method_names)
         if caller.rights is not ALL and not caller.may("call", method):
             raise caller.refuse("call", method)
+        if self.drain.active:
+            raise draining_error()
         node = self.relay.choose(method)
         if node is not None:
             self.relay.forward(caller, box, node, method)
             return
         implemented = self.registry.implemented(method)
-        if ASK not in box or not (implemented or self.grace > 0) or self.held.full:
-            raise self._overloaded(method) if implemented else self._no_such_method(method)
         now = self.clock.seconds()
+        starting = now < self.opens_at
+        if ASK not in box or not (implemented or self.grace > 0 or starting) or self.held.full:
+            raise self._overloaded(method) if implemented else self._no_such_method(method)
         deadline = now + time_left(box)
-        give_up = deadline if implemented else min(deadline, now + self.grace)
+        give_up = deadline if implemented else min(deadline, max(now + self.grace, self.opens_at))
         self.held.hold(method, Held(caller, box, deadline, give_up))
         self._watch_held()
 
@@ -170,6 +191,8 @@ class Master:
         method = routed_name(box, METHOD, "method")
         if caller.rights is not ALL and not caller.may("call", method):
             raise caller.refuse("call", method)
+        if self.drain.active:
+            raise draining_error()
         nodes = self.registry.implementers(method)
         if not nodes:
             raise self._no_such_method(method)
@@ -180,10 +203,13 @@ class Master:
         event = routed_name(box, EVENT, "event")
         if publisher.rights is not ALL and not publisher.may("publish", event):
             raise publisher.refuse("publish", event)
+        if self.clock.seconds() < self.opens_at and not self.drain.active and self.early.hold(publisher, box):
+            self._watch_opening()
+            return
         tag = box.get(ASK)
-        self.relay.fan_out(box, self.registry.subscribers(event), publisher if EXCLUDE in box else None)
+        handed_to = self.relay.fan_out(box, self.registry.subscribers(event), publisher if EXCLUDE in box else None)
         if tag is not None:
-            publisher.send(amp.AmpBox({ANSWER: tag}))
+            publisher.send(amp.AmpBox({ANSWER: tag, HANDED_TO: b"%d" % handed_to}))
 
     def cancel(self, caller: IPeer, caller_tag: bytes) -> None:
         """Cancel a held call here, or a forwarded one downstream."""
@@ -211,6 +237,40 @@ class Master:
     def _slot_freed(self, request: Request[IPeer]) -> None:
         if request.method is not None and request.method in self.held:
             self._release(request.method)
+        if self.drain.active:
+            self.drain.settled(len(self.relay.pending))
+
+    # -- starting and stopping -----------------------------------------------
+
+    def _watch_opening(self) -> None:
+        if self._open_timer is None:
+            self._open_timer = self.clock.callLater(max(0.0, self.opens_at - self.clock.seconds()), self._opened)
+
+    def _opened(self) -> None:
+        """The startup window is over: hand on the events held meanwhile, in order (their publishers' are still up)."""
+        self._open_timer = None
+        self.opens_at = min(self.opens_at, self.clock.seconds())
+        for publisher, box in self.early.release():
+            if publisher.alive:  # else it had no answer: it may publish again, so this one is not sent
+                dispatch(self, publisher, PUBLISH, box)
+            else:
+                self.relay.stats.dropped += 1
+
+    def start_draining(self, timeout: float) -> Deferred[None]:
+        """
+        Stop taking calls (they are answered L{Draining}, held ones too) and
+        fire once those in flight are done, or after C{timeout} seconds.
+        """
+        self._opened()
+        for _, held in self.held.take_all():
+            held.caller.send_error(held.box[ASK], draining_error())
+        self.log.info(
+            "draining: no new calls; waiting up to {timeout}s for {count} in flight",
+            timeout=timeout,
+            count=len(self.relay.pending),
+            nswarm_event="draining",
+        )
+        return self.drain.start(timeout, lambda: len(self.relay.pending))
 
     def _release(self, method: str) -> None:
         """Send on the calls held for C{method} while an implementer can take them."""
@@ -230,9 +290,15 @@ class Master:
                 dispatch(self, held.caller, CALL, held.box)
 
     def _watch_held(self) -> None:
+        """Have L{_give_up} run when the soonest held call's wait is over (sooner, if one came that waits less)."""
         soonest = self.held.next_give_up()
-        if self._hold_timer is None and soonest is not None:
-            self._hold_timer = self.clock.callLater(max(0.0, soonest - self.clock.seconds()), self._give_up)
+        if soonest is None:
+            return
+        if self._hold_timer is not None:
+            if self._hold_timer.getTime() <= soonest:
+                return
+            self._hold_timer.cancel()
+        self._hold_timer = self.clock.callLater(max(0.0, soonest - self.clock.seconds()), self._give_up)
 
     def _give_up(self) -> None:
         """Answer the held calls whose wait is over: NoSuchMethod, or DeadlineExceeded."""

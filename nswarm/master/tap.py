@@ -98,6 +98,21 @@ class Options(DaemonOptions):
             "Seconds a call to a method nobody implements waits for an implementer (within its deadline)",
             non_negative,
         ],
+        [
+            "startup-window",
+            None,
+            str(defaults.STARTUP_WINDOW),
+            "Seconds after starting during which calls to methods not registered yet wait (within their deadlines) "
+            "and events are held, while the nodes reconnect",
+            non_negative,
+        ],
+        [
+            "drain-timeout",
+            None,
+            str(defaults.DRAIN_TIMEOUT),
+            "Seconds the master waits, on SIGTERM, for the calls in flight to finish (it takes no new ones)",
+            non_negative,
+        ],
         *http_parameters(),
     ]
 
@@ -171,13 +186,29 @@ def http_server(options: Options, master: Master, ports: PortsFile, reactor: Any
     return http_service(reactor, options["http"], master_site(master, options.http_token), bound)
 
 
+class MasterService(MultiService):
+    """The master daemon: on stop (SIGTERM), it drains (see L{Master.start_draining}) before its connections close."""
+
+    def __init__(self, master: Master, drain_timeout: float) -> None:
+        super().__init__()
+        self.master = master
+        self.drain_timeout = drain_timeout
+
+    def stopService(self) -> Deferred[None]:
+        d = self.master.start_draining(self.drain_timeout)
+        d.addBoth(lambda _: MultiService.stopService(self))
+        return d
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The master: a node server and an api server sharing one L{Master}."""
     if reactor is None:
         from twisted.internet import reactor
-    master = Master(reactor, grace=options["grace"], queue_size=options["queue-size"])
+    master = Master(
+        reactor, grace=options["grace"], queue_size=options["queue-size"], startup_window=options["startup-window"]
+    )
     ports = PortsFile(options["ports-file"], ["node", "api"] + (["http"] if has_port(options["http"]) else []))
-    top = MultiService()
+    top = MasterService(master, options["drain-timeout"])
     RelayService(master).setServiceParent(top)
     servers = [
         ("node server", options["node-port"], options.node_tls, NodeServerProtocol, options.node_auth_key),
@@ -185,7 +216,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ]
     factories: list[RelayFactory] = []
     for name, number, tls, protocol, key in servers:
-        endpoint = GuardedEndpoint(TCP4ServerEndpoint(reactor, number, interface=options["interface"]), tls)
+        endpoint = GuardedEndpoint(
+            TCP4ServerEndpoint(reactor, number, backlog=defaults.LISTEN_BACKLOG, interface=options["interface"]), tls
+        )
         factory = RelayFactory(protocol, master, reactor, key, **connection_settings(options))
         factories.append(factory)
         master.listeners[name.split()[0]] = factory

@@ -22,7 +22,8 @@ from nswarm.node.upstream import Upstream
 from nswarm.peercred import PeerCredentials, peer_credentials
 from nswarm.relay.checks import check_rights, log_registration, routed_name
 from nswarm.relay.downstream import Downstream
-from nswarm.relay.relay import IRouter, Relay
+from nswarm.relay.relay import Relay
+from nswarm.relay.router import IRouter
 from nswarm.relay.state import IPeer, Registry, Request
 
 

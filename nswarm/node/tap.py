@@ -83,7 +83,21 @@ class Options(DaemonOptions):
             "reconnect-max-delay",
             None,
             str(defaults.NODE_RECONNECT_MAX_DELAY),
-            "Longest wait, in seconds, between reconnection attempts",
+            "Longest wait, in seconds, between attempts to reach the master until it has been reached",
+            positive,
+        ],
+        [
+            "reconnect-lost-max-delay",
+            None,
+            str(defaults.RECONNECT_LOST_MAX_DELAY),
+            "Longest wait, in seconds (jitter included), between attempts to reconnect once the connection is lost",
+            positive,
+        ],
+        [
+            "upstream-auth-timeout",
+            None,
+            str(defaults.CLIENT_AUTH_TIMEOUT),
+            "Seconds the master may take to answer the TLS handshake and authentication before the node retries",
             positive,
         ],
         [
@@ -215,6 +229,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         ),
         options.upstream_auth_key,
         options["reconnect-max-delay"],
+        options["reconnect-lost-max-delay"],
+        options["upstream-auth-timeout"],
     )
     upstream.setName("upstream")
     upstream.setServiceParent(top)

@@ -21,10 +21,11 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from nswarm import defaults
 from nswarm.amp_commands import Authenticate, Implement, Subscribe, Unimplement, Unsubscribe, UpstreamUnavailable
 from nswarm.failures import Target
 from nswarm.node.status import node_report
-from nswarm.reconnect import Reconnecting
+from nswarm.reconnect import AuthenticationDeadline, Reconnecting
 from nswarm.relay.protocol import RelayFactory, RelayProtocol
 from nswarm.relay.state import IPeer, Registry
 from nswarm.requests import events_part, first_error, methods_part
@@ -63,6 +64,8 @@ class Upstream:
         self.connection: UpstreamProtocol | None = None
         #: What the master has been told of each method here: (idempotent, limit).
         self.advertised: dict[str, tuple[bool, int]] = {}
+        #: How long the master may take to answer the authentication (set by L{service}).
+        self.deadline: AuthenticationDeadline | None = None
 
     def service(
         self,
@@ -72,23 +75,34 @@ class Upstream:
         factory: RelayFactory,
         key: bytes,
         max_delay: float,
+        lost_max_delay: float = defaults.RECONNECT_LOST_MAX_DELAY,
+        auth_timeout: float = defaults.CLIENT_AUTH_TIMEOUT,
     ) -> ClientService:
         """
         A ClientService that keeps this upstream connected and authenticated
         through C{endpoint}, to the master's node server at C{target} (which
-        its log lines name, with the cause of each failed attempt).
+        its log lines name, with the cause of each failed attempt): retrying
+        at most C{max_delay} seconds apart until it has been connected, at
+        most C{lost_max_delay} apart once it was and is lost; a master that
+        does not answer the authentication within C{auth_timeout} seconds
+        costs an attempt.
         """
-        prepare = self.authenticate(key)
-        return Reconnecting(reactor, endpoint, factory, prepare, f"node {self.name!r}", target, max_delay)
+        self.deadline = AuthenticationDeadline(reactor, auth_timeout, target, "upstream-auth-timeout")
+        prepare = self.authenticate(key, self.deadline)
+        who = f"node {self.name!r}"
+        return Reconnecting(reactor, endpoint, factory, prepare, who, target, max_delay, lost_max_delay)
 
-    def authenticate(self, key: bytes) -> Any:
+    def authenticate(self, key: bytes, deadline: AuthenticationDeadline | None = None) -> Any:
         """
-        The ClientService's prepareConnection: authenticate with the master,
-        then register everything the local services provide.
+        The ClientService's prepareConnection: authenticate with the master
+        (within C{deadline}, if given), then register everything the local
+        services provide.
         """
 
         def prepare(upstream: UpstreamProtocol) -> Deferred[Any]:
             d = upstream.request(Authenticate, key=key, name=self.name)
+            if deadline is not None:
+                d = deadline.bound(upstream, d)
             return d.addCallback(lambda _: upstream.became_upstream(self))
 
         return prepare

@@ -34,6 +34,7 @@ class Gather:
     paused = False
     calls_handled = 0
     call_errors = None
+    boxes_received = 0
 
     def __init__(self, tag: bytes, caller: IPeer, count: int, finished: Callable[[], Any]) -> None:
         self.tag = tag

@@ -166,6 +166,14 @@ class PendingCalls(Generic[P]):
         pending = self._by_callee.get(callee)
         return sum(1 for request in pending.values() if request.method == method) if pending else 0
 
+    def callees(self) -> list[P]:
+        """The peers that have requests pending."""
+        return [callee for callee, pending in self._by_callee.items() if pending]
+
+    def waiting_on(self, callee: P) -> list[Request[P]]:
+        """The requests C{callee} has not answered yet."""
+        return list(self._by_callee.get(callee, {}).values())
+
     def by_method(self) -> dict[str, int]:
         """How many calls are pending, by method (counted: for the status only)."""
         counts: dict[str, int] = {}

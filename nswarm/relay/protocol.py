@@ -46,7 +46,7 @@ from nswarm.failures import address_text, this_is
 from nswarm.framing import FastBoxes
 from nswarm.relay.backpressure import Backpressure
 from nswarm.relay.gate import Gate, Guards
-from nswarm.relay.relay import IRouter, dispatch
+from nswarm.relay.router import IRouter, dispatch
 from nswarm.relay.state import IClock, IPeer
 from nswarm.requests import Requests
 from nswarm.sockets import socket_counters
@@ -219,7 +219,8 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
                 self.stamp(box)
             dispatch(self.router, self, command, box)
         elif command == HEARTBEAT:
-            pass  # counted by FastBoxes; nothing to answer
+            if ASK in box:  # a relay's probe: is this end alive? (counted by FastBoxes either way)
+                self.send(amp.AmpBox({ANSWER: box[ASK]}))
         elif command is not None:
             super().ampBoxReceived(box)
         else:

@@ -20,24 +20,19 @@ from typing import Any, cast
 
 from twisted.logger import Logger
 from twisted.protocols import amp
-from zope.interface import Attribute, Interface
 
 from nswarm.amp_commands import (
     ANSWER,
     ASK,
-    CALL,
-    CALL_ALL,
     COMMAND,
     ERROR,
     ERROR_CODE,
-    ID,
+    HEARTBEAT,
     METHOD,
-    PUBLISH,
     TIMEOUT,
     Cancelled,
     DeadlineExceeded,
     ImplementerLost,
-    InternalError,
     InvalidRequest,
     NoSuchMethod,
     NswarmError,
@@ -46,6 +41,7 @@ from nswarm.amp_commands import (
 from nswarm.boxes import remote_error, serialize
 from nswarm.defaults import MAX_CALL_TIMEOUT, SWEEP_INTERVAL
 from nswarm.relay.checks import time_left
+from nswarm.relay.ejection import Ejection
 from nswarm.relay.gather import Gather
 from nswarm.relay.state import IClock, IPeer, PendingCalls, Registry, Request
 from nswarm.relay.stats import OTHER, Stats
@@ -54,72 +50,6 @@ log = Logger()
 
 #: Errors with which an implementer turns a call down without running it.
 _NOT_RUN = {NoSuchMethod.code, Overloaded.code}
-
-
-class IRouter(Interface):
-    """
-    The decisions of one relay (the master's, or a node's): where each
-    request goes and what a registration changes. Its AMP connections hand
-    it every routed box and every registration; it acts through its
-    L{Relay}.
-    """
-
-    relay = Attribute("The L{Relay} that forwards for it.")
-
-    def call(caller: IPeer, box: amp.AmpBox) -> None:
-        """Route C{caller}'s L{nswarm.amp_commands.Call} box, or raise an L{NswarmError} to answer it."""
-
-    def call_all(caller: IPeer, box: amp.AmpBox) -> None:
-        """Route C{caller}'s L{nswarm.amp_commands.CallAll} box to every implementer."""
-
-    def publish(publisher: IPeer, box: amp.AmpBox) -> None:
-        """Fan C{publisher}'s L{nswarm.amp_commands.Publish} box out (and answer it if it asks)."""
-
-    def cancel(caller: IPeer, caller_tag: bytes) -> None:
-        """C{caller} cancelled its request C{caller_tag}."""
-
-    def implement(peer: IPeer, methods: list[str], idempotent: list[str], limits: list[int]) -> Any:
-        """C{peer} implements C{methods}; may return a Deferred that fires once the change has taken effect."""
-
-    def unimplement(peer: IPeer, methods: list[str]) -> Any:
-        """C{peer} withdraws C{methods}."""
-
-    def subscribe(peer: IPeer, patterns: list[str]) -> Any:
-        """C{peer} subscribes to C{patterns}; may return a Deferred like L{implement}."""
-
-    def unsubscribe(peer: IPeer, patterns: list[str]) -> Any:
-        """C{peer} withdraws C{patterns}."""
-
-    def authenticated(peer: IPeer) -> None:
-        """C{peer} has just authenticated."""
-
-    def lost(peer: IPeer) -> None:
-        """C{peer}'s connection is gone: forget what it registered and fail what is pending on it."""
-
-
-def dispatch(router: Any, peer: IPeer, command: bytes, box: amp.AmpBox) -> None:
-    """
-    Hand routed C{box} (a L{CALL}, L{CALL_ALL}, L{PUBLISH} or Cancel) from
-    C{peer} to C{router}. A typed error answers the request; any other
-    exception is logged and answered L{InternalError}: a bug must cost one
-    request, not the connection and every other request on it.
-    """
-    try:
-        if command == CALL:
-            router.call(peer, box)
-        elif command == CALL_ALL:
-            router.call_all(peer, box)
-        elif command == PUBLISH:
-            router.publish(peer, box)
-        else:
-            router.cancel(peer, box.get(ID, b""))
-    except NswarmError as error:
-        if command == CALL or command == CALL_ALL:
-            router.relay.count_refused(box, error.code)
-        peer.send_error(box.get(ASK), error)
-    except Exception:
-        log.failure("routing a {command} from {peer} failed", command=command.decode("ascii"), peer=peer.description)
-        peer.send_error(box.get(ASK), InternalError("the relay failed to route this request: see its log"))
 
 
 def _nothing(request: Request[IPeer]) -> None:
@@ -153,6 +83,8 @@ class Relay:
         self._sweeper: Any = None
         #: What it counted: calls by method and outcome, latencies, events (see L{nswarm.relay.stats}).
         self.stats = Stats(clock if latencies else None)
+        #: The peers taken out of balancing for their silence (see L{nswarm.relay.ejection}).
+        self.ejection = Ejection()
 
     def count_refused(self, box: amp.AmpBox, code: bytes) -> None:
         """
@@ -167,10 +99,18 @@ class Relay:
         self.stats.failed(method if self.registry.implemented(method) else OTHER, code)
 
     def choose(self, method: str, exclude: IPeer | None = None) -> IPeer | None:
-        """The implementer of C{method} with the fewest calls in flight that is below its limit."""
+        """
+        The implementer of C{method} with the fewest calls in flight that is
+        below its limit, and not ejected (unless all of them are).
+        """
         busy = None
         if self.registry.limits:
             busy = lambda peer, limit: self.pending.in_flight_for(peer, method) >= limit  # noqa: E731
+        ejected = self.ejection.ejected
+        if ejected:
+            chosen = self.registry.choose(method, self.pending.in_flight, exclude, busy, ejected)
+            if chosen is not None:
+                return chosen
         return self.registry.choose(method, self.pending.in_flight, exclude, busy)
 
     def forward(self, caller: IPeer, box: amp.AmpBox, callee: IPeer, method: str | None = None) -> None:
@@ -266,12 +206,13 @@ class Relay:
             request[ASK] = b"%d" % index
             self.forward(gather, request, callee)
 
-    def fan_out(self, box: amp.AmpBox, peers: Iterable[IPeer], exclude: IPeer | None = None) -> None:
+    def fan_out(self, box: amp.AmpBox, peers: Iterable[IPeer], exclude: IPeer | None = None) -> int:
         """
         Send event C{box} to every peer but C{exclude}, without asking for an
         answer. The box is serialised once and the same bytes written to every
         connection. A peer whose connection is not keeping up may drop it
-        (see L{IPeer.may_buffer}); nobody else waits for that.
+        (see L{IPeer.may_buffer}); nobody else waits for that. Returns to
+        how many peers it was written.
         """
         box.pop(ASK, None)
         data = serialize(box)
@@ -284,6 +225,7 @@ class Relay:
                 else:
                     dropped += 1
         self.stats.fanned_out(delivered, dropped)
+        return delivered
 
     def lost(self, peer: IPeer) -> None:
         """
@@ -307,6 +249,7 @@ class Relay:
             self._finished(request)
         for key in [key for key in self.gathers if key[0] is peer]:
             self._drop_gather(self.gathers.pop(key))
+        self.ejection.forget(peer)
 
     def _count(self, request: Request[IPeer], code: bytes) -> None:
         """C{request} ended here with error C{code}: count it under its method (if a call)."""
@@ -333,7 +276,8 @@ class Relay:
         would cost more than one idle tick).
         """
         self._sweeper = None
-        for request in self.pending.expired(self.clock.seconds()):
+        now = self.clock.seconds()
+        for request in self.pending.expired(now):
             request.caller.send_error(
                 request.caller_tag,
                 DeadlineExceeded(f"{request.callee.description} did not answer before the deadline: it was cancelled"),
@@ -341,8 +285,38 @@ class Relay:
             request.callee.send_cancel(request.tag)
             self._count(request, DeadlineExceeded.code)
             self._finished(request)
-        if len(self.pending):
+        self._watch_silence(now)
+        if len(self.pending) or self.ejection.ejected:
             self._sweeper = self.clock.callLater(SWEEP_INTERVAL, self._sweep)
+
+    def _watch_silence(self, now: float) -> None:
+        """Probe, eject or bring back the peers by what has been heard from them (see L{Ejection})."""
+        probe, eject, back = self.ejection.check(self.pending.callees(), now)
+        for peer in probe:
+            peer.send(amp.AmpBox({COMMAND: HEARTBEAT, ASK: peer.next_tag()}))
+        for peer in eject:
+            log.warn(
+                "{peer} has sent nothing for {seconds:g}s with calls pending: ejected from balancing until it "
+                "answers; its idempotent calls are sent elsewhere",
+                peer=peer.description,
+                seconds=self.ejection.eject_after,
+                nswarm_event="ejected",
+                role=peer.role,
+                name=peer.name,
+            )
+            for request in self.pending.waiting_on(peer):
+                if request.idempotent and request.retry is not None:
+                    self.pending.pop(peer, request.tag)
+                    peer.send_cancel(request.tag)
+                    self._retry(request, ImplementerLost(f"{peer.description} went silent: the call may have run"))
+        for peer in back:
+            log.info(
+                "{peer} answers again: back in balancing",
+                peer=peer.description,
+                nswarm_event="reinstated",
+                role=peer.role,
+                name=peer.name,
+            )
 
     def _retry(self, request: Request[IPeer], error: NswarmError) -> None:
         """

@@ -38,6 +38,7 @@ class IPeer(Interface):
     rights = Attribute("What it may do (a L{nswarm.access.Rights}; L{nswarm.access.ALL} for every right).")
     paused = Attribute("Whether its transport's buffer is full (it is not reading): events may be dropped for it.")
     calls_handled = Attribute("Calls it answered as an implementer (counted by the relay).")
+    boxes_received = Attribute("How many boxes have come from it (outlier ejection watches it move).")
     call_errors = Attribute("Of those, the failed ones by error code (a dict, or None for none yet).")
 
     def next_tag() -> bytes:
@@ -279,17 +280,20 @@ class Registry(Generic[P]):
         load: Callable[[P], int] = lambda peer: 0,
         exclude: P | None = None,
         busy: Callable[[P, int], bool] | None = None,
+        avoid: Container[P] = (),
     ) -> P | None:
         """
-        The implementer of C{method} (other than C{exclude}, and not
-        C{busy(peer, limit)} for one with a limit) with the least C{load}
-        (calls in flight), ties broken round robin; None if there is none.
+        The implementer of C{method} (other than C{exclude}, not in C{avoid},
+        and not C{busy(peer, limit)} for one with a limit) with the least
+        C{load} (calls in flight), ties broken round robin; None if there is none.
         """
         peers = self._methods.peers.get(method)
-        if peers and len(peers) == 1 and exclude is None and busy is None:
+        if peers and len(peers) == 1 and exclude is None and busy is None and not avoid:
             return peers[0]  # the common case, kept short
         if peers and exclude is not None:
             peers = [peer for peer in peers if peer != exclude]
+        if peers and avoid:
+            peers = [peer for peer in peers if peer not in avoid]
         if peers and busy is not None:
             limits = self.limits
             peers = [peer for peer in peers if not ((peer, method) in limits and busy(peer, limits[(peer, method)]))]
