@@ -180,3 +180,21 @@ def test_a_drain_gives_up_after_its_timeout() -> None:
     assert not drained.called
     advance(cluster, 1.1)
     assert result_of(drained) is None
+
+
+def test_an_event_published_as_the_window_ends_does_not_pass_those_held() -> None:
+    """The window is over, but the timer that hands the held events on has not run yet: a new event waits behind."""
+    cluster = Cluster()
+    cluster.master = Master(cluster.clock, startup_window=1.0)
+    service = Echo()
+    node, _, _ = cluster.add_node("node-1")
+    cluster.add_service(node, service)
+    client, _ = cluster.add_api()
+    first = client.publish("orders.created", 1)
+    cluster.flush()
+    cluster.master.opens_at = cluster.clock.seconds()  # the window's end, as the reactor reads a box first
+    second = client.publish("orders.created", 2)
+    cluster.flush()
+    assert service.events == [] and not first.called and not second.called
+    advance(cluster, 1.1)
+    assert service.events == [1, 2] and result_of(first) == 1 and result_of(second) == 1

@@ -203,7 +203,8 @@ class Master:
         event = routed_name(box, EVENT, "event")
         if publisher.rights is not ALL and not publisher.may("publish", event):
             raise publisher.refuse("publish", event)
-        if self.clock.seconds() < self.opens_at and not self.drain.active and self.early.hold(publisher, box):
+        holding = self.clock.seconds() < self.opens_at or bool(self.early.held)  # none may pass those held
+        if holding and not self.drain.active and self.early.hold(publisher, box):
             self._watch_opening()
             return
         tag = box.get(ASK)
