@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.cfg pyproject.toml $(shell find nswarm twisted -name '*.py' 2>/dev/null)
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench chaos clean
 
 $(VENV)/.deps: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# The chaos suite (issue 12): faults one at a time under load, about 5 minutes.
+chaos: $(VENV)/.installed
+	$(PY) bench/chaos.py
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff format --check .
