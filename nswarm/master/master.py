@@ -84,6 +84,7 @@ class Master:
         self.started = clock.seconds()
         #: Until when calls to unregistered methods wait, and events are held (see L{nswarm.master.phases}).
         self.opens_at = self.started + startup_window
+        self._opening = startup_window > 0
         self.early = EarlyEvents()
         self.drain = Drain(clock)
         self._open_timer: Any = None
@@ -203,10 +204,13 @@ class Master:
         event = routed_name(box, EVENT, "event")
         if publisher.rights is not ALL and not publisher.may("publish", event):
             raise publisher.refuse("publish", event)
-        holding = self.clock.seconds() < self.opens_at or bool(self.early.held)  # none may pass those held
-        if holding and not self.drain.active and self.early.hold(publisher, box):
-            self._watch_opening()
-            return
+        if self._opening:  # the startup window, or the held events not handed on yet: none may pass those held
+            if (self.clock.seconds() < self.opens_at or self.early.held) and not self.drain.active:
+                if self.early.hold(publisher, box):
+                    self._watch_opening()
+                    return
+            elif not self.early.held:
+                self._opening = False
         tag = box.get(ASK)
         handed_to = self.relay.fan_out(box, self.registry.subscribers(event), publisher if EXCLUDE in box else None)
         if tag is not None:
