@@ -38,6 +38,7 @@ from nswarm.amp_commands import (
 )
 from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
 from nswarm.codec import decode, encode, encode_arguments
+from nswarm.deadlines import LocalDeadlines
 from nswarm.framing import FastBoxes
 from nswarm.requests import Parse, Requests
 from nswarm.sockets import no_delay
@@ -70,7 +71,7 @@ class Keeper(Protocol):
         """Error box C{box} came (a draining master's refusal, say), before it fails its request."""
 
 
-class ClientProtocol(Requests, FastBoxes, amp.AMP):
+class ClientProtocol(LocalDeadlines, Requests, FastBoxes, amp.AMP):
     """
     The SDK end of a connection to the master (API SDK) or a node (service
     SDK). Calls and events are sent as boxes built here, and their answers
@@ -134,7 +135,9 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
         put_payload(box, ARGS, data)
         if self.holding or method in self.idempotent:
             return self._kept(box, _call_result, timeout, method)
-        return self.request_box(box, _call_result)
+        d = self.request_box(box, _call_result)
+        self.keep_deadline(box, timeout)
+        return d
 
     def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
         """
@@ -156,7 +159,9 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
         put_payload(box, ARGS, data)
         if self.holding or method in self.idempotent:
             return self._kept(box, _gathered, self.timeout, method)
-        return self.request_box(box, _gathered)
+        d = self.request_box(box, _gathered)
+        self.keep_deadline(box, self.timeout)
+        return d
 
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Deferred[Any]:
         """
@@ -175,7 +180,9 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
         put_payload(box, PAYLOAD, data)
         if self.holding:
             return self._kept(box, _handed_to, self.timeout, None)
-        return self.request_box(box, _handed_to)
+        d = self.request_box(box, _handed_to)
+        self.keep_deadline(box, self.timeout)
+        return d
 
     def _kept(self, box: amp.AmpBox, parse: Parse, timeout: float, method: str | None) -> Deferred[Any]:
         """Request C{box} through the keeper (see L{Keeper.send}), or as usual if there is none."""
@@ -238,6 +245,16 @@ class ClientProtocol(Requests, FastBoxes, amp.AMP):
             f"the connection to the {self.peer} closed before an answer came: "
             "the request may or may not have been carried out; reconnect and retry if that is safe"
         )
+
+    def start_heartbeats(self, clock: Any, interval: float) -> None:
+        """Heartbeats (see L{FastBoxes.start_heartbeats}), and this end's own sweep of its requests' deadlines."""
+        super().start_heartbeats(clock, interval)
+        self.watch_deadlines(clock)
+
+    def stop_heartbeats(self) -> None:
+        """Stop the heartbeats and the deadline sweep."""
+        super().stop_heartbeats()
+        self.stop_watching_deadlines()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.stop_heartbeats()

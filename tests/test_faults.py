@@ -198,3 +198,19 @@ def test_an_event_published_as_the_window_ends_does_not_pass_those_held() -> Non
     assert service.events == [] and not first.called and not second.called
     advance(cluster, 1.1)
     assert service.events == [1, 2] and result_of(first) == 1 and result_of(second) == 1
+
+
+def test_a_call_to_a_stopped_master_fails_at_its_deadline_by_the_clients_own_sweep() -> None:
+    cluster = Cluster()
+    two_nodes(cluster)
+    client, _ = cluster.add_api()
+    client.start_heartbeats(cluster.clock, defaults.HEARTBEAT)
+    assert result_of(cluster.run(client.call_with_timeout(1.0, "echo", "up"))) == "up"
+    cluster.pumps.pop()  # the API user's connection: the master is SIGSTOPped, as it were
+    stuck = client.call_with_timeout(1.0, "echo", "stuck")
+    advance(cluster, 1.0)
+    assert not stuck.called  # the master's own DeadlineExceeded could still come
+    advance(cluster, 0.1)
+    error = failure_of(stuck).value
+    assert isinstance(error, DeadlineExceeded) and "this client's own check" in str(error)
+    client.stop_heartbeats()
