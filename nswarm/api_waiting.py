@@ -68,6 +68,7 @@ class Waiting:
         if TIMEOUT in self.box:
             self.box[TIMEOUT] = repr(float(left)).encode("ascii")
         self.sent = self.room.client.request_box(self.box, self.parse)
+        self.room.client.keep_deadline(self.box, left)  # a stopped master cannot hold it past its deadline
         self.sent.addCallbacks(self._answered, self._failed)
 
     def expire(self) -> None:
