@@ -214,4 +214,3 @@ def test_a_call_to_a_stopped_master_fails_at_its_deadline_by_the_clients_own_swe
     error = failure_of(stuck).value
     assert isinstance(error, DeadlineExceeded) and "this client's own check" in str(error)
     client.stop_heartbeats()
-
