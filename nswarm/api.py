@@ -23,15 +23,15 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm import defaults
-from nswarm.amp_commands import COMMAND, UpstreamUnavailable
+from nswarm.amp_commands import COMMAND
 from nswarm.api_reconnect import Address, Reconnector
 from nswarm.api_user import APIUser
 from nswarm.client import ClientProtocol, check_key
 from nswarm.config import ConfigError, addresses, boolean, names, read_client_config, read_secret_file, require
-from nswarm.failures import api_server, closed_before_authenticating
+from nswarm.failures import api_server
 from nswarm.tls import client_options
 
-__all__ = ["APIClient", "connect", "connect_from_config", "refused_before_authenticating"]
+__all__ = ["APIClient", "connect", "connect_from_config"]
 
 
 class APIClient(APIUser, ClientProtocol):
@@ -189,11 +189,6 @@ def _names(idempotent: Iterable[str]) -> list[str]:
         if not isinstance(method, str):
             raise TypeError(f"idempotent takes method names, not {method!r}")
     return listed
-
-
-def refused_before_authenticating(host: str, port: int) -> UpstreamUnavailable:
-    """What a client learns when the master closed its connection before it could authenticate."""
-    return UpstreamUnavailable(closed_before_authenticating(api_server(host, port, "ca")))
 
 
 def connect_from_config(

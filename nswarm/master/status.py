@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 from nswarm import defaults
+from nswarm.failures import address_text
 from nswarm.relay.stats import percentile
 from nswarm.sockets import silent_for
 from nswarm.status_commands import NodeStatus
@@ -29,12 +30,6 @@ def nswarm_version() -> str:
         return version("nswarm")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _address(peer: Any) -> str:
-    address = peer.address
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address or "")
 
 
 def _ask(master: Any, node: Any, timeout: float) -> Deferred[dict[str, Any]]:
@@ -71,7 +66,7 @@ def _connection(master: Any, peer: Any, now: float) -> dict[str, Any]:
     silent = silent_for(peer.transport) if peer.transport is not None else None  # the kernel's, for TCP
     return {
         "name": peer.name,
-        "address": _address(peer),
+        "address": address_text(peer.address),
         "connected_s": round(now - peer.connected_at, 3),
         "last_heard_s": round(silent if silent is not None else now - peer.heard_at, 3),
         "calls_in_flight": master.pending.in_flight(peer) + master.pending.asked_by(peer),
