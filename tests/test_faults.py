@@ -16,7 +16,7 @@ from nswarm.amp_commands import DeadlineExceeded, Draining, NoSuchMethod
 from nswarm.master.master import Master
 from nswarm.service import Service, implement, subscribe
 
-from .support import Cluster, failure_of, result_of
+from .support import Cluster, disconnect, failure_of, result_of
 
 
 class Echo(Service):
@@ -89,6 +89,46 @@ def test_a_silent_node_is_ejected_within_two_seconds_and_its_idempotent_calls_go
         advance(cluster, 0.2)
     assert [event["name"] for event in logged if event.get("nswarm_event") == "reinstated"] == ["node-1"]
     assert result_of(once) == "x" and (first.ran + second.ran).count("x") == 1
+
+
+def ejected_node_1(cluster: Cluster) -> tuple[Echo, Echo, Any, Any]:
+    """Two nodes, node-1 silenced with a call pending on it and ejected; its service, the other, its pump, server."""
+    first, second = Echo(), Echo()
+    node1, _, server1 = cluster.add_node("node-1")
+    cluster.add_service(node1, first)
+    node2, _, _ = cluster.add_node("node-2")
+    cluster.add_service(node2, second)
+    client, _ = cluster.add_api()
+    silenced = cluster.pumps.pop(0)  # node-1's connection to the master
+    client.call_with_timeout(10.0, "hold")
+    cluster.flush()
+    advance(cluster, 1.2)
+    assert list(cluster.master.relay.ejection.ejected) == [server1]
+    for number in range(3):
+        client.publish("orders.created", number)
+    cluster.flush()
+    assert second.events == [0, 1, 2] and first.events == []
+    return first, second, silenced, server1
+
+
+def test_events_for_an_ejected_node_are_held_and_written_in_order_when_it_answers_again() -> None:
+    cluster = Cluster()
+    first, _, silenced, server1 = ejected_node_1(cluster)
+    assert server1.events_waiting == 3  # held: none sits in its socket (only the call and the probe do)
+    assert not [data for data in server1.transport.stream if b"orders.created" in data]
+    cluster.pumps.insert(0, silenced)
+    advance(cluster, 0.2)
+    assert first.events == [0, 1, 2]
+    assert cluster.master.relay.stats.dropped == 0 and not server1.paused
+
+
+def test_events_held_for_an_ejected_node_whose_connection_closes_are_counted_as_dropped() -> None:
+    cluster = Cluster()
+    first, _, silenced, server1 = ejected_node_1(cluster)
+    cluster.pumps.insert(0, silenced)
+    disconnect(server1, cluster)
+    assert first.events == []
+    assert cluster.master.relay.stats.dropped == 3 and server1.events_dropped == 3
 
 
 def test_a_busy_peer_that_answers_its_probe_is_not_ejected() -> None:
@@ -214,3 +254,38 @@ def test_a_call_to_a_stopped_master_fails_at_its_deadline_by_the_clients_own_swe
     error = failure_of(stuck).value
     assert isinstance(error, DeadlineExceeded) and "this client's own check" in str(error)
     client.stop_heartbeats()
+
+
+def test_idempotent_calls_on_a_silent_service_with_no_other_on_its_node_run_on_another_node() -> None:
+    cluster = Cluster()
+    first, second = two_nodes(cluster)
+    client, _ = cluster.add_api()
+    # The pumps: node-1 upstream, node-1's service, node-2 upstream, node-2's service, the API user.
+    silenced = cluster.pumps.pop(1)  # node-1's service, SIGSTOPped as it were
+    calls = [client.call_with_timeout(5.0, "echo", f"c{n}") for n in range(4)]
+    cluster.flush()
+    with capturedLogs() as logged:
+        advance(cluster, 1.2)
+    assert [event["role"] for event in logged if event.get("nswarm_event") == "ejected"] == ["service"]
+    assert [result_of(d) for d in calls] == [f"c{n}" for n in range(4)]
+    assert first.ran == [] and sorted(second.ran) == [f"c{n}" for n in range(4)]
+    cluster.pumps.insert(1, silenced)
+
+
+def test_calls_reaching_a_node_whose_only_implementer_is_ejected_go_to_another_node() -> None:
+    cluster = Cluster()
+    first, second = two_nodes(cluster)
+    client, _ = cluster.add_api()
+    silenced = cluster.pumps.pop(1)  # node-1's service
+    held = client.call_with_timeout(5.0, "once", "held")  # waits on node-1's service (it may run there)
+    cluster.flush()
+    advance(cluster, 1.2)
+    # node-1 itself answers the master: calls still reach it, and it turns them down before they run.
+    later = [client.call_with_timeout(5.0, name, f"l{n}") for n, name in enumerate(["once", "echo"] * 3)]
+    cluster.flush()
+    assert [result_of(d) for d in later] == [f"l{n}" for n in range(6)]
+    assert first.ran == [] and sorted(second.ran) == sorted(f"l{n}" for n in range(6))
+    cluster.pumps.insert(1, silenced)  # it resumes: answers the call it held, and is back in balancing
+    advance(cluster, 0.2)
+    assert result_of(held) == "held" and first.ran == ["held"]
+    assert result_of(cluster.run(client.call("echo", "back"))) == "back"

@@ -121,8 +121,14 @@ class Node:
             self.relay.forward(caller, box, self.upstream.required())
             return
         method = routed_name(box, METHOD, "method", self.registry.method_names)
-        service = self.relay.choose(method)
+        service = self.relay.choose(method, answering=True)
         if service is None:
+            if self.relay.silent(method):
+                # Refused before it ran: the master sends it to another node (or answers this, if none).
+                raise Overloaded(
+                    f"every service on node {self.name!r} implementing {method!r} has stopped answering (ejected "
+                    "from balancing): retry later; the master sends it elsewhere when it can"
+                )
             if self.registry.implemented(method):
                 raise Overloaded(f"every service on node {self.name!r} implementing {method!r} is busy: retry later")
             raise NoSuchMethod(f"node {self.name!r} has no service implementing {method!r} any more: retry the call")

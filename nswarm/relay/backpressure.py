@@ -5,6 +5,13 @@ is full, the peer is not reading: the relay stops reading from it, so that
 it cannot make the relay queue more for it; events for it are bounded by its
 C{subscriber_buffer} (the rest dropped, counted and logged), everything by
 its C{send_buffer} (past it, the connection is closed).
+
+While a peer is ejected for its silence (L{nswarm.relay.ejection}) its
+events are held here instead of written (L{Backpressure.hold}): written,
+they would sit in kernel buffers, where a reset loses them uncounted. Held,
+they are bounded by the same C{subscriber_buffer}, written in order when it
+answers again (L{Backpressure.release}), and counted as dropped if its
+connection closes first.
 """
 
 from __future__ import annotations
@@ -34,8 +41,14 @@ class Backpressure:
     send_buffer: int
     close_connection: Any
 
-    #: True while the transport's buffer is full: the peer is not reading what is sent to it.
+    #: True while events for it count against C{subscriber_buffer}: the transport's buffer is full (the peer is
+    #: not reading what is sent to it), or its events are held (it is ejected).
     paused = False
+    #: True while the transport's buffer is full.
+    _full = False
+    #: The events held while it is ejected (None: not held), and their bytes.
+    _held: list[bytes] | None = None
+    _held_bytes = 0
     #: Bytes written since the transport's buffer filled.
     backlog = 0
     #: Events dropped because this peer was not reading them.
@@ -74,13 +87,15 @@ class Backpressure:
         no longer read (so that it cannot make us queue more for it) until
         the buffer drains.
         """
-        self.paused = True
+        self.paused = self._full = True
 
     def resumeProducing(self) -> None:
         """The socket's send buffer has drained: read from the peer again."""
-        self.paused = False
-        self.backlog = 0
-        self.events_waiting = 0
+        self._full = False
+        held = self._held
+        self.paused = held is not None
+        self.backlog = self._held_bytes
+        self.events_waiting = len(held) if held is not None else 0
         if self._socket.disconnecting:
             # A closing transport resumes a paused producer, instead of
             # closing, once its buffer has drained: let it close.
@@ -97,7 +112,7 @@ class Backpressure:
         """Send C{box} unless the connection is gone; while the peer is not reading, within C{send_buffer}."""
         if self.transport is not None:
             data = serialize(box)
-            if self.paused:
+            if self._full:
                 self._buffered(len(data))
             self.transport.write(data)
 
@@ -154,8 +169,36 @@ class Backpressure:
         if self.transport is not None:
             if self.paused:
                 self.events_waiting += 1
+                if self._held is not None:
+                    self._held.append(data)
+                    self._held_bytes += len(data)
+                    self.backlog += len(data)
+                    return
                 self._buffered(len(data))
             self.transport.write(data)
+
+    def hold(self) -> None:
+        """
+        It is ejected for its silence: keep its events here, within
+        C{subscriber_buffer}, until L{release} (or until its connection
+        closes: then they are counted as dropped).
+        """
+        if self._held is None:
+            self._held = []
+            self.paused = True
+
+    def release(self) -> None:
+        """It answers again: write the events held for it, in order, and write the next ones as they come."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        self._held_bytes = 0
+        self.paused = self._full
+        self.backlog -= sum(map(len, held))
+        self.events_waiting -= len(held)
+        for data in held:
+            self.write(data)
 
     def may_buffer(self, size: int) -> bool:
         """

@@ -94,6 +94,12 @@ class Gather:
         """Never paused."""
         return True
 
+    def hold(self) -> None:
+        """Never ejected: it is a caller, never a callee, so never silent with calls pending on it."""
+
+    def release(self) -> None:
+        """Never ejected (see L{hold})."""
+
     def _counted(self) -> None:
         self.remaining -= 1
         if self.remaining == 0 and self.finished() is self:

@@ -98,10 +98,12 @@ class Relay:
             method = OTHER
         self.stats.failed(method if self.registry.implemented(method) else OTHER, code)
 
-    def choose(self, method: str, exclude: IPeer | None = None) -> IPeer | None:
+    def choose(self, method: str, exclude: IPeer | None = None, answering: bool = False) -> IPeer | None:
         """
         The implementer of C{method} with the fewest calls in flight that is
-        below its limit, and not ejected (unless all of them are).
+        below its limit, and not ejected: unless all of them are and not
+        C{answering} (only one that answers will do: a node has the master
+        send the call to another node).
         """
         busy = None
         if self.registry.limits:
@@ -109,9 +111,14 @@ class Relay:
         ejected = self.ejection.ejected
         if ejected:
             chosen = self.registry.choose(method, self.pending.in_flight, exclude, busy, ejected)
-            if chosen is not None:
+            if chosen is not None or answering:
                 return chosen
         return self.registry.choose(method, self.pending.in_flight, exclude, busy)
+
+    def silent(self, method: str) -> bool:
+        """Whether every implementer of C{method} is ejected for its silence."""
+        ejected = self.ejection.ejected
+        return bool(ejected) and all(peer in ejected for peer in self.registry.implementers(method))
 
     def forward(self, caller: IPeer, box: amp.AmpBox, callee: IPeer, method: str | None = None) -> None:
         """
@@ -304,12 +311,14 @@ class Relay:
                 role=peer.role,
                 name=peer.name,
             )
+            peer.hold()
             for request in self.pending.waiting_on(peer):
                 if request.idempotent and request.retry is not None:
                     self.pending.pop(peer, request.tag)
                     peer.send_cancel(request.tag)
                     self._retry(request, ImplementerLost(f"{peer.description} went silent: the call may have run"))
         for peer in back:
+            peer.release()
             log.info(
                 "{peer} answers again: back in balancing",
                 peer=peer.description,

@@ -36,7 +36,9 @@ class IPeer(Interface):
     alive = Attribute("Whether its connection is still open (it can be sent anything).")
     calls_in_flight = Attribute("The most requests it may have pending at once (0: no limit).")
     rights = Attribute("What it may do (a L{nswarm.access.Rights}; L{nswarm.access.ALL} for every right).")
-    paused = Attribute("Whether its transport's buffer is full (it is not reading): events may be dropped for it.")
+    paused = Attribute(
+        "Whether events for it wait (its transport's buffer is full, or it is ejected): they may be dropped for it."
+    )
     calls_handled = Attribute("Calls it answered as an implementer (counted by the relay).")
     boxes_received = Attribute("How many boxes have come from it (outlier ejection watches it move).")
     call_errors = Attribute("Of those, the failed ones by error code (a dict, or None for none yet).")
@@ -78,6 +80,12 @@ class IPeer(Interface):
 
     def may_buffer(size: int) -> bool:
         """Its buffer is full: may an event of C{size} bytes wait for it too (else it is dropped and counted)?"""
+
+    def hold() -> None:
+        """It is ejected: keep its events (within its subscriber buffer) instead of writing them."""
+
+    def release() -> None:
+        """It answers again: write the events held for it, in order."""
 
 
 class IClock(Protocol):
