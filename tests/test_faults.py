@@ -126,9 +126,12 @@ def test_events_held_for_an_ejected_node_whose_connection_closes_are_counted_as_
     cluster = Cluster()
     first, _, silenced, server1 = ejected_node_1(cluster)
     cluster.pumps.insert(0, silenced)
-    disconnect(server1, cluster)
+    with capturedLogs() as logged:
+        disconnect(server1, cluster)
     assert first.events == []
     assert cluster.master.relay.stats.dropped == 3 and server1.events_dropped == 3
+    [dropped] = [event for event in logged if event.get("nswarm_event") == "events_dropped"]
+    assert (dropped["name"], dropped["count"], dropped["total"]) == ("node-1", 3, 3)
 
 
 def test_a_busy_peer_that_answers_its_probe_is_not_ejected() -> None:

@@ -217,6 +217,25 @@ class Backpressure:
             self._log_drops()
         return False
 
+    def drop_waiting(self) -> int:
+        """
+        The connection is closed: count as dropped, and log, the events
+        still waiting for it (held, or in its transport's full buffer); return how many.
+        """
+        waiting = self.events_waiting if self.paused else 0
+        if waiting:
+            self.events_dropped += waiting
+            self.log.warn(
+                "the connection to {peer} closed with {count} events still waiting for it: dropped, {total} in all",
+                peer=self.description,
+                count=waiting,
+                total=self.events_dropped,
+                nswarm_event="events_dropped",
+                role=self.role,
+                name=self.name,
+            )
+        return waiting
+
     def _log_drops(self) -> None:
         self.log.warn(
             "{peer} is not reading its events as fast as they come and {limit:,} bytes already wait for it: "

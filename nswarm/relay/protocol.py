@@ -300,9 +300,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._refused(source, now, "closed the connection without authenticating (counted as a failure)")
         super().connectionLost(reason)
         self.fail_requests(reason)
-        waiting = self.events_waiting if self.paused else 0
-        self.events_dropped += waiting
-        self.relay.stats.lost(self.role, self.traffic, waiting)
+        self.relay.stats.lost(self.role, self.traffic, self.drop_waiting())
         if self.authenticated:
             self.router.lost(self)
 
