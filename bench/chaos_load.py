@@ -37,6 +37,8 @@ LATE = 0.1
 #: After a failed call a worker waits this long before its next one, as a client backing off would: calls
 #: failing at once (NoSuchMethod, say) would otherwise spin the harness.
 ERROR_PAUSE = 0.1
+#: Seconds between two rounds of publishing (the publisher's ticks also measure the harness's own stalls).
+PUBLISH_TICK = 0.01
 #: Seconds before a fault's injection from which events count in its window: an event handed on just
 #: before a node is killed is lost by that fault.
 EVENT_LEAD = 0.5
@@ -93,13 +95,26 @@ class CallStats:
     answered_by: Counter[str] = field(default_factory=Counter)
     #: Per error type (and "hung", "late"): when the first and the last such call ended (wall clock).
     spans: dict[str, list[float]] = field(default_factory=dict)
+    #: The first few late calls: what they were, how long they took, what they got.
+    late_examples: list[str] = field(default_factory=list)
+    #: The longest the harness's own reactor was busy (a tick of its publisher that came late, in seconds).
+    stall: float = 0.0
 
     def note(self, what: str, when: float) -> None:
         """Call C{what} (an error type, "hung" or "late") ended at wall-clock time C{when}."""
         span = self.spans.setdefault(what, [when, when])
         span[1] = when
 
-    def record(self, call_id: int, idempotent: bool, elapsed: float, value: Any, error: str | None, now: float) -> None:
+    def record(
+        self,
+        call_id: int,
+        idempotent: bool,
+        elapsed: float,
+        value: Any,
+        error: str | None,
+        now: float,
+        message: str = "",
+    ) -> None:
         """Count call C{call_id}: it ended at C{now} (wall clock) after C{elapsed} s, with C{value} or C{error}."""
         self.calls += 1
         self.slowest = max(self.slowest, elapsed)
@@ -111,6 +126,9 @@ class CallStats:
         if elapsed > DEADLINE + LATE:
             self.late += 1
             self.note("late", now)
+            if len(self.late_examples) < 3:
+                kind = "idempotent" if idempotent else "plain"
+                self.late_examples.append(f"{kind} {elapsed:.3f} s: {error} {message}")
         if error is None:
             self.ok += 1
             if isinstance(value, list) and len(value) == 2 and value[0] == call_id:
@@ -130,6 +148,8 @@ class CallStats:
             "hung": self.hung,
             "hung_outcomes": dict(self.hung_outcomes),
             "late": self.late,
+            "late_examples": self.late_examples,
+            "harness_stall_s": round(self.stall, 3),
             "slowest_s": round(self.slowest, 3),
             "errors": dict(self.errors),
             "idempotent_failed": self.idempotent_failed,
@@ -165,6 +185,7 @@ class Load:
         self._publisher = LoopingCall(self._publish_due)
         self._publisher.clock = reactor
         self._started = 0.0
+        self._last_tick = 0.0
 
     def window(self) -> CallStats:
         """The statistics of the window open now."""
@@ -177,7 +198,7 @@ class Load:
         self.running = True
         self._started = time.monotonic()
         self._workers = [ensureDeferred(self._worker()) for _ in range(self.width)]
-        self._publisher.start(0.01)
+        self._publisher.start(PUBLISH_TICK)
 
     async def stop(self) -> None:
         """Stop making calls and publishing; return once every call and publish made has ended."""
@@ -217,23 +238,31 @@ class Load:
             d.addTimeout(HANG_LIMIT, self.reactor)
             value: Any = None
             error: str | None = None
+            message = ""
             try:
                 value = await d
             except TimeoutError:
                 error = "nothing"
             except NswarmError as failure:
                 error = type(failure).__name__
+                message = str(failure)
             except Exception as failure:  # anything but a typed nswarm error is a finding
                 error = f"{type(failure).__name__} (untyped)"
             now = time.time()
-            self.window().record(call_id, idempotent, time.monotonic() - started, value, error, now)
+            self.window().record(call_id, idempotent, time.monotonic() - started, value, error, now, message)
             if error is None:
                 self._answered_ok(made, now)
             else:
                 await deferLater(self.reactor, ERROR_PAUSE, lambda: None)
 
     def _publish_due(self) -> None:
-        due = int((time.monotonic() - self._started) * self.rate)
+        now = time.monotonic()
+        if self._last_tick:
+            # How late this 10 ms tick came: the harness's own reactor was that long busy (GC, logs, TLS).
+            window = self.window()
+            window.stall = max(window.stall, now - self._last_tick - PUBLISH_TICK)
+        self._last_tick = now
+        due = int((now - self._started) * self.rate)
         while len(self.events) < due:
             self._publish(len(self.events))
 

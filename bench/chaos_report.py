@@ -154,13 +154,16 @@ def print_table(record: dict[str, Any]) -> None:
         f"Python {info['python']}): {total:,} calls in {record['seconds']:.0f} s, "
         f"{record['width']} in flight, {record['deadline']:g} s deadlines, {record['rate']} events/s"
     )
-    print(f"\n{'fault':28} {'seconds':>7} {'calls':>7} {'calls/s':>7} {'hung':>5} {'late':>5} {'slowest':>7}  failed")
+    print(
+        f"\n{'fault':28} {'seconds':>7} {'calls':>7} {'calls/s':>7} {'hung':>5} {'late':>5} {'slowest':>7} "
+        f"{'stall':>5}  failed"
+    )
     for window in record["windows"]:
         calls = window["calls"]
         rate = calls["calls"] / window["seconds"] if window["seconds"] else 0
         print(
             f"{window['fault']:28} {window['seconds']:>7.1f} {calls['calls']:>7} {rate:>7.0f} {calls['hung']:>5} "
-            f"{calls['late']:>5} {calls['slowest_s']:>7.3f}  {_errors(calls)}"
+            f"{calls['late']:>5} {calls['slowest_s']:>7.3f} {calls.get('harness_stall_s', 0):>5.2f}  {_errors(calls)}"
         )
     print(
         f"\n{'fault':28} {'published':>9} {'not handed':>10} {'lost':>5} {'dup':>4} {'reord':>5} "
