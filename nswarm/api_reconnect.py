@@ -23,8 +23,9 @@ While there is no ready connection (C{client.holding}) calls, events and
 requests wait (L{nswarm.api_waiting}), each until its deadline. A request lost with its
 connection fails L{UpstreamUnavailable} (it may or may not have been carried
 out), unless it is a call to a method the user declared idempotent: that one
-waits for the next connection and is sent again, within its deadline, as is
-one refused with L{Draining}.
+waits for the next connection and is sent again, within its deadline. A
+request a draining master refused (L{Draining}: it did not run) waits and is
+sent again whatever it is (L{nswarm.requests.Requests.move}).
 
 Not Twisted's C{ClientService}: the same protocol object takes each new
 connection, C{connect}'s first round must fail when no address answers,
@@ -206,10 +207,15 @@ class Reconnector:
 
     # -- the connection's side -------------------------------------------------
 
-    def refused(self, box: amp.AmpBox) -> None:
-        """See L{nswarm.client.Keeper.refused}: a L{Draining} master is left for the next connection."""
-        if box.get(ERROR_CODE) != Draining.code or not self.reconnect or self.state != "up" or self.draining:
-            return
+    def refused(self, box: amp.AmpBox) -> bool:
+        """
+        See L{nswarm.client.Keeper.refused}: a L{Draining} master is left for
+        the next connection, and what it refused (it never ran) waits for it.
+        """
+        if box.get(ERROR_CODE) != Draining.code or not self.reconnect or self.state == "closed":
+            return False
+        if self.state != "up" or self.draining:
+            return True
         self.draining = True
         self.client.holding = True
         self.log.info(
@@ -221,6 +227,7 @@ class Reconnector:
             self._quiet = LoopingCall(self._close_if_quiet)
             self._quiet.clock = self.clock
             self._quiet.start(defaults.SWEEP_INTERVAL, now=True)
+        return True
 
     def _close_if_quiet(self) -> None:
         if not self.client.requests_in_flight():

@@ -38,7 +38,7 @@ from nswarm.amp_commands import (
 )
 from nswarm.boxes import error_box, get_payload, parse_frames, put_payload
 from nswarm.codec import decode, encode, encode_arguments
-from nswarm.deadlines import LocalDeadlines
+from nswarm.deadlines import MARGIN, LocalDeadlines
 from nswarm.framing import FastBoxes
 from nswarm.requests import Parse, Requests
 from nswarm.sockets import no_delay
@@ -67,8 +67,12 @@ class Keeper(Protocol):
         C{method} may be. Fires as L{Requests.request_box} does.
         """
 
-    def refused(self, box: amp.AmpBox) -> None:
-        """Error box C{box} came (a draining master's refusal, say), before it fails its request."""
+    def refused(self, box: amp.AmpBox) -> bool:
+        """
+        Error box C{box} came, before it fails its request: True if that
+        request is to be sent again (a draining master refused it before it
+        ran), through L{send}.
+        """
 
 
 class ClientProtocol(LocalDeadlines, Requests, FastBoxes, amp.AMP):
@@ -230,14 +234,27 @@ class ClientProtocol(LocalDeadlines, Requests, FastBoxes, amp.AMP):
         tag = box.get(ANSWER)
         if tag is None:
             tag = box.get(ERROR)
-            if tag is not None and self.keeper is not None:
-                self.keeper.refused(box)
+            if tag is not None and self.keeper is not None and self.keeper.refused(box) and self._again(tag):
+                return
         if tag is not None:
             self.answered(tag, box)  # an unknown tag: a late answer, dropped
         elif box.get(COMMAND) != HEARTBEAT:
             super().ampBoxReceived(box)
         elif ASK in box:  # a relay's probe: is this end alive?
             self.send(amp.AmpBox({ANSWER: box[ASK]}))
+
+    def _again(self, tag: bytes) -> bool:
+        """Send request C{tag}, which did not run, again through the keeper, within the time it has left."""
+        keeper = self.keeper
+        assert keeper is not None
+        deadline = self._deadlines.pop(tag, None) if self._deadline_clock is not None else None
+        timeout = self.timeout if deadline is None else deadline - MARGIN - self._deadline_clock.seconds()
+
+        def send(box: amp.AmpBox, parse: Parse) -> Deferred[Any]:
+            method = box[METHOD].decode("utf-8") if box.get(COMMAND) in (CALL, CALL_ALL) else None
+            return keeper.send(box, parse, timeout, method)
+
+        return self.move(tag, send)
 
     def connection_gone(self) -> UpstreamUnavailable:
         """What a request fails with once the connection is gone."""

@@ -67,7 +67,9 @@ class Requests:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waiting: dict[bytes, tuple[Deferred[Any], Parse]] = {}
+        self._waiting: dict[bytes, tuple[Deferred[Any], Parse, amp.AmpBox]] = {}
+        #: Requests refused without running and sent again (L{move}): their new Deferreds, by their old tags.
+        self._moved: dict[bytes, Deferred[Any]] = {}
 
     def next_tag(self) -> bytes:
         """A new C{_ask} tag, unique on this connection."""
@@ -107,16 +109,49 @@ class Requests:
             self.sendBox(box)
         except amp.TooLong as error:
             return fail(InvalidRequest(f"a name is too long for AMP ({error}): use names of at most 255 characters"))
-        d: Deferred[Any] = Deferred(lambda _: self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag})))
-        self._waiting[tag] = (d, parse)
+        d: Deferred[Any] = Deferred(lambda _: self._cancel(tag))
+        self._waiting[tag] = (d, parse, box)
         return d
+
+    def _cancel(self, tag: bytes) -> None:
+        """The caller cancelled its request C{tag}: cancel it upstream, or where it was moved to."""
+        moved = self._moved.pop(tag, None) if self._moved else None
+        if moved is not None:
+            moved.cancel()
+        else:
+            self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag}))
+
+    def move(self, tag: bytes, send: Callable[[amp.AmpBox, Parse], Deferred[Any]]) -> bool:
+        """
+        Request C{tag} was refused before it ran (a draining master): send
+        its box again with C{send(box, parse)} (which may wait for another
+        connection), and fire its caller's Deferred with what that gives.
+        False if there is no such request.
+        """
+        request = self._waiting.pop(tag, None)
+        if request is None:
+            return False
+        d, parse, box = request
+        if d.called:
+            return True
+        del box[ASK]
+        again = send(box, parse)
+        self._moved[tag] = again
+
+        def fired(result: Any) -> None:
+            self._moved.pop(tag, None)
+            if not d.called:
+                d.callback(result)  # a Failure errbacks it
+
+        again.addBoth(fired)
+        return True
 
     def answered(self, tag: bytes, box: amp.AmpBox) -> bool:
         """Fire the request C{tag} that answer or error C{box} is for; False if there is none."""
         request = self._waiting.pop(tag, None)
         if request is None:
             return False
-        d, parse = request
+        d, parse, _ = request
         if d.called:  # the caller gave up (cancelled): the answer is moot
             return True
         if ANSWER in box:
@@ -142,7 +177,7 @@ class Requests:
         which says more.
         """
         waiting, self._waiting = self._waiting, {}
-        for d, _ in waiting.values():
+        for d, _, _ in waiting.values():
             if not d.called:
                 d.errback(reason if reason.check(*TLS_FAILURES) else self.connection_gone())
 

@@ -389,18 +389,19 @@ def test_an_attempt_that_gets_no_answer_in_time_is_given_up_for_the_next_address
     assert result_of(network.run(client.call("greet", "again"))) == "hello, again, from m1"
 
 
-def test_a_draining_master_is_left_for_the_next_address() -> None:
+def test_a_draining_master_is_left_for_the_next_address_and_what_it_refused_is_sent_there() -> None:
     network = Network(M1, M2)
     client, reconnector = connected(network, M1, M2)
     network.clusters[M1].master.start_draining(10.0)
-    plain = client.call("greet", "p")
-    again = client.call("greet.again", "i")  # an idempotent method the user did not declare: not sent again
+    plain = client.call("greet", "p")  # not idempotent: refused before it ran, so it may be sent again
+    again = client.call("greet.again", "i")
     declared_client, declared = connected(network, M1, M2, idempotent=["greet.again"])
     declared_again = declared_client.call("greet.again", "d")
     network.flush()
-    assert failure_of(plain).check(Draining) and failure_of(again).check(Draining)
+    assert not plain.called and not again.called and reconnector.draining and client.holding
     assert not declared_again.called and declared.draining and declared_client.holding
     network.advance(MAX_DELAY, steps=10)
+    assert result_of(plain) == "hello, p, from m2" and result_of(again) == "hello again, i, from m2"
     assert result_of(declared_again) == "hello again, d, from m2"
     assert declared.address == M2 and reconnector.address == M2
     assert result_of(network.run(client.call("greet", "q"))) == "hello, q, from m2"
@@ -417,6 +418,21 @@ def test_with_one_address_a_draining_master_is_waited_for() -> None:
     network.drop(M1)
     network.advance(MAX_DELAY, steps=4)
     assert result_of(again) == "hello again, i, from m1"
+
+
+def test_a_call_a_draining_master_refused_waits_within_its_deadline_and_can_be_cancelled() -> None:
+    network = Network(M1)
+    client, reconnector = connected(network)
+    network.clusters[M1].master.start_draining(10.0)
+    late = client.call_with_timeout(2.0, "greet", "late")
+    dropped = client.call_with_timeout(2.0, "greet", "dropped")
+    network.flush()
+    assert not late.called and not dropped.called and reconnector.draining
+    dropped.cancel()
+    failure_of(dropped).trap(CancelledError)
+    network.advance(2.1, steps=21)
+    failure = failure_of(late)
+    assert failure.check(DeadlineExceeded) and "waited" in str(failure.value)
 
 
 def test_a_refused_key_ends_reconnecting(logged: list[LogEvent]) -> None:
