@@ -27,6 +27,43 @@ from typing import Any
 
 from twisted.protocols import amp
 
+from nswarm.core.wire import (  # noqa: F401 (re-exported: every command name and box key)
+    ANSWER,
+    ARGS,
+    ASK,
+    AUTHENTICATE,
+    CALL,
+    CALL_ALL,
+    CALLER,
+    CANCEL,
+    CHUNK,
+    COMMAND,
+    ERROR,
+    ERROR_CODE,
+    ERROR_DESCRIPTION,
+    EVENT,
+    EVENTS,
+    EXCLUDE,
+    HANDED_TO,
+    HEARTBEAT,
+    ID,
+    IDEMPOTENT,
+    IMPLEMENT,
+    KEY,
+    LIMITS,
+    METHOD,
+    METHODS,
+    NAME,
+    PAYLOAD,
+    PUBLISH,
+    RESULT,
+    RESULTS,
+    ROUTED,
+    SUBSCRIBE,
+    TIMEOUT,
+    UNIMPLEMENT,
+    UNSUBSCRIBE,
+)
 from nswarm.errors import (  # noqa: F401 (re-exported: the wire protocol's errors)
     ERRORS,
     AuthenticationFailed,
@@ -53,8 +90,6 @@ def _codes(*errors: type[NswarmError]) -> dict[type[Exception], bytes]:
 
 
 # -- argument types ----------------------------------------------------------
-
-CHUNK = amp.MAX_VALUE_LENGTH
 
 
 class Payload(amp.Argument):
@@ -90,14 +125,7 @@ class Payload(amp.Argument):
 # -- commands, with their names and box keys ---------------------------------
 #
 # Relays and SDK ends read and build boxes directly (DESIGN.md, principle 2):
-# the byte strings below are every command name and key they use.
-
-#: AMP's own control keys: the tag of a request, of its answer, of its error.
-ASK, ANSWER, ERROR = amp.ASK, amp.ANSWER, amp.ERROR
-COMMAND, ERROR_CODE, ERROR_DESCRIPTION = amp.COMMAND, amp.ERROR_CODE, amp.ERROR_DESCRIPTION
-
-AUTHENTICATE = b"Authenticate"
-KEY, NAME = b"key", b"name"
+# every command name and key they use is in nswarm.core.wire (imported above).
 
 
 class Authenticate(amp.Command):
@@ -113,10 +141,6 @@ class Authenticate(amp.Command):
     arguments = [(KEY, amp.String()), (NAME, amp.Unicode(optional=True))]
     response = []
     fatalErrors = _codes(AuthenticationFailed, NotAuthenticated)
-
-
-IMPLEMENT, UNIMPLEMENT = b"Implement", b"Unimplement"
-METHODS, IDEMPOTENT, LIMITS = b"methods", b"idempotent", b"limits"
 
 
 class Implement(amp.Command):
@@ -155,10 +179,6 @@ class Unimplement(amp.Command):
     fatalErrors = _codes(NotAuthenticated)
 
 
-SUBSCRIBE, UNSUBSCRIBE = b"Subscribe", b"Unsubscribe"
-EVENTS = b"events"
-
-
 class Subscribe(amp.Command):
     """Service -> node, node -> master: deliver the events matching these patterns to the sender."""
 
@@ -177,10 +197,6 @@ class Unsubscribe(amp.Command):
     response = []
     errors = _codes(InvalidRequest, PermissionDenied, LimitExceeded)
     fatalErrors = _codes(NotAuthenticated)
-
-
-CALL = b"Call"
-METHOD, ARGS, TIMEOUT, RESULT, CALLER = b"method", b"args", b"timeout", b"result", b"caller"
 
 
 class Call(amp.Command):
@@ -223,10 +239,6 @@ class Call(amp.Command):
     fatalErrors = _codes(NotAuthenticated)
 
 
-CALL_ALL = b"CallAll"
-RESULTS = b"results"
-
-
 class CallAll(amp.Command):
     """
     Scatter-gather: call C{method} on every current implementer. API user or
@@ -245,10 +257,6 @@ class CallAll(amp.Command):
     fatalErrors = Call.fatalErrors
 
 
-CANCEL = b"Cancel"
-ID = b"id"
-
-
 class Cancel(amp.Command):
     """
     Cancel the L{Call} sent on this connection with C{_ask} tag C{id}: from
@@ -262,9 +270,6 @@ class Cancel(amp.Command):
     requiresAnswer = False
 
 
-HEARTBEAT = b"Heartbeat"
-
-
 class Heartbeat(amp.Command):
     """
     Both ways on every authenticated connection, every heartbeat interval
@@ -275,10 +280,6 @@ class Heartbeat(amp.Command):
     commandName = HEARTBEAT
     arguments = []
     requiresAnswer = False
-
-
-PUBLISH = b"Publish"
-EVENT, PAYLOAD, EXCLUDE, HANDED_TO = b"event", b"payload", b"exclude", b"handed_to"
 
 
 class Publish(amp.Command):
@@ -300,7 +301,3 @@ class Publish(amp.Command):
     response = [(HANDED_TO, amp.Integer(optional=True))]
     errors = _codes(UpstreamUnavailable, Draining, InvalidRequest, PermissionDenied, PayloadTooLarge, InternalError)
     fatalErrors = _codes(NotAuthenticated)
-
-
-#: The commands relays route as boxes rather than dispatch to responders.
-ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})

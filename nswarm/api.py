@@ -27,7 +27,8 @@ from nswarm.amp_commands import COMMAND
 from nswarm.api_reconnect import Address, Reconnector
 from nswarm.api_user import APIUser
 from nswarm.client import ClientProtocol, check_key
-from nswarm.config import ConfigError, addresses, boolean, names, read_client_config, read_secret_file, require
+from nswarm.client_config import api_settings
+from nswarm.config import ConfigError
 from nswarm.failures import api_server
 from nswarm.tls import client_options
 
@@ -200,35 +201,7 @@ def connect_from_config(
     of the file's keys of those names.
     """
     try:
-        config = read_client_config(source, "api")
-        key = read_secret_file(require(config, "auth-key-file", source, "api"))
-        ca = require(config, "ca", source, "api")
-        port = _setting(config, "port", int, defaults.API_PORT, source)
-        masters = _setting(config, "host", lambda value: addresses(value, port), [("localhost", port)], source)
-        if reconnect is None:
-            reconnect = _setting(config, "reconnect", boolean, True, source)
-        if idempotent is None:
-            idempotent = names(config.get("idempotent", ""))
+        settings = api_settings(source, reconnect=reconnect, idempotent=idempotent)
     except ValueError:
         return fail()
-    return connect(
-        reactor,
-        key=key,
-        ca=ca,
-        cert=config.get("cert"),
-        cert_key=config.get("cert-key"),
-        name=config.get("name"),
-        hosts=masters,
-        reconnect=reconnect,
-        idempotent=idempotent,
-    )
-
-
-def _setting(config: dict[str, str], key: str, parse: Any, default: Any, source: str) -> Any:
-    """C{parse(config[key])}, C{default} if it is absent, or a L{ConfigError} naming the file and key."""
-    if key not in config:
-        return default
-    try:
-        return parse(config[key])
-    except ValueError as error:
-        raise ConfigError(f"{source}: {key} = {config[key]} in [api]: {error}")
+    return connect(reactor, **settings)

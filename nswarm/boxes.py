@@ -1,25 +1,23 @@
 """
 Reading and building the boxes relays and SDK ends route without Command
 objects: serialising, payloads split across keys, error boxes, and the
-frames of a call_all answer. Pure functions over dicts of bytes.
+frames of a call_all answer. Pure functions over dicts of bytes. Those
+that need no Twisted type live in L{nswarm.core.boxes} and are re-exported
+here; L{serialize} stays here (it raises C{amp.TooLong}, which the relays'
+hot path and L{nswarm.requests} expect).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.protocols import amp
 
-from nswarm.amp_commands import (
-    CHUNK,
-    ERROR,
-    ERROR_CODE,
-    ERROR_DESCRIPTION,
-    ERRORS,
-    InternalError,
-    InvalidRequest,
-    NswarmError,
-    Payload,
+from nswarm.amp_commands import ERROR, ERROR_CODE, ERROR_DESCRIPTION, ERRORS, NswarmError
+from nswarm.core.boxes import (  # noqa: F401 (re-exported: the pure parts live in the sans-IO core)
+    error_frame,
+    get_payload,
+    parse_frames,
+    put_payload,
+    result_frame,
 )
 
 MAX_KEY_LENGTH = amp.MAX_KEY_LENGTH
@@ -38,58 +36,6 @@ def serialize(box: dict[bytes, bytes]) -> bytes:
         parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
     parts.append(_END)
     return b"".join(parts)
-
-
-def put_payload(box: dict[bytes, bytes], name: bytes, value: bytes) -> None:
-    """Store C{value} in C{box} under C{name} as L{nswarm.amp_commands.Payload} does."""
-    if len(value) <= CHUNK:
-        box[name] = value
-    else:
-        Payload().toBox(name, box, {name.decode("ascii"): value}, None)
-
-
-def get_payload(box: dict[bytes, bytes], name: bytes) -> bytes:
-    """The payload C{name} of C{box}, or L{InvalidRequest} if it is missing."""
-    if len(box.get(name, b"")) < CHUNK:
-        try:
-            return box[name]
-        except KeyError:
-            raise InvalidRequest(f"the box has no {name.decode('ascii')!r}: send it with an nswarm SDK")
-    objects: dict[str, Any] = {}
-    Payload().fromBox(name, box, objects, None)
-    return objects[name.decode("ascii")]
-
-
-def result_frame(payload: bytes) -> bytes:
-    """One implementer's result in a L{nswarm.amp_commands.CallAll} answer: C{R}, a 4-byte length, the payload."""
-    return b"R" + len(payload).to_bytes(4, "big") + payload
-
-
-def error_frame(code: bytes, description: bytes) -> bytes:
-    """
-    One implementer's error in a L{nswarm.amp_commands.CallAll} answer: C{E},
-    a 4-byte length, the error code, a newline, the description.
-    """
-    body = code + b"\n" + description
-    return b"E" + len(body).to_bytes(4, "big") + body
-
-
-def parse_frames(data: bytes) -> list[bytes | NswarmError]:
-    """The results (payload bytes) and errors (exceptions) in a L{nswarm.amp_commands.CallAll} answer, in order."""
-    outcomes: list[bytes | NswarmError] = []
-    offset = 0
-    while offset < len(data):
-        kind, length = data[offset : offset + 1], int.from_bytes(data[offset + 1 : offset + 5], "big")
-        body = data[offset + 5 : offset + 5 + length]
-        if kind not in (b"R", b"E") or len(body) != length:
-            raise InvalidRequest("a call_all answer is malformed: it was not made by nswarm")
-        offset += 5 + length
-        if kind == b"R":
-            outcomes.append(body)
-        else:
-            code, _, description = body.partition(b"\n")
-            outcomes.append(ERRORS.get(code, InternalError)(description.decode("utf-8", "replace")))
-    return outcomes
 
 
 def error_box(tag: bytes, error: NswarmError) -> amp.AmpBox:

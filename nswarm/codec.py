@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nswarm.amp_commands import InvalidRequest
+from nswarm.errors import InvalidRequest
 
 # One encoder and decoder for every payload: json.dumps with options builds a
 # new encoder per call, and json.loads of bytes sniffs their encoding first.

@@ -20,10 +20,11 @@ from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
 
 from nswarm.amp_commands import CANCEL, COMMAND, ID, DeadlineExceeded
+from nswarm.core.connection import MARGIN
 
-#: Seconds between two sweeps, and how long past its deadline a request waits for the relay's own answer.
+#: Seconds between two sweeps; how long past its deadline a request waits for the relay's own answer is the
+#: sans-IO core's L{MARGIN}, the same for every front end.
 SWEEP = 0.05
-MARGIN = 0.05
 
 
 class LocalDeadlines:

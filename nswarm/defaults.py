@@ -116,3 +116,9 @@ RECONNECT_LOG_INTERVAL = 10.0
 #: Connections the master's listeners queue before accepting (Twisted's default, 50, drops the handshakes of a
 #: thousand nodes reconnecting at once: TCP retries them only 1 s and 3 s later).
 LISTEN_BACKLOG = 1024
+
+# -- TLS -----------------------------------------------------------------------------------
+
+#: The TLS 1.2 cipher suites every listener and client accepts (OpenSSL syntax): forward-secret key exchange and
+#: authenticated encryption only. TLS 1.3's own suites are all AEAD and are always allowed.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!DSS"

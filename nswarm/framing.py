@@ -24,8 +24,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from nswarm import defaults
-from nswarm.amp_commands import ANSWER, ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTION, HEARTBEAT
+from nswarm.amp_commands import ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTION, HEARTBEAT
 from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
+from nswarm.core.parser import CONTROL
 from nswarm.failures import address_text
 from nswarm.sockets import socket_counters
 
@@ -33,8 +34,8 @@ log = Logger()
 _HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
 #: The counts of malformed boxes at which a connection's are logged again.
 _DECADES = frozenset(10**power for power in range(1, 12))
-#: The keys an oversized box keeps, so that it can still be answered.
-_CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION})
+#: The keys an oversized box keeps, so that it can still be answered (the sans-IO parser's set).
+_CONTROL = CONTROL
 
 
 def _control(box: amp.AmpBox) -> amp.AmpBox:

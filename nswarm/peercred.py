@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any, NamedTuple
+
+from nswarm.config import ConfigError
 
 
 class PeerCredentials(NamedTuple):
@@ -35,3 +38,37 @@ def peer_credentials(transport: Any) -> PeerCredentials | None:
         )
     except struct.error as error:
         raise OSError(f"SO_PEERCRED gave no credentials: {error}")
+
+
+def check_node_peer(transport: Any) -> None:
+    """
+    Refuse a node socket that another user serves: read the credentials of
+    the process at the other end of C{transport}'s UNIX socket
+    (C{SO_PEERCRED}) and raise L{ConfigError} unless it runs as this
+    process's effective user. Someone else may have taken the socket's path
+    to collect service keys. Transports without a socket (in memory, as
+    in tests) and systems without C{SO_PEERCRED} (other than Linux) are not
+    checked.
+    """
+    try:
+        credentials = peer_credentials(transport)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot tell which user serves the node socket {_where(transport)} ({error}): not sending the key"
+        )
+    if credentials is None:
+        return
+    where = _where(transport)
+    pid, uid, _ = credentials
+    me = os.geteuid()
+    if uid != me:
+        raise ConfigError(
+            f"the node socket {where} is served by uid {uid} (pid {pid}), not by this service's user {me}: "
+            "another user may have taken the socket; refusing to send the service key. "
+            "Check the socket path, and run the service as the node's user"
+        )
+
+
+def _where(transport: Any) -> str:
+    name = getattr(transport.getPeer(), "name", None)
+    return os.fsdecode(name) if name else "(unnamed)"

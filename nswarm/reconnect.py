@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from nswarm import defaults
+from nswarm.core.backoff import lost_delay  # noqa: F401 (re-exported: the policy is the core's)
 from nswarm.failures import SERVERS, Diagnosis, Target, cancelled, diagnose
 
 T = TypeVar("T")
@@ -47,20 +48,6 @@ T = TypeVar("T")
 #: The causes (see L{nswarm.failures.diagnose}) of a failed attempt that say the server is not there, or not
 #: answering: an outage, retried fast by a client whose connection was up. The others are refusals.
 OUTAGES = frozenset({"refused", "timeout", "auth_timeout", "closed", "unreachable", "dns", "no_socket", "other"})
-
-
-def lost_delay(attempt: int, cap: float, draw: float) -> float:
-    """
-    The wait before attempt C{attempt} (1 for the first) to reconnect after
-    losing a connection that was up: a step that starts at
-    L{defaults.RECONNECT_INITIAL_DELAY} and grows 1.5 times per attempt up
-    to C{cap}, of which a random part, from half to all of it, is waited
-    (C{draw}, in [0, 1), picks it). Attempts so come at most C{cap} seconds
-    apart however long the outage lasts, and clients that lost the same
-    server spread out.
-    """
-    step = min(cap, defaults.RECONNECT_INITIAL_DELAY * 1.5 ** min(max(attempt - 1, 0), 100))
-    return step * (0.5 + draw / 2)
 
 
 def outage(failure: Failure, diagnosis: Diagnosis) -> bool:

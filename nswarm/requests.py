@@ -20,26 +20,10 @@ from twisted.python.failure import Failure
 
 from nswarm.amp_commands import ANSWER, ASK, CANCEL, COMMAND, ID, InvalidRequest, NswarmError
 from nswarm.boxes import error_box, remote_error
+from nswarm.core.wire import NAMES_PER_REQUEST, in_parts  # noqa: F401 (re-exported)
 from nswarm.failures import TLS_FAILURES
 
 Parse = Callable[[amp.AmpBox], Any]
-
-#: Bytes of names one Implement, Unimplement, Subscribe or Unsubscribe carries: a list must fit one AMP value.
-NAMES_PER_REQUEST = 60_000
-
-
-def in_parts(names: list[str]) -> list[list[str]]:
-    """C{names} in lists small enough for one registration command each (at least one list, maybe empty)."""
-    parts: list[list[str]] = [[]]
-    size = 0
-    for name in names:
-        length = len(name.encode("utf-8")) + 2
-        if size + length > NAMES_PER_REQUEST and parts[-1]:
-            parts.append([])
-            size = 0
-        parts[-1].append(name)
-        size += length
-    return parts
 
 
 def methods_part(part: list[str]) -> dict[str, Any]:

@@ -28,16 +28,16 @@ reconnects, drains and runs C{main}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from nswarm import defaults
-from nswarm.amp_commands import InvalidRequest, UpstreamUnavailable
+from nswarm.amp_commands import UpstreamUnavailable
 from nswarm.caller import Caller, current_caller
-from nswarm.relay.names import Matches, check_method, check_pattern
+from nswarm.core.handlers import collect, implement, subscribe
+from nswarm.relay.names import Matches
 
 if TYPE_CHECKING:
     from twisted.application.internet import ClientService
@@ -46,74 +46,6 @@ if TYPE_CHECKING:
     from nswarm.service_runner import ServiceRunner
 
 __all__ = ["Caller", "Service", "current_caller", "implement", "subscribe"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@overload
-def implement(name: F) -> F: ...
-@overload
-def implement(name: str | None = None, *, idempotent: bool = False, concurrency: int = 0) -> Callable[[F], F]: ...
-def implement(name: Any = None, *, idempotent: bool = False, concurrency: int = 0) -> Any:
-    """
-    Mark a method of a L{Service} subclass as the handler of the cluster
-    method C{name} (by default the function's own name). Use as C{@implement}
-    or C{@implement("orders.create")}. With C{idempotent=True} (the handler
-    is safe to run twice), a call lost with its service or node is retried
-    once on another implementer, within its deadline. With C{concurrency=N},
-    the service runs at most N calls of it at once: the master queues the
-    others (or answers Overloaded when its queue is full).
-    """
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0:
-        raise ValueError(f"concurrency must be a whole number, 0 (no limit) or more, not {concurrency!r}")
-    if callable(name):
-        return implement()(name)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(
-            f"@implement takes the cluster method's name as a string, not {type(name).__name__}: "
-            "write @implement, or @implement('orders.create')"
-        )
-
-    def mark(function: F) -> F:
-        method = name or function.__name__
-        try:
-            check_method(method)
-        except InvalidRequest as error:
-            raise ValueError(f"@implement on {function.__name__}: {error}") from None
-        function.__nswarm_implements__ = method  # type: ignore[attr-defined]
-        function.__nswarm_idempotent__ = idempotent  # type: ignore[attr-defined]
-        function.__nswarm_concurrency__ = concurrency  # type: ignore[attr-defined]
-        return function
-
-    return mark
-
-
-def subscribe(*events: str) -> Callable[[F], F]:
-    """
-    Mark a method of a L{Service} subclass as the handler of the events
-    matching C{events}: C{handler(event, payload)}. A pattern's dot-separated
-    tokens may be C{*} (any one token) or, last, C{>} (one or more).
-    """
-    if len(events) == 1 and callable(events[0]):
-        raise TypeError(
-            f"@subscribe needs the events to subscribe to: write @subscribe('orders.created') "
-            f"above {getattr(events[0], '__name__', 'the handler')}, not a bare @subscribe"
-        )
-    if not events:
-        raise TypeError("@subscribe needs at least one event: write @subscribe('orders.created')")
-    for event in events:
-        if not isinstance(event, str):
-            raise TypeError(f"@subscribe takes event names as strings, not {type(event).__name__}: {event!r}")
-        try:
-            check_pattern(event)
-        except InvalidRequest as error:
-            raise ValueError(f"@subscribe({event!r}): {error}") from None
-
-    def mark(function: F) -> F:
-        function.__nswarm_subscribes__ = events  # type: ignore[attr-defined]
-        return function
-
-    return mark
 
 
 class Service:
@@ -137,28 +69,7 @@ class Service:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.nswarm_methods = dict(cls.nswarm_methods)
-        cls.nswarm_limits = dict(cls.nswarm_limits)
-        idempotent = set(cls.nswarm_idempotent)
-        cls.nswarm_events = {event: list(handlers) for event, handlers in cls.nswarm_events.items()}
-        for attribute, value in vars(cls).items():
-            method = getattr(value, "__nswarm_implements__", None)
-            events = getattr(value, "__nswarm_subscribes__", ())
-            if (method is not None or events) and hasattr(Service, attribute):
-                raise TypeError(
-                    f"{cls.__name__}.{attribute} would replace Service.{attribute}: "
-                    f"give the handler another name (use @implement({attribute!r}) to keep the method name)"
-                )
-            if method is not None:
-                cls.nswarm_methods[method] = attribute
-                if getattr(value, "__nswarm_idempotent__", False):
-                    idempotent.add(method)
-                else:
-                    idempotent.discard(method)
-                cls.nswarm_limits[method] = getattr(value, "__nswarm_concurrency__", 0)
-            for event in events:
-                cls.nswarm_events.setdefault(event, []).append(attribute)
-        cls.nswarm_idempotent = frozenset(idempotent)
+        collect(cls, Service)
 
     def __init__(self) -> None:
         #: What connects this service to its node, once started.

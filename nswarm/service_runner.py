@@ -6,7 +6,6 @@ restarts, draining on stop, and C{Service.main}'s command line.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from nswarm.amp_commands import Implement, Subscribe, Unimplement, Unsubscribe
 from nswarm.client import check_key
 from nswarm.config import ConfigError, path, read_client_config, read_secret_file
 from nswarm.failures import service_socket
-from nswarm.peercred import peer_credentials
+from nswarm.peercred import check_node_peer  # noqa: F401 (re-exported: tests and callers import it here)
 from nswarm.reconnect import AuthenticationDeadline, Reconnecting
 from nswarm.requests import events_part, methods_part
 from nswarm.service_protocol import ServiceProtocol
@@ -191,40 +190,6 @@ class ServiceRunner(ClientFactory):
         stopped: Deferred[None] = Deferred()
         self.reactor.callLater(0, lambda: client_service.stopService().chainDeferred(stopped))
         return stopped
-
-
-def check_node_peer(transport: Any) -> None:
-    """
-    Refuse a node socket that another user serves: read the credentials of
-    the process at the other end of C{transport}'s UNIX socket
-    (C{SO_PEERCRED}) and raise L{ConfigError} unless it runs as this
-    process's effective user. Someone else may have taken the socket's path
-    to collect service keys. Transports without a socket (in memory, as
-    in tests) and systems without C{SO_PEERCRED} (other than Linux) are not
-    checked.
-    """
-    try:
-        credentials = peer_credentials(transport)
-    except OSError as error:
-        raise ConfigError(
-            f"cannot tell which user serves the node socket {_where(transport)} ({error}): not sending the key"
-        )
-    if credentials is None:
-        return
-    where = _where(transport)
-    pid, uid, _ = credentials
-    me = os.geteuid()
-    if uid != me:
-        raise ConfigError(
-            f"the node socket {where} is served by uid {uid} (pid {pid}), not by this service's user {me}: "
-            "another user may have taken the socket; refusing to send the service key. "
-            "Check the socket path, and run the service as the node's user"
-        )
-
-
-def _where(transport: Any) -> str:
-    name = getattr(transport.getPeer(), "name", None)
-    return os.fsdecode(name) if name else "(unnamed)"
 
 
 class ServiceOptions(usage.Options):

@@ -10,9 +10,10 @@ from pathlib import Path
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
+from nswarm import defaults
 from nswarm.config import ConfigError, check_owner_only
 
-AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!DSS"
+AEAD_CIPHERS = defaults.TLS_CIPHERS
 """
 The TLS 1.2 cipher suites every listener and client accepts (OpenSSL
 syntax): forward-secret key exchange and authenticated encryption only. TLS

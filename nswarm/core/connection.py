@@ -1,0 +1,381 @@
+"""
+The client end of one nswarm connection, sans IO: an API user's to the
+master, or a service's to its node. A front end feeds it the bytes it read
+(L{Connection.receive_data}) and the time (C{now}, on any monotonic clock
+in seconds), writes what L{Connection.data_to_send} returns, and acts on
+L{Connection.events} (see L{nswarm.core.events})::
+
+    connection = Connection(now=loop.time())
+    tag = connection.authenticate(key)
+    transport.write(connection.data_to_send())
+    ...
+    connection.receive_data(data, loop.time())
+    for event in connection.events():
+        ...   # Answered(tag, value), Failed(tag, error), TimerWanted(at), ...
+
+Every request gets a tag and a deadline (its timeout plus L{MARGIN}): past
+it, on a L{Connection.tick}, it fails L{DeadlineExceeded} and a C{Cancel}
+goes upstream, so that a stopped peer cannot leave a request unanswered.
+Once L{Connection.start_heartbeats} is called, a C{Heartbeat} goes out every
+interval and a peer silent for L{defaults.HEARTBEAT_MISSES} intervals ends
+the connection (L{ConnectionClosed}).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+from nswarm import defaults
+from nswarm.caller import Caller
+from nswarm.codec import decode, encode, encode_arguments
+from nswarm.core import wire
+from nswarm.core.boxes import Box, error_box, get_payload, parse_frames, put_payload, remote_error, serialize
+from nswarm.core.events import (
+    Answered,
+    CancelReceived,
+    ConnectionClosed,
+    Event,
+    EventReceived,
+    Failed,
+    TimerWanted,
+)
+from nswarm.core.names import check_event, check_method, check_pattern
+from nswarm.core.parser import BoxParser, Oversized, ProtocolViolation
+from nswarm.core.running import RunsCalls
+from nswarm.errors import (
+    DeadlineExceeded,
+    NswarmError,
+    PayloadTooLarge,
+    UpstreamUnavailable,
+)
+
+#: How long past its deadline a request waits for the relay's own answer before this end fails it.
+MARGIN = 0.05
+
+Parse = Callable[[Box], Any]
+
+
+def _nothing(box: Box) -> None:
+    return None
+
+
+def _result(box: Box) -> Any:
+    return decode(get_payload(box, wire.RESULT))
+
+
+def _gathered(box: Box) -> list[Any]:
+    return [o if isinstance(o, NswarmError) else decode(o) for o in parse_frames(get_payload(box, wire.RESULTS))]
+
+
+def _handed_to(box: Box) -> int | None:
+    handed_to = box.get(wire.HANDED_TO)
+    return None if handed_to is None else int(handed_to)
+
+
+class Connection(RunsCalls):
+    """
+    One connection's protocol state. C{peer} ("master" or "node") names the
+    other end in error messages; C{timeout} is the default deadline of a
+    request, C{max_payload} the largest payload sent or accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        peer: str = "master",
+        timeout: float = defaults.CALL_TIMEOUT,
+        max_payload: int = defaults.MAX_PAYLOAD,
+    ) -> None:
+        self.peer = peer
+        self.timeout = timeout
+        self.max_payload = max_payload
+        self.parser = BoxParser(max_payload + defaults.BOX_OVERHEAD)
+        self.now = now
+        #: Complete boxes received so far, and events that could not be decoded (dropped).
+        self.boxes_received = 0
+        self.dropped_events = 0
+        self.closed = False
+        self._tags = 0
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        #: Requests sent and not yet answered: tag -> how to read the answer.
+        self._waiting: dict[bytes, Parse] = {}
+        self._deadlines: list[tuple[float, bytes]] = []
+        #: Calls received that want an answer and have none yet.
+        self._running: set[bytes] = set()
+        self._callers: dict[bytes, Caller | None] = {}
+        self._heartbeat: float | None = None
+        self._next_beat: float | None = None
+        self._heard = 0
+        self._silent = 0
+        self._wanted: float | None = None
+
+    # -- I/O -----------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write to the peer now (and forget)."""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def events(self) -> list[Event]:
+        """What happened since the last look, in order (and forget it)."""
+        self._want_timer()
+        events, self._events = self._events, []
+        return events
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes read from the peer, at time C{now}."""
+        self.now = now
+        if self.closed:
+            return
+        try:
+            boxes = self.parser.feed(data)
+        except ProtocolViolation as error:
+            self._close(error)
+            return
+        for box in boxes:
+            self.boxes_received += 1
+            if isinstance(box, Oversized):
+                self._oversized(box.box)
+            else:
+                self._box_received(box)
+
+    def tick(self, now: float) -> None:
+        """The time is C{now}: fail the requests past their deadlines, send and watch heartbeats."""
+        self.now = now
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, tag = heapq.heappop(deadlines)
+            if self._waiting.pop(tag, None) is not None:
+                self._send({wire.COMMAND: wire.CANCEL, wire.ID: tag})
+                self._events.append(
+                    Failed(
+                        tag,
+                        DeadlineExceeded(
+                            f"the deadline passed with no answer from the {self.peer} (this client's own check): it "
+                            "may be stopped or overloaded; the call may or may not have run"
+                        ),
+                    )
+                )
+        beat = self._next_beat
+        if beat is not None and beat <= now and self._heartbeat is not None:
+            if self.boxes_received != self._heard:
+                self._heard, self._silent = self.boxes_received, 0
+            else:
+                self._silent += 1
+                if self._silent >= defaults.HEARTBEAT_MISSES:
+                    seconds = defaults.HEARTBEAT_MISSES * self._heartbeat
+                    self._close(
+                        UpstreamUnavailable(f"nothing heard from the {self.peer} for {seconds:g} s: it is gone")
+                    )
+                    return
+            self._send({wire.COMMAND: wire.HEARTBEAT})
+            self._next_beat = now + self._heartbeat
+
+    def next_tick(self) -> float | None:
+        """When L{tick} is next needed (the next deadline or heartbeat), or None."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._waiting:
+            heapq.heappop(deadlines)
+        times = [t for t in (deadlines[0][0] if deadlines else None, self._next_beat) if t is not None]
+        return min(times) if times else None
+
+    def start_heartbeats(self, interval: float) -> None:
+        """Send a heartbeat every C{interval} seconds from now, and close once the peer is silent for three."""
+        self._heartbeat = interval
+        self._heard, self._silent = self.boxes_received, 0
+        self._next_beat = self.now + interval
+
+    def connection_lost(self, error: BaseException | None = None) -> None:
+        """
+        The transport is gone: every request still waiting fails, with
+        C{error} if given (a TLS failure says more), else L{UpstreamUnavailable}.
+        """
+        self.closed = True
+        self._heartbeat = self._next_beat = None
+        waiting, self._waiting = self._waiting, {}
+        self._deadlines = []
+        self._running.clear()
+        for tag in waiting:
+            self._events.append(Failed(tag, error if error is not None else self.connection_gone()))
+
+    def connection_gone(self) -> UpstreamUnavailable:
+        """What a request fails with once the connection is gone."""
+        return UpstreamUnavailable(
+            f"the connection to the {self.peer} closed before an answer came: "
+            "the request may or may not have been carried out; reconnect and retry if that is safe"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests sent have no answer yet."""
+        return len(self._waiting)
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, box: Box, parse: Parse = _nothing, timeout: float | None = None) -> bytes:
+        """Send request C{box} with a new tag and a deadline C{timeout} seconds away; return the tag."""
+        if self.closed:
+            raise self.connection_gone()
+        self._tags += 1
+        tag = b"%x" % self._tags
+        box[wire.ASK] = tag
+        self._send(box)
+        self._waiting[tag] = parse
+        seconds = self.timeout if timeout is None else timeout
+        heapq.heappush(self._deadlines, (self.now + seconds + MARGIN, tag))
+        return tag
+
+    def authenticate(self, key: bytes, name: str | None = None) -> bytes:
+        """Send C{Authenticate} with the auth C{key} (and the name the server logs this end by)."""
+        box = {wire.COMMAND: wire.AUTHENTICATE, wire.KEY: key}
+        if name:
+            box[wire.NAME] = name.encode("utf-8")
+        return self.request(box)
+
+    def call(
+        self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> bytes:
+        """
+        Call C{method} with JSON-compatible C{args} and C{kwargs}; C{timeout}
+        (seconds) and C{all} (call every implementer) may be given. Raises
+        L{PayloadTooLarge} or L{InvalidRequest} at once if it cannot be sent.
+        """
+        timeout = options.get("timeout")
+        seconds = self.timeout if timeout is None else float(timeout)
+        data = self.checked(encode_arguments(tuple(args), kwargs or {}), "call arguments")
+        gather = options.get("all", False)
+        box = {
+            wire.COMMAND: wire.CALL_ALL if gather else wire.CALL,
+            wire.METHOD: check_method(method).encode("utf-8"),
+            wire.TIMEOUT: repr(seconds).encode("ascii"),
+        }
+        put_payload(box, wire.ARGS, data)
+        return self.request(box, _gathered if gather else _result, seconds)
+
+    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> bytes:
+        """Publish C{event} with a JSON-compatible C{payload}; the answer's value is C{handed_to}."""
+        data = self.checked(encode(payload), "event payload")
+        box = {wire.COMMAND: wire.PUBLISH, wire.EVENT: check_event(event).encode("utf-8")}
+        if exclude_self:
+            box[wire.EXCLUDE] = b"1"
+        put_payload(box, wire.PAYLOAD, data)
+        return self.request(box, _handed_to)
+
+    def register(self, command: bytes, names: list[str], **lists: list[Any]) -> list[bytes]:
+        """
+        Send C{Implement}, C{Unimplement}, C{Subscribe} or C{Unsubscribe}
+        (C{command}) for C{names}, in as many requests as their size needs;
+        return their tags. For C{Implement}, C{idempotent} (names) and
+        C{limits} (one per name) may be given.
+        """
+        key = wire.EVENTS if command in (wire.SUBSCRIBE, wire.UNSUBSCRIBE) else wire.METHODS
+        check = check_pattern if key == wire.EVENTS else check_method
+        for name in names:
+            check(name)
+        limits = dict(zip(names, lists.get("limits") or [], strict=False))
+        idempotent = set(lists.get("idempotent") or ())
+        tags = []
+        for part in wire.in_parts(list(names)):
+            box = {wire.COMMAND: command, key: wire.list_of_strings(part)}
+            if command == wire.IMPLEMENT:
+                box[wire.IDEMPOTENT] = wire.list_of_strings([name for name in part if name in idempotent])
+                box[wire.LIMITS] = wire.list_of_integers([limits.get(name, 0) for name in part])
+            tags.append(self.request(box))
+        return tags
+
+    def cancel(self, tag: bytes) -> bool:
+        """Give up on request C{tag}: forget it and send C{Cancel} upstream; False if it is not waiting."""
+        if self._waiting.pop(tag, None) is None:
+            return False
+        self._send({wire.COMMAND: wire.CANCEL, wire.ID: tag})
+        return True
+
+    def checked(self, data: bytes, what: str) -> bytes:
+        """C{data}, or L{PayloadTooLarge} if it is over L{max_payload}."""
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(
+                f"{len(data):,} bytes of {what}, over the limit of {self.max_payload:,} bytes: send less"
+            )
+        return data
+
+    # -- inside ----------------------------------------------------------------
+
+    def _send(self, box: Box) -> None:
+        if not self.closed:
+            self._out.append(serialize(box))
+
+    def _close(self, error: NswarmError) -> None:
+        self.connection_lost(error if isinstance(error, UpstreamUnavailable) else None)
+        self._events.append(ConnectionClosed(error))
+
+    def _want_timer(self) -> None:
+        wanted = None if self.closed else self.next_tick()
+        if wanted is not None and wanted != self._wanted:
+            self._events.append(TimerWanted(wanted))
+        self._wanted = wanted
+
+    def _answered(self, tag: bytes, box: Box) -> None:
+        parse = self._waiting.pop(tag, None)
+        if parse is None:
+            return  # a late answer, to a request given up: dropped
+        if wire.ANSWER not in box:
+            self._events.append(Failed(tag, remote_error(box)))
+            return
+        try:
+            value = parse(box)
+        except (NswarmError, ValueError) as error:
+            self._events.append(Failed(tag, error))
+        else:
+            self._events.append(Answered(tag, value))
+
+    def _box_received(self, box: Box) -> None:
+        tag = box.get(wire.ANSWER)
+        if tag is None:
+            tag = box.get(wire.ERROR)
+        if tag is not None:
+            self._answered(tag, box)
+            return
+        command = box.get(wire.COMMAND)
+        ask = box.get(wire.ASK)
+        if command == wire.CALL:
+            self._call_received(box, ask)
+        elif command == wire.PUBLISH:
+            if ask is not None:
+                self._send({wire.ANSWER: ask})
+            try:
+                event = box[wire.EVENT].decode("utf-8")
+                payload = decode(get_payload(box, wire.PAYLOAD))
+            except (NswarmError, KeyError, UnicodeDecodeError):
+                self.dropped_events += 1
+                return
+            self._events.append(EventReceived(event, payload))
+        elif command == wire.CANCEL:
+            cancelled = box.get(wire.ID, b"")
+            if cancelled in self._running:
+                self._running.discard(cancelled)
+                self._events.append(CancelReceived(cancelled))
+        elif command == wire.HEARTBEAT:
+            if ask is not None:  # a relay's probe: is this end alive?
+                self._send({wire.ANSWER: ask})
+        elif ask is not None:
+            self._send(
+                {
+                    wire.ERROR: ask,
+                    wire.ERROR_CODE: wire.UNHANDLED_ERROR_CODE,
+                    wire.ERROR_DESCRIPTION: b"this end does not handle " + (command or b"boxes without a command"),
+                }
+            )
+
+    def _oversized(self, box: Box) -> None:
+        tag = box.get(wire.ANSWER, box.get(wire.ERROR))
+        if tag is not None and tag in self._waiting:
+            del self._waiting[tag]
+            error = PayloadTooLarge(f"the answer is over the limit of {self.max_payload:,} bytes: ask for less")
+            self._events.append(Failed(tag, error))
+        elif wire.COMMAND in box and wire.ASK in box:
+            too_large = PayloadTooLarge(f"the request is over the limit of {self.max_payload:,} bytes: send less")
+            self._send(error_box(box[wire.ASK], too_large))

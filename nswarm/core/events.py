@@ -1,0 +1,77 @@
+"""
+What a L{nswarm.core.connection.Connection} tells its front end, as plain
+data: the answers and errors of its requests, the calls and events the peer
+sends, cancellations, the time it next wants to be ticked, and a connection
+it has decided to close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nswarm.caller import Caller
+from nswarm.errors import NswarmError
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Request C{tag} succeeded: C{value} is its decoded result (None for a request with an empty answer)."""
+
+    tag: bytes
+    value: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Request C{tag} failed with C{error}, a typed L{nswarm.errors.NswarmError} (or the TLS error that closed it)."""
+
+    tag: bytes
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class CallReceived:
+    """
+    The node asks this service to run C{method}: answer with
+    L{nswarm.core.running.RunsCalls.answer} (or C{fail}) using C{tag}
+    (None: the caller wants no answer). C{caller} is who made the call.
+    """
+
+    tag: bytes | None
+    method: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    caller: Caller | None
+
+
+@dataclass(frozen=True)
+class EventReceived:
+    """An event for this connection's subscriptions: its name and decoded payload."""
+
+    event: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class CancelReceived:
+    """The caller of the call with tag C{tag} gave up (or its deadline passed): stop its handler; send no answer."""
+
+    tag: bytes
+
+
+@dataclass(frozen=True)
+class TimerWanted:
+    """Call L{nswarm.core.connection.Connection.tick} at time C{at} (on the clock given as C{now}), or earlier."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The core gave up on the connection (the peer fell silent, or is not AMP): close the transport, for C{error}."""
+
+    error: NswarmError
+
+
+Event = Answered | Failed | CallReceived | EventReceived | CancelReceived | TimerWanted | ConnectionClosed

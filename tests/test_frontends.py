@@ -1,0 +1,317 @@
+"""
+The conformance suite of the SDK front ends: the same cases against the
+asyncio client (on asyncio's loop and on uvloop) and the blocking client
+(the Twisted client's are in test_loopback.py and
+test_api_reconnect_processes.py: see tests/frontends.py), over real TLS to a real master, whose node serves
+the asyncio example service (examples/aio_service.py, an L{nswarm.aio.Service})
+over its UNIX socket. A cluster in processes (L{LocalCluster}), stopped
+afterwards; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nswarm import aio, sync
+from nswarm.errors import (
+    AuthenticationFailed,
+    DeadlineExceeded,
+    HandlerFailed,
+    NoSuchMethod,
+    PayloadTooLarge,
+    UpstreamUnavailable,
+)
+from nswarm.testing.local import LocalCluster
+
+from .conftest import GREETER, running_cluster
+from .frontends import BOUND, FRONTS, Front, make_front, uvloop_factory
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SERVICE = EXAMPLES / "aio_service.py"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A master, node 'node-1', the asyncio example service and the (Twisted) greeter, for the whole module."""
+    directory = Path(tempfile.mkdtemp(prefix="nswarm-fe-"))
+    try:
+        with running_cluster(directory, BOUND, (SERVICE, GREETER)) as local:
+            yield local
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: Any, cluster: LocalCluster) -> Iterator[Front]:
+    """A client of C{cluster} through each front end in turn."""
+    if request.param == "aio-uvloop" and uvloop_factory() is None:
+        pytest.skip("uvloop is not installed")
+    client = make_front(request.param, cluster.running_client_config())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def until(predicate: Any, what: str, bound: float = BOUND) -> None:
+    """Look every 20 ms until C{predicate()} holds, for at most C{bound} seconds."""
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_calls_return_results_of_any_size(front: Front) -> None:
+    assert front.call("greet", "world") == "hello, world!"
+    assert front.call("echo", {"nested": [1, "two", None]}) == {"nested": [1, "two", None]}
+    big = "x" * 300_000
+    assert front.call("echo", big) == big
+    assert front.call_all("echo", 5) == [5]
+
+
+def test_errors_arrive_typed(front: Front) -> None:
+    with pytest.raises(NoSuchMethod):
+        front.call("nobody.implements.this")
+    with pytest.raises(HandlerFailed) as raised:
+        front.call("fail", "no luck")
+    assert raised.value.remote_type == "ValueError" and raised.value.remote_message == "no luck"
+    with pytest.raises(PayloadTooLarge, match="send less"):
+        front.call("echo", "x" * (16 * 1024 * 1024 + 1))
+
+
+def test_a_deadline_fails_the_call_and_cancels_its_handler(front: Front) -> None:
+    before = front.call("counts")["cancelled"]
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        front.call_with_timeout(0.5, "sleep", 30)
+    assert time.monotonic() - started < 5
+    until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
+
+
+def test_cancelling_a_call_cancels_its_handler(front: Front) -> None:
+    before = front.call("counts")["cancelled"]
+    assert front.call_then_cancel("sleep", 30, after=0.5) == "cancelled"
+    until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
+
+
+def test_the_handler_knows_its_caller(front: Front) -> None:
+    assert front.call("whoami").startswith("API user ")
+
+
+def test_publish_reaches_the_service_and_the_subscriber(front: Front) -> None:
+    before = front.call("counts")["events"]
+    events = front.subscribe("orders.*")
+    try:
+        handed_to = front.publish("orders.created", {"id": 7})
+        assert handed_to is not None and handed_to >= 2  # the service's node, and this subscriber
+        assert events.next(BOUND) == ("orders.created", {"id": 7})
+    finally:
+        events.close()
+    until(lambda: front.call("counts")["events"] > before, "the service to get the event")
+
+
+def test_a_wrong_key_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Every front end reads the same client.conf; a wrong key fails AuthenticationFailed."""
+    config = cluster.running_client_config()
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"not-the-key")
+    bad.chmod(0o600)
+    text = config.read_text().replace(_auth_key_file(config), str(bad))
+    wrong = tmp_path / "client.conf"
+    wrong.write_text(text)
+    with pytest.raises(AuthenticationFailed):
+        sync.connect_from_config(str(wrong), reconnect=False)
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(aio.connect_from_config(str(wrong), reconnect=False))
+
+
+def _auth_key_file(config: Path) -> str:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    return parser["api"]["auth-key-file"]
+
+
+def test_the_masters_certificate_must_be_signed_by_the_cluster_ca(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Another cluster's CA does not vouch for this master: the asyncio client refuses it, as Twisted does."""
+    from nswarm.config import read_client_config, read_secret_file
+
+    other = LocalCluster(tmp_path / "other", timeout=BOUND)
+    other.init()
+    settings = read_client_config(str(cluster.client_config), "api")
+    with pytest.raises(UpstreamUnavailable, match="not signed by the cluster CA"):
+        asyncio.run(
+            aio.connect(
+                "localhost",
+                cluster.api_port,
+                key=read_secret_file(settings["auth-key-file"]),
+                ca=str(other.directory / "ca.pem"),
+                cert=settings.get("cert"),
+                cert_key=settings.get("cert-key"),
+                reconnect=False,
+            )
+        )
+
+
+def test_several_masters_are_tried_in_turn(cluster: LocalCluster) -> None:
+    """The first address has nothing listening: the client goes on to the next, as the Twisted one does."""
+    import socket
+
+    from nswarm.client_config import api_settings
+
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    settings = api_settings(str(cluster.client_config))
+    settings["hosts"] = [("localhost", dead), ("localhost", cluster.api_port)]
+
+    async def main() -> Any:
+        async with await aio.connect(**settings) as client:
+            return await client.call("greet", "second")
+
+    assert asyncio.run(main()) == "hello, second!"
+    settings["hosts"] = [("localhost", dead)]
+    with pytest.raises(UpstreamUnavailable, match="nothing listens"):
+        sync.connect(**settings)
+
+
+def test_the_blocking_client_serves_many_threads_at_once(cluster: LocalCluster) -> None:
+    with sync.connect_from_config(str(cluster.running_client_config())) as client:
+        results: dict[int, list[Any]] = {}
+
+        def work(number: int) -> None:
+            results[number] = [client.call("echo", [number, index]) for index in range(25)]
+
+        threads = [threading.Thread(target=work, args=(number,)) for number in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BOUND)
+        assert results == {number: [[number, index] for index in range(25)] for number in range(8)}
+
+
+def test_a_blocking_call_from_its_own_loop_raises_instead_of_deadlocking(cluster: LocalCluster) -> None:
+    with sync.connect_from_config(str(cluster.running_client_config())) as client:
+
+        async def inside() -> str:
+            try:
+                client.call("greet", "me")
+            except RuntimeError as error:
+                return str(error)
+            return "no error"
+
+        loop = client._loop.loop
+        assert "its own event loop" in asyncio.run_coroutine_threadsafe(inside(), loop).result(BOUND)
+    assert not client._loop.thread.is_alive()
+
+
+def test_an_asyncio_program_runs_with_no_reactor(cluster: LocalCluster) -> None:
+    """asyncio.run, the client as a context manager, and a subscription closed by its async with."""
+    config = str(cluster.running_client_config())
+
+    async def main() -> Any:
+        async with await aio.connect_from_config(config) as client:
+            async with client.subscribe("orders.>") as events:
+                await client.publish("orders.paid.eu", 1)
+                async for event in events:
+                    assert (event.event, event.payload) == ("orders.paid.eu", 1)
+                    break
+            assert client.subscriptions == {}
+            return await client.call("greet", "asyncio")
+
+    assert asyncio.run(main()) == "hello, asyncio!"
+
+
+@pytest.mark.parametrize("name", ["aio", "sync"])
+def test_a_client_outlives_a_master_restart(name: str) -> None:
+    """SIGKILL the master, start it again on its ports: the client calls and gets events again."""
+    directory = Path(tempfile.mkdtemp(prefix="nswarm-re-"))
+    try:
+        with running_cluster(directory, BOUND, (SERVICE,)) as local:
+            client = make_front(name, local.running_client_config(), idempotent=["echo"])
+            try:
+                events = client.subscribe("orders.*")
+                assert client.call("greet", "before") == "hello, before!"
+                assert local.master is not None
+                local.kill(local.master)
+                local.start_master(node_port=local.node_port, api_port=local.api_port)
+                assert client.call_with_timeout(BOUND, "echo", "after") == "after"
+                until(lambda: _published(client) >= 2, "the service's node to subscribe again")
+                assert events.next(BOUND)[0] == "orders.created"
+            finally:
+                client.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _published(client: Front) -> int:
+    return client.publish("orders.created", {"id": 1}) or 0
+
+
+def test_the_blocking_example_script_runs(cluster: LocalCluster) -> None:
+    """examples/sync_client.py against the asyncio service and the Twisted greeter: one script, no reactor."""
+    script = EXAMPLES / "sync_client.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(cluster.running_client_config())],
+        capture_output=True,
+        text=True,
+        timeout=BOUND * 3,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hello, world!" in result.stdout and "[0, 2, 4, 6, 8, 10, 12, 14]" in result.stdout
+    assert "no such method" in result.stdout and "deadline" in result.stdout
+    assert "got EventReceived(event='orders.created', payload={'id': 7})" in result.stdout
+
+
+def test_the_asyncio_client_resends_idempotent_calls_lost_with_the_master_and_fails_the_others() -> None:
+    """A call in flight when the master dies: sent again if its method is idempotent, else UpstreamUnavailable."""
+    directory = Path(tempfile.mkdtemp(prefix="nswarm-id-"))
+    try:
+        with running_cluster(directory, BOUND, (SERVICE,)) as local:
+            config = str(local.running_client_config())
+
+            async def scenario() -> tuple[Any, Any, Any]:
+                loop = asyncio.get_running_loop()
+                client = await aio.connect_from_config(config, idempotent=["slow_echo"])
+                once = await aio.connect_from_config(config, reconnect=False)
+                try:
+                    kept = asyncio.ensure_future(client.call("slow_echo", "kept", 1.0))
+                    lost = asyncio.ensure_future(client.call("sleep", 1.0))
+                    await asyncio.sleep(0.3)  # both are running in the service now
+                    assert local.master is not None
+                    await loop.run_in_executor(None, local.kill, local.master)
+                    failed: Any = await asyncio.gather(lost, return_exceptions=True)
+                    try:
+                        await once.call("greet", "again")
+                    except UpstreamUnavailable as error:
+                        refused: Any = error
+                    else:
+                        refused = None
+                    await loop.run_in_executor(
+                        None, lambda: local.start_master(node_port=local.node_port, api_port=local.api_port)
+                    )
+                    return await kept, failed[0], refused
+                finally:
+                    await client.close()
+                    await once.close()
+
+            kept, lost, refused = asyncio.run(asyncio.wait_for(scenario(), BOUND * 3))
+            assert isinstance(lost, UpstreamUnavailable)
+            assert isinstance(refused, UpstreamUnavailable) and "reconnect=False" in str(refused)
+            assert kept == "kept"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
