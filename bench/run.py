@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from floors import Count, Echo, Event, connect_echo, connect_receiver
+from frontends import ECHO, run_frontends
 from hostile import HOSTILE, Harness, run_hostile
 from hostile import TARGETS as HOSTILE_TARGETS
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -223,6 +224,11 @@ def closed_loop(
         for _ in range(min(outstanding, total)):
             launch()
     return done
+
+
+def frontend_figures(workload: Workload, elapsed: float, latencies: list[float]) -> dict[str, float]:
+    """L{echo_figures} of a front end's run (see bench/frontends.py)."""
+    return echo_figures(workload, Run(elapsed, latencies))
 
 
 def echo_figures(workload: Workload, run: Run) -> dict[str, float]:
@@ -572,6 +578,13 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
                 with open(RESULTS, "a") as results:
                     results.write(json.dumps(record) + "\n")
                 rows.append(record)
+                if workload.name in ECHO and "error" not in record and not options.no_frontends:
+                    progress.begin(f"{workload.name} aio, sync", 0)
+                    for front in await run_frontends(reactor, setup.cluster, workload, record, frontend_figures):
+                        with open(RESULTS, "a") as results:
+                            results.write(json.dumps(front) + "\n")
+                        rows.append(front)
+                    progress.end()
         if not options.only or "S1" in options.only:
             record = await run_scale(reactor, setup, sides, progress, options)
             with open(RESULTS, "a") as results:
@@ -1019,6 +1032,9 @@ def main() -> None:
     )
     parser.add_argument("--s1-nodes", type=int, default=S1_NODES, help=f"simulated nodes in S1 (default {S1_NODES})")
     parser.add_argument("--limit", type=float, help="seconds each workload may take (default: its own limit)")
+    parser.add_argument(
+        "--no-frontends", action="store_true", help="skip the asyncio and blocking SDKs' rows after W1-W3"
+    )
     options = parser.parse_args()
     # SIGTERM before the reactor runs (it installs its own handler) unwinds too, stopping every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
