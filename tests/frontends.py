@@ -1,17 +1,24 @@
 """
-One blocking interface over each SDK front end (asyncio, asyncio on
-uvloop, blocking), so that the conformance suite (tests/test_frontends.py)
+One blocking interface over each SDK front end (Twisted, asyncio, asyncio
+on uvloop, blocking), so that the conformance suite (tests/test_frontends.py)
 runs the same cases against each: the adapters only translate calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from nswarm import aio, sync
+import greenlet
+from pytest_twisted import _instances
+from twisted.internet.defer import CancelledError, Deferred, DeferredQueue
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from nswarm import aio, api, sync
 
 #: Seconds any one wait of the suite may take.
 BOUND = 20.0
@@ -150,6 +157,127 @@ class SyncFront(Front):
         self.client.close()
 
 
+def conformance(test: Callable[..., None]) -> Callable[..., Deferred[None]]:
+    """
+    Run the conformance case C{test} in a greenlet of its own under the
+    reactor's (where pytest-twisted runs every test), so that the Twisted
+    adapter can wait for a Deferred in it (L{wait}) while the reactor runs;
+    the other adapters block as usual.
+    """
+
+    @functools.wraps(test)
+    def case(*args: Any, **kwargs: Any) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+
+        def body() -> None:
+            # done fires from the reactor's greenlet, once this one has ended.
+            from twisted.internet import reactor
+
+            try:
+                test(*args, **kwargs)
+            except BaseException:
+                reactor.callLater(0, done.errback, Failure())
+            else:
+                reactor.callLater(0, done.callback, None)
+
+        greenlet.greenlet(body).switch()
+        return done
+
+    return case
+
+
+def wait(d: Deferred[Any]) -> Any:
+    """
+    C{d}'s result (or its failure, raised), in a L{conformance} case: the
+    reactor's greenlet runs until C{d} fires.
+    """
+    current = greenlet.getcurrent()
+    assert current.parent is _instances.gr_twisted is not None, "wait() only in a conformance case"
+    result: list[Any] = []
+
+    def fired(outcome: Any) -> None:
+        result.append(outcome)
+        if greenlet.getcurrent() is not current:
+            current.switch()
+
+    d.addBoth(fired)
+    if not result:
+        current.parent.switch()
+    if isinstance(result[0], Failure):
+        result[0].raiseException()
+    return result[0]
+
+
+class TwistedFront(Front):
+    """
+    The Twisted client (L{nswarm.api}) on the reactor pytest-twisted runs in
+    its own greenlet: each method waits for its Deferred with C{blockon},
+    which lets the reactor run meanwhile.
+    """
+
+    name = "twisted"
+
+    def __init__(self, config: Path, **options: Any) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.config = config
+        self.options = options
+        self._client: api.APIClient | None = None
+
+    @property
+    def client(self) -> api.APIClient:
+        """The client, connected on first use (in the case's greenlet, where it can wait for the reactor)."""
+        if self._client is None:
+            self._client = self.run(api.connect_from_config(self.reactor, str(self.config), **self.options))
+        return self._client
+
+    def run(self, d: Deferred[Any]) -> Any:
+        return wait(d.addTimeout(BOUND, self.reactor))
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.run(self.client.call(method, *args, **kwargs))
+
+    def call_with_timeout(self, timeout: float, method: str, *args: Any) -> Any:
+        return self.run(self.client.call_with_timeout(timeout, method, *args))
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        return self.run(self.client.call_all(method, *args))
+
+    def publish(self, event: str, payload: Any) -> int | None:
+        return self.run(self.client.publish(event, payload))
+
+    def subscribe(self, pattern: str) -> Any:
+        front = self
+        queue: DeferredQueue[tuple[str, Any]] = DeferredQueue()
+        subscription = self.run(self.client.subscribe(pattern, lambda event, payload: queue.put((event, payload))))
+
+        class Events:
+            def next(self, timeout: float) -> tuple[str, Any]:
+                got: tuple[str, Any] = wait(queue.get().addTimeout(timeout, front.reactor))
+                return got
+
+            def close(self) -> None:
+                front.run(subscription.cancel())
+
+        return Events()
+
+    def call_then_cancel(self, method: str, *args: Any, after: float) -> str:
+        d = self.client.call(method, *args)
+        self.run(deferLater(self.reactor, after, lambda: None))
+        d.cancel()
+        try:
+            self.run(d)
+        except CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    def close(self) -> None:
+        # From the fixture's teardown, outside the reactor: the reactor closes the connection as soon as it runs.
+        if self._client is not None:
+            self._client.close()
+
+
 def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop factory, or None if uvloop is not installed (it is optional)."""
     try:
@@ -159,14 +287,14 @@ def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-#: The front ends the suite runs against. The Twisted client is not among them: pytest-twisted runs every test
-#: inside the reactor's greenlet, where no adapter can block on a Deferred; tests/test_loopback.py and
-#: tests/test_api_reconnect_processes.py hold the same cases for it.
-FRONTS = ["aio", "aio-uvloop", "sync"]
+#: The front ends the suite runs against.
+FRONTS = ["twisted", "aio", "aio-uvloop", "sync"]
 
 
 def make_front(name: str, config: Path, **options: Any) -> Front:
     """The adapter called C{name} (one of L{FRONTS}), connected with client.conf C{config}."""
+    if name == "twisted":
+        return TwistedFront(config, **options)
     if name == "aio":
         return AioFront(config, asyncio.new_event_loop(), **options)
     if name == "aio-uvloop":

@@ -1,8 +1,7 @@
 """
 The conformance suite of the SDK front ends: the same cases against the
-asyncio client (on asyncio's loop and on uvloop) and the blocking client
-(the Twisted client's are in test_loopback.py and
-test_api_reconnect_processes.py: see tests/frontends.py), over real TLS to a real master, whose node serves
+Twisted client, the asyncio client (on asyncio's loop and on uvloop) and
+the blocking client, over real TLS to a real master, whose node serves
 the asyncio example service (examples/aio_service.py, an L{nswarm.aio.Service})
 over its UNIX socket. A cluster in processes (L{LocalCluster}), stopped
 afterwards; every wait is bounded.
@@ -35,7 +34,7 @@ from nswarm.errors import (
 from nswarm.testing.local import LocalCluster
 
 from .conftest import GREETER, running_cluster
-from .frontends import BOUND, FRONTS, Front, make_front, uvloop_factory
+from .frontends import BOUND, FRONTS, Front, conformance, make_front, uvloop_factory
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVICE = EXAMPLES / "aio_service.py"
@@ -74,6 +73,7 @@ def until(predicate: Any, what: str, bound: float = BOUND) -> None:
         time.sleep(0.02)
 
 
+@conformance
 def test_calls_return_results_of_any_size(front: Front) -> None:
     assert front.call("greet", "world") == "hello, world!"
     assert front.call("echo", {"nested": [1, "two", None]}) == {"nested": [1, "two", None]}
@@ -82,6 +82,7 @@ def test_calls_return_results_of_any_size(front: Front) -> None:
     assert front.call_all("echo", 5) == [5]
 
 
+@conformance
 def test_errors_arrive_typed(front: Front) -> None:
     with pytest.raises(NoSuchMethod):
         front.call("nobody.implements.this")
@@ -92,6 +93,7 @@ def test_errors_arrive_typed(front: Front) -> None:
         front.call("echo", "x" * (16 * 1024 * 1024 + 1))
 
 
+@conformance
 def test_a_deadline_fails_the_call_and_cancels_its_handler(front: Front) -> None:
     before = front.call("counts")["cancelled"]
     started = time.monotonic()
@@ -101,16 +103,19 @@ def test_a_deadline_fails_the_call_and_cancels_its_handler(front: Front) -> None
     until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
 
 
+@conformance
 def test_cancelling_a_call_cancels_its_handler(front: Front) -> None:
     before = front.call("counts")["cancelled"]
     assert front.call_then_cancel("sleep", 30, after=0.5) == "cancelled"
     until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
 
 
+@conformance
 def test_the_handler_knows_its_caller(front: Front) -> None:
     assert front.call("whoami").startswith("API user ")
 
 
+@conformance
 def test_publish_reaches_the_service_and_the_subscriber(front: Front) -> None:
     before = front.call("counts")["events"]
     events = front.subscribe("orders.*")
