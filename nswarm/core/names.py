@@ -1,8 +1,8 @@
 """
 Valid method and event names, and which subscription patterns match an
-event, without Twisted: the rules of L{nswarm.relay.names} (whose indexed
-matcher the relays use), for the SDK front ends that must not import
-C{twisted.protocols}. Tests check both agree.
+event, without Twisted: the rules every end shares (L{nswarm.relay.names}
+re-exports them beside the relays' indexed matcher); the SDK front ends must not import
+C{twisted.protocols}.
 """
 
 from __future__ import annotations

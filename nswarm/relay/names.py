@@ -1,75 +1,18 @@
 """
 Method, event and subscription names: what makes one valid, and which
-subscription patterns match an event. Pure functions and one index of
-patterns by token with its cache; the relays and the service SDK share them.
+subscription patterns match an event. The rules are the sans-IO core's
+(L{nswarm.core.names}, re-exported here); this module adds the relays' index
+of patterns by token with its cache.
 """
 
 from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from nswarm.amp_commands import InvalidRequest
-from nswarm.defaults import MATCH_CACHE_SIZE, MAX_NAME_LENGTH
+from nswarm.core.names import check_event, check_method, check_name, check_pattern, matches  # noqa: F401
+from nswarm.defaults import MATCH_CACHE_SIZE
 
 T = TypeVar("T")
-
-
-def check_name(kind: str, name: str) -> str:
-    """
-    Return C{name} if it is a valid method or event name, else raise
-    L{InvalidRequest} saying why.
-    """
-    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
-        raise InvalidRequest(
-            f"invalid {kind} name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} printable "
-            "characters without leading or trailing spaces"
-        )
-    return name
-
-
-def check_method(name: str) -> str:
-    """Return C{name} if it is a valid method name, else raise L{InvalidRequest}."""
-    return check_name("method", name)
-
-
-def check_pattern(pattern: str) -> str:
-    """
-    Return C{pattern} if it is a valid subscription: an event name whose
-    dot-separated tokens may be C{*} (any one token) or, last, C{>} (one or
-    more tokens); else raise L{InvalidRequest}.
-    """
-    check_name("subscription", pattern)
-    tokens = pattern.split(".")
-    if ">" in tokens[:-1] or "" in tokens:
-        raise InvalidRequest(
-            f"invalid subscription {pattern[:40]!r}: tokens are separated by single dots, "
-            "and '>' may only be the last token"
-        )
-    return pattern
-
-
-def check_event(event: str) -> str:
-    """Return C{event} if it is a valid name to publish (no wildcards), else raise L{InvalidRequest}."""
-    check_name("event", event)
-    tokens = event.split(".")
-    if "" in tokens:
-        raise InvalidRequest(f"invalid event name {event[:40]!r}: tokens are separated by single dots")
-    if "*" in tokens or ">" in tokens:
-        raise InvalidRequest(f"cannot publish {event[:40]!r}: wildcards are for subscriptions, not events")
-    return event
-
-
-def matches(pattern: str, event: str) -> bool:
-    """Whether subscription C{pattern} matches C{event} (C{orders.*}, C{orders.>}, or exact)."""
-    if pattern == event:
-        return True
-    wanted, tokens = pattern.split("."), event.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (token != "*" and token != tokens[index]):
-            return False
-    return len(tokens) == len(wanted)
 
 
 class _Node:
