@@ -38,6 +38,7 @@ from nswarm.core.wire import (  # noqa: F401 (re-exported: every command name an
     CANCEL,
     CHUNK,
     COMMAND,
+    COUNT,
     ERROR,
     ERROR_CODE,
     ERROR_DESCRIPTION,
@@ -53,12 +54,15 @@ from nswarm.core.wire import (  # noqa: F401 (re-exported: every command name an
     LIMITS,
     METHOD,
     METHODS,
+    MORE,
     NAME,
+    PART,
     PAYLOAD,
     PUBLISH,
     RESULT,
     RESULTS,
     ROUTED,
+    STREAM,
     SUBSCRIBE,
     TIMEOUT,
     UNIMPLEMENT,
@@ -211,7 +215,9 @@ class Call(amp.Command):
     C{caller} says who made the call, stamped by the relays over anything a
     client sent: the node writes C{service:NAME} on a call from one of its
     services, and the master writes C{api:NAME} on an API user's call and
-    appends C{@NODE} to a node's stamp (C{service:NAME@NODE}).
+    appends C{@NODE} to a node's stamp (C{service:NAME@NODE}). With
+    C{stream} (a window of parts, at most 1024), the result is streamed:
+    L{Part} boxes come first, then the answer (see L{Part}, L{More}).
     """
 
     commandName = CALL
@@ -220,6 +226,7 @@ class Call(amp.Command):
         (ARGS, Payload()),
         (TIMEOUT, amp.Float(optional=True)),
         (CALLER, amp.Unicode(optional=True)),
+        (STREAM, amp.Integer(optional=True)),
     ]
     response = [(RESULT, Payload())]
     errors = _codes(
@@ -267,6 +274,39 @@ class Cancel(amp.Command):
 
     commandName = CANCEL
     arguments = [(ID, amp.String())]
+    requiresAnswer = False
+
+
+class Part(amp.Command):
+    """
+    One part of a streamed result: from the service towards the caller, hop
+    by hop (service -> node -> master -> API user or service), sent without
+    an answer, for the L{Call} that carried C{stream} (the caller's window:
+    how many parts may be on their way before it asks for more) and was sent
+    on this connection with C{_ask} tag C{id}. C{result} is opaque to the
+    relays (JSON, as a call's result), each part at most the payload limit.
+    The call's answer follows the last part; its C{result} is the number of
+    parts. A relay maps C{id} to the tag of the hop before it and forwards
+    the box, never decoding the part; a call that sent a part is not
+    retried.
+    """
+
+    commandName = PART
+    arguments = [(ID, amp.String()), (RESULT, Payload())]
+    requiresAnswer = False
+
+
+class More(amp.Command):
+    """
+    The caller of a streamed L{Call} (sent on this connection with C{_ask}
+    tag C{id}) takes C{count} more parts: from the caller towards the
+    service, hop by hop, sent without an answer. A service sends a part only
+    while it has sent fewer than it was granted (the window, then each
+    C{More}): a slow reader holds its producer back.
+    """
+
+    commandName = MORE
+    arguments = [(ID, amp.String()), (COUNT, amp.Integer())]
     requiresAnswer = False
 
 

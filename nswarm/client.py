@@ -19,17 +19,21 @@ from nswarm.amp_commands import (
     ASK,
     CALL,
     CALL_ALL,
+    CANCEL,
     COMMAND,
     ERROR,
     EVENT,
     EXCLUDE,
     HANDED_TO,
     HEARTBEAT,
+    ID,
     METHOD,
+    PART,
     PAYLOAD,
     PUBLISH,
     RESULT,
     RESULTS,
+    STREAM,
     TIMEOUT,
     Authenticate,
     NswarmError,
@@ -42,6 +46,7 @@ from nswarm.deadlines import MARGIN, LocalDeadlines
 from nswarm.framing import FastBoxes
 from nswarm.requests import Parse, Requests
 from nswarm.sockets import no_delay
+from nswarm.streams import Stream
 
 
 def check_key(key: Any) -> bytes:
@@ -143,6 +148,55 @@ class ClientProtocol(LocalDeadlines, Requests, FastBoxes, amp.AMP):
         self.keep_deadline(box, timeout)
         return d
 
+    def stream(
+        self, method: str, /, *args: Any, window: int | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> Stream:
+        """
+        Call C{method}, whose handler streams its result (a generator), and
+        return the L{Stream} of its parts: C{async for part in
+        client.stream(...)}, or L{Stream.next}. At most C{window} parts (16
+        by default, at most 1024) are on their way at once: a reader that
+        does not take them holds the service back. C{timeout} (by default
+        L{timeout}) is the deadline of the whole stream.
+        """
+        window = defaults.STREAM_WINDOW if window is None else window
+        if not 0 < window <= defaults.MAX_STREAM_WINDOW:
+            raise ValueError(f"window must be 1 to {defaults.MAX_STREAM_WINDOW} parts, not {window!r}")
+        timeout = self.timeout if timeout is None else timeout
+        stream = Stream(window)
+        try:
+            data = self.checked(encode_arguments(args, kwargs), "call arguments")
+        except NswarmError:
+            stream.started(fail())
+            return stream
+        box = amp.AmpBox(
+            {
+                COMMAND: CALL,
+                METHOD: method.encode("utf-8"),
+                TIMEOUT: self._timeout_value(timeout),
+                STREAM: b"%d" % window,
+            }
+        )
+        put_payload(box, ARGS, data)
+        if self.holding:
+            stream.started(self._kept(box, stream.answered, timeout, None))  # never sent again once it ran
+        else:
+            stream.started(self.request_box(box, stream.answered))
+            self.keep_deadline(box, timeout)
+        return stream
+
+    def _part(self, box: amp.AmpBox) -> None:
+        """A part of a streamed result: to its L{Stream} (the parse of its request), if it is still waited for."""
+        tag = box.get(ID, b"")
+        request = self._waiting.get(tag)
+        stream = getattr(request[1], "__self__", None) if request is not None else None
+        if isinstance(stream, Stream):
+            try:
+                stream.part(box, self.send)
+            except NswarmError as error:  # a part that is not valid JSON: not from an nswarm SDK
+                self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag}))
+                self.fail_request(tag, error)
+
     def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
         """
         Call C{method} on every service that implements it now; the Deferred
@@ -238,6 +292,8 @@ class ClientProtocol(LocalDeadlines, Requests, FastBoxes, amp.AMP):
                 return
         if tag is not None:
             self.answered(tag, box)  # an unknown tag: a late answer, dropped
+        elif box.get(COMMAND) == PART:
+            self._part(box)
         elif box.get(COMMAND) != HEARTBEAT:
             super().ampBoxReceived(box)
         elif ASK in box:  # a relay's probe: is this end alive?

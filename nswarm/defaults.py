@@ -57,6 +57,10 @@ SERVICE_RECONNECT_MAX_DELAY = 5.0
 
 #: The largest call arguments, result or event payload accepted, in bytes.
 MAX_PAYLOAD = 16 * 1024 * 1024
+#: Parts of a streamed result that may be on their way to a caller before it asks for more (its window), and the
+#: largest window a caller may ask for: what a slow reader makes the cluster hold for it is bounded by this.
+STREAM_WINDOW = 16
+MAX_STREAM_WINDOW = 1024
 #: What a box may hold beyond its payload (names, tags, other keys), in bytes.
 BOX_OVERHEAD = 64 * 1024
 #: Keys a box may hold beyond those its payload is split into.

@@ -38,6 +38,7 @@ from nswarm.amp_commands import UpstreamUnavailable
 from nswarm.caller import Caller, current_caller
 from nswarm.core.handlers import collect, implement, subscribe
 from nswarm.relay.names import Matches
+from nswarm.streams import Stream
 
 if TYPE_CHECKING:
     from twisted.application.internet import ClientService
@@ -152,6 +153,15 @@ class Service:
         if connection is None:
             return fail(self._not_connected())
         return connection.call(method, *args, **kwargs)
+
+    def stream(self, method: str, /, *args: Any, **kwargs: Any) -> Stream:
+        """Call C{method}, which streams its result, through the node (see L{nswarm.client.ClientProtocol.stream})."""
+        connection = self.connection
+        if connection is None:
+            stream = Stream(1)
+            stream.started(fail(self._not_connected()))
+            return stream
+        return connection.stream(method, *args, **kwargs)
 
     def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
         """Call C{method} on every implementer (see L{nswarm.client.ClientProtocol.call_all}), through the node."""

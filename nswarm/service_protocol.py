@@ -6,6 +6,7 @@ handlers still running so that a stopping service can drain.
 
 from __future__ import annotations
 
+import contextvars
 from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,12 +23,15 @@ from nswarm.amp_commands import (
     CALLER,
     CANCEL,
     COMMAND,
+    COUNT,
     EVENT,
     ID,
     METHOD,
+    MORE,
     PAYLOAD,
     PUBLISH,
     RESULT,
+    STREAM,
     HandlerFailed,
     InvalidRequest,
     NoSuchMethod,
@@ -38,6 +42,7 @@ from nswarm.boxes import error_box, get_payload, put_payload
 from nswarm.caller import Caller, current
 from nswarm.client import ClientProtocol
 from nswarm.codec import decode, decode_arguments, encode
+from nswarm.service_streams import Streamer, is_stream, window_of
 
 if TYPE_CHECKING:
     from nswarm.service import Service
@@ -59,6 +64,8 @@ class ServiceProtocol(ClientProtocol):
         self.clock = clock
         #: Handlers still running, by the tag of the call they answer.
         self.running: dict[bytes, Deferred[Any]] = {}
+        #: Streamed results being sent, by the tag of their call (see L{nswarm.service_streams}).
+        self.streams: dict[bytes, Streamer] = {}
         self._idle: list[Deferred[None]] = []
         self._callers: dict[bytes | None, Caller | None] = {}
         #: The L{nswarm.service_runner.ServiceRunner} that built this connection.
@@ -72,10 +79,18 @@ class ServiceProtocol(ClientProtocol):
             self._event_received(box)
         elif command == CANCEL:
             tag = box.get(ID, b"")
+            self.streams.pop(tag, None)
             running = self.running.pop(tag, None)
             if running is not None:
                 running.cancel()
                 self._handler_done(tag)
+        elif command == MORE:
+            streamer = self.streams.get(box.get(ID, b""))
+            if streamer is not None:
+                try:
+                    streamer.more(int(box.get(COUNT, b"")))
+                except ValueError:
+                    pass  # not from an nswarm SDK: nothing granted
         else:
             super().ampBoxReceived(box)
 
@@ -123,6 +138,7 @@ class ServiceProtocol(ClientProtocol):
             if attribute is None:
                 raise NoSuchMethod(f"service {service.service_name!r} does not implement {method!r}: retry the call")
             positional, keywords = decode_arguments(get_payload(box, ARGS))
+            window = window_of(box) if STREAM in box else None
         except (NswarmError, KeyError, UnicodeDecodeError) as error:
             if tag is not None:
                 if not isinstance(error, NswarmError):
@@ -138,6 +154,9 @@ class ServiceProtocol(ClientProtocol):
             result = getattr(service, attribute)(*positional, **keywords)
             if iscoroutine(result):
                 result = Deferred.fromCoroutine(result)  # runs in (a copy of) this context
+            if (window is not None or is_stream(result)) and tag is not None:
+                self._stream(Streamer(self, tag, method, result, window, contextvars.copy_context()))
+                return
         except Exception:
             self._failed(Failure(), tag, method)
             return
@@ -149,6 +168,28 @@ class ServiceProtocol(ClientProtocol):
             result.addCallbacks(self._answer, self._failed, callbackArgs=(tag, method), errbackArgs=(tag, method))
         else:
             self._answer(result, tag, method)
+
+    def _stream(self, streamer: Streamer) -> None:
+        """Send a streamed (or gathered) result: the call counts as running until it ends."""
+        self.streams[streamer.tag] = streamer
+        self.running[streamer.tag] = streamer.done
+        streamer.start()
+
+    def stream_ended(self, tag: bytes, method: str, value: Any) -> None:
+        """Stream C{tag} is over: answer C{value} (the number of parts, or the gathered list)."""
+        self.streams.pop(tag, None)
+        self._answer(value, tag, method)
+
+    def stream_failed(self, tag: bytes, error: NswarmError) -> None:
+        """A part of stream C{tag} could not be sent: end the call with C{error}."""
+        self.streams.pop(tag, None)
+        self.send(error_box(tag, error))
+        self._handler_done(tag)
+
+    def stream_raised(self, tag: bytes, method: str, failure: Failure) -> None:
+        """The generator of stream C{tag} raised: end the call as a failed handler."""
+        self.streams.pop(tag, None)
+        self._failed(failure, tag, method)
 
     def _answer(self, value: Any, tag: bytes | None, method: str) -> None:
         """

@@ -40,7 +40,8 @@ def test_large_payload_survives_a_real_box_serialisation() -> None:
     value = b"\xff\x00" * 100_000
     box = amp.AmpBox(Call.makeArguments({"method": "m", "args": value}, None))
     [parsed] = amp.parseString(box.serialize())
-    assert Call.parseArguments(parsed, None) == {"method": "m", "args": value, "timeout": None, "caller": None}
+    expected = {"method": "m", "args": value, "timeout": None, "caller": None, "stream": None}
+    assert Call.parseArguments(parsed, None) == expected
 
 
 def test_payload_must_be_bytes() -> None:

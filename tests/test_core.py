@@ -163,7 +163,7 @@ def test_authenticate_then_call_and_answer() -> None:
     call = connection.call("greet", ("world",), {"loud": True}, timeout=5)
     [box] = sent(connection)
     arguments = amp_commands.Call.parseArguments(box, None)
-    assert arguments == {"method": "greet", "args": box[b"args"], "timeout": 5.0, "caller": None}
+    assert arguments == {"method": "greet", "args": box[b"args"], "timeout": 5.0, "caller": None, "stream": None}
     assert json.loads(box[b"args"]) == {"args": ["world"], "kwargs": {"loud": True}}
     assert answered(connection, call, {"hello": "world"}) == [Answered(call, {"hello": "world"})]
     assert connection.in_flight == 0

@@ -40,6 +40,11 @@ HEARTBEAT = b"Heartbeat"
 PUBLISH = b"Publish"
 EVENT, PAYLOAD, EXCLUDE, HANDED_TO = b"event", b"payload", b"exclude", b"handed_to"
 
+#: Streamed results: a Call carrying STREAM (the caller's window: how many parts may come before it asks for more)
+#: is answered with Part boxes (ID: the call's tag on that hop; RESULT: one part) before its answer, whose
+#: RESULT is the number of parts; the caller grants COUNT more parts with More (ID: its own tag for the call).
+STREAM, PART, MORE, COUNT = b"stream", b"Part", b"More", b"count"
+
 #: The commands relays route as boxes rather than dispatch to responders.
 ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})
 

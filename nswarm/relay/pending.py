@@ -113,6 +113,16 @@ class PendingCalls(Generic[P]):
         request = pending.get(tag) if pending is not None else None
         return self._forget(request) if request is not None else None
 
+    def answering(self, callee: P, tag: bytes) -> Request[P] | None:
+        """The request C{callee} sent a part of its answer C{tag} for, if it is still pending (kept pending)."""
+        pending = self._by_callee.get(callee)
+        return pending.get(tag) if pending is not None else None
+
+    def asked(self, caller: P, caller_tag: bytes) -> Request[P] | None:
+        """The request C{caller} sent as C{caller_tag}, if it is still pending (kept pending)."""
+        pending = self._by_caller.get(caller)
+        return pending.get(caller_tag) if pending is not None else None
+
     def cancel(self, caller: P, caller_tag: bytes) -> Request[P] | None:
         """The request C{caller} sent as C{caller_tag}, if it is still pending."""
         pending = self._by_caller.get(caller)

@@ -33,6 +33,8 @@ from nswarm.amp_commands import (
     ERROR,
     HEARTBEAT,
     ID,
+    MORE,
+    PART,
     ROUTED,
     Authenticate,
     AuthenticationFailed,
@@ -221,6 +223,10 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         elif command == HEARTBEAT:
             if ASK in box:  # a relay's probe: is this end alive? (counted by FastBoxes either way)
                 self.send(amp.AmpBox({ANSWER: box[ASK]}))
+        elif command == PART:
+            self.relay.part(self, box)
+        elif command == MORE:
+            self.relay.more(self, box)
         elif command is not None:
             super().ampBoxReceived(box)
         else:

@@ -28,7 +28,9 @@ from nswarm.amp_commands import (
     ERROR,
     ERROR_CODE,
     HEARTBEAT,
+    ID,
     METHOD,
+    STREAM,
     TIMEOUT,
     Cancelled,
     DeadlineExceeded,
@@ -181,6 +183,25 @@ class Relay:
         self._finished(request)
         return True
 
+    def part(self, callee: IPeer, box: amp.AmpBox) -> None:
+        """
+        A part of a streamed result from C{callee}: on to its caller, under the
+        caller's tag, the part itself untouched. A call that has sent a part
+        is never sent again. A part for no pending call (it ended) is dropped.
+        """
+        request = self.pending.answering(callee, box.get(ID, b""))
+        if request is not None:
+            request.retry = None
+            box[ID] = request.caller_tag
+            request.caller.send(box)
+
+    def more(self, caller: IPeer, box: amp.AmpBox) -> None:
+        """C{caller} takes more parts of its streamed call: on to the callee, under this hop's tag."""
+        request = self.pending.asked(caller, box.get(ID, b""))
+        if request is not None:
+            box[ID] = request.tag
+            request.callee.send(box)
+
     def cancel(self, caller: IPeer, caller_tag: bytes) -> None:
         """C{caller} cancelled its request C{caller_tag}: cancel it downstream and answer L{Cancelled}."""
         gather = self.gathers.pop((caller, caller_tag), None)
@@ -207,6 +228,7 @@ class Relay:
         key = (caller, box[ASK])
         gather = Gather(box[ASK], caller, len(callees), lambda: self.gathers.pop(key, None))
         self.gathers[key] = gather
+        box.pop(STREAM, None)  # a call_all's results are gathered, never streamed
         for index, callee in enumerate(callees):
             request = amp.AmpBox(box)
             request[COMMAND] = command
