@@ -8,6 +8,13 @@ C{asyncio.run}, no Twisted reactor. Run it beside a node::
 registered; with C{--json-log}, as the JSON event C{service_registered}
 that Twisted services log, so that a program that starts it (such as
 L{nswarm.testing.local.LocalCluster.start_service}) can wait for it.
+
+C{count} and C{ticks} are streaming handlers: async generators whose every
+C{yield} is a part the caller receives as it comes
+(C{async for part in client.stream("count", 10)}). The service produces a
+part only when the caller has room for it, and a caller that closes the
+stream (or whose deadline passes) closes the generator: its C{finally}
+runs, and C{counts()["streams_closed"]} says how many did.
 """
 
 from __future__ import annotations
@@ -17,18 +24,20 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 from nswarm import aio
 from nswarm.config import read_client_config, read_secret_file
 
 
 class Counter(aio.Service):
-    """Greets, echoes, sleeps (cancellably) and counts the events it gets."""
+    """Greets, echoes, sleeps (cancellably), streams, and counts the events it gets."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events = 0
         self.cancelled = 0
+        self.streams_closed = 0
 
     @aio.implement
     async def greet(self, name: str) -> str:
@@ -63,8 +72,35 @@ class Counter(aio.Service):
         return value
 
     @aio.implement
+    async def count(self, n: int) -> AsyncIterator[int]:
+        """Stream 0, 1, ..., n - 1, one part each (a plain call gets the list)."""
+        for value in range(n):
+            yield value
+
+    @aio.implement
+    async def ticks(self, interval: float = 0.01) -> AsyncIterator[int]:
+        """Stream 0, 1, 2, ... every C{interval} seconds, until the caller closes the stream or its deadline passes."""
+        tick = 0
+        try:
+            while True:
+                yield tick
+                tick += 1
+                await asyncio.sleep(interval)
+        finally:
+            self.streams_closed += 1
+
+    @aio.implement
+    async def sizes(self, *sizes: int) -> AsyncIterator[str]:
+        """Stream one string of each size in C{sizes}: a part over the payload limit ends the stream there."""
+        try:
+            for size in sizes:
+                yield "x" * size
+        finally:
+            self.streams_closed += 1
+
+    @aio.implement
     def counts(self) -> dict[str, int]:
-        return {"events": self.events, "cancelled": self.cancelled}
+        return {"events": self.events, "cancelled": self.cancelled, "streams_closed": self.streams_closed}
 
     @aio.subscribe("orders.>")
     async def order(self, event: str, payload: object) -> None:

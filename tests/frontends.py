@@ -49,6 +49,20 @@ class Front:
         """Call, cancel the call C{after} seconds later; 'cancelled' once the cancellation is through."""
         raise NotImplementedError
 
+    def stream(
+        self, method: str, *args: Any, window: int | None = None, timeout: float | None = None, into: Any = None
+    ) -> list[Any]:
+        """
+        A streamed call read to its end: all its parts, in order. Each part
+        is also appended to C{into} (a list) as it comes, so that a case can
+        see the parts that came before an error.
+        """
+        raise NotImplementedError
+
+    def stream_and_close(self, method: str, *args: Any, take: int) -> list[Any]:
+        """A streamed call's first C{take} parts, then the stream closed (which cancels the call)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -104,6 +118,32 @@ class AioFront(Front):
 
         return self.run(cancel())
 
+    def stream(
+        self, method: str, *args: Any, window: int | None = None, timeout: float | None = None, into: Any = None
+    ) -> list[Any]:
+        parts: list[Any] = [] if into is None else into
+
+        async def read() -> list[Any]:
+            async with self.client.stream(method, *args, window=window, timeout=timeout) as stream:
+                async for part in stream:
+                    parts.append(part)
+            return parts
+
+        return self.run(read())
+
+    def stream_and_close(self, method: str, *args: Any, take: int) -> list[Any]:
+        async def read() -> list[Any]:
+            parts: list[Any] = []
+            stream = self.client.stream(method, *args)
+            async for part in stream:
+                parts.append(part)
+                if len(parts) == take:
+                    break
+            await stream.aclose()
+            return parts
+
+        return self.run(read())
+
     def close(self) -> None:
         self.run(self.client.close())
         self.loop.close()
@@ -152,6 +192,24 @@ class SyncFront(Front):
         except DeadlineExceeded:
             return "cancelled"
         return "not cancelled"
+
+    def stream(
+        self, method: str, *args: Any, window: int | None = None, timeout: float | None = None, into: Any = None
+    ) -> list[Any]:
+        parts: list[Any] = [] if into is None else into
+        with self.client.stream(method, *args, window=window, timeout=timeout) as stream:
+            for part in stream:
+                parts.append(part)
+        return parts
+
+    def stream_and_close(self, method: str, *args: Any, take: int) -> list[Any]:
+        parts: list[Any] = []
+        with self.client.stream(method, *args) as stream:
+            for part in stream:
+                parts.append(part)
+                if len(parts) == take:
+                    break
+        return parts
 
     def close(self) -> None:
         self.client.close()
@@ -271,6 +329,29 @@ class TwistedFront(Front):
         except CancelledError:
             return "cancelled"
         return "not cancelled"
+
+    def stream(
+        self, method: str, *args: Any, window: int | None = None, timeout: float | None = None, into: Any = None
+    ) -> list[Any]:
+        # The Twisted API: client.stream(...) is a Stream whose next() fires with a part, or fails
+        # StopAsyncIteration at the end (or with the typed error); cancel() ends it.
+        parts: list[Any] = [] if into is None else into
+        stream = self.client.stream(method, *args, window=window, timeout=timeout)
+        while True:
+            try:
+                parts.append(self.run(stream.next()))
+            except StopAsyncIteration:
+                return parts
+
+    def stream_and_close(self, method: str, *args: Any, take: int) -> list[Any]:
+        parts: list[Any] = []
+        stream = self.client.stream(method, *args)
+        while len(parts) < take:
+            parts.append(self.run(stream.next()))
+        cancelled = stream.cancel()
+        if isinstance(cancelled, Deferred):
+            self.run(cancelled)
+        return parts
 
     def close(self) -> None:
         # From the fixture's teardown, outside the reactor: the reactor closes the connection as soon as it runs.

@@ -128,6 +128,65 @@ def test_publish_reaches_the_service_and_the_subscriber(front: Front) -> None:
     until(lambda: front.call("counts")["events"] > before, "the service to get the event")
 
 
+@conformance
+def test_a_stream_delivers_its_parts_in_order(front: Front) -> None:
+    """count(100) with a window of 4: the caller grants More about fifty times; a plain call gets the list."""
+    assert front.stream("count", 100, window=4) == list(range(100))
+    assert front.stream("count", 40) == list(range(40))
+    assert front.stream("count", 0, window=1) == []
+    assert front.call("count", 5) == [0, 1, 2, 3, 4]
+
+
+@conformance
+def test_a_part_over_the_payload_cap_fails_the_stream_after_the_parts_before_it(front: Front) -> None:
+    before = front.call("counts")["streams_closed"]
+    got: list[Any] = []
+    with pytest.raises(PayloadTooLarge):
+        front.stream("sizes", 3, 5, 16 * 1024 * 1024 + 1, 7, into=got)
+    assert got == ["xxx", "xxxxx"]
+    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+
+
+@conformance
+def test_closing_a_stream_early_stops_its_generator_at_the_service(front: Front) -> None:
+    before = front.call("counts")["streams_closed"]
+    assert front.stream_and_close("ticks", take=5) == [0, 1, 2, 3, 4]
+    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+
+
+@conformance
+def test_a_deadline_ends_a_stream_that_runs_forever(front: Front) -> None:
+    before = front.call("counts")["streams_closed"]
+    got: list[Any] = []
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        front.stream("ticks", 0.01, timeout=0.5, into=got)
+    assert time.monotonic() - started < 5 and got[:3] == [0, 1, 2]
+    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+
+
+def test_a_stream_left_by_break_is_cancelled_without_a_close(cluster: LocalCluster) -> None:
+    """A blocking or asyncio stream dropped unfinished (a bare break) is cancelled once it is collected."""
+    config = str(cluster.running_client_config())
+    with sync.connect_from_config(config) as client:
+        before = client.call("counts")["streams_closed"]
+        for part in client.stream("ticks"):
+            if part == 3:
+                break
+        until(lambda: client.call("counts")["streams_closed"] > before, "the blocking stream to be cancelled")
+
+        async def main() -> None:
+            async with await aio.connect_from_config(config) as inner:
+                async for part in inner.stream("ticks"):
+                    if part == 3:
+                        break
+                await asyncio.sleep(0)  # the Cancel goes out on the loop
+
+        before = client.call("counts")["streams_closed"]
+        asyncio.run(main())
+        until(lambda: client.call("counts")["streams_closed"] > before, "the asyncio stream to be cancelled")
+
+
 def test_a_wrong_key_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
     """Every front end reads the same client.conf; a wrong key fails AuthenticationFailed."""
     config = cluster.running_client_config()

@@ -15,6 +15,7 @@ the same client.conf, TLS rules, errors and reconnection::
 
 from nswarm.aio.client import Client, connect, connect_from_config
 from nswarm.aio.service import Service
+from nswarm.aio.stream import Stream
 from nswarm.aio.subscription import Subscription
 from nswarm.caller import Caller, current_caller
 from nswarm.core.events import EventReceived as Event  # noqa: F401 (what a subscription yields)
@@ -24,6 +25,7 @@ __all__ = [
     "Caller",
     "Client",
     "Service",
+    "Stream",
     "Subscription",
     "connect",
     "connect_from_config",

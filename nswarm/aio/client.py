@@ -14,7 +14,8 @@ address in turn, with backoff and jitter; calls made meanwhile wait within
 their deadlines; subscriptions are made again; a call to an C{idempotent}
 method lost with the connection is sent again, as is any request a
 draining master refused (it did not run); a refused key ends it.
-C{reconnect=False} turns it off.
+C{reconnect=False} turns it off. C{client.stream(method, ...)} streams a
+result part by part (L{nswarm.aio.stream}).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from nswarm import defaults
 from nswarm.aio.protocol import CoreProtocol
+from nswarm.aio.stream import Stream
 from nswarm.aio.subscription import Subscription
 from nswarm.aio.tls import client_context, explain
 from nswarm.client_config import api_settings
@@ -243,6 +245,21 @@ class Client:
         return await self._send(
             lambda core, left: core.publish(event, payload, exclude_self=exclude_self), self.timeout
         )
+
+    def stream(
+        self, method: str, /, *args: Any, window: int | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> Stream:
+        """
+        Call C{method} for a streamed result: an async iterator of its parts
+        (C{async for part in client.stream(...)}), sent on the first part
+        asked for. At most C{window} parts (default 16, at most 1024) are on
+        their way at once: the service waits for this end to take them.
+        C{timeout} (default L{timeout}) covers the whole stream. Closing it
+        early (C{aclose}, or leaving C{async with}) cancels the call. A
+        stream is not sent again after a lost connection.
+        """
+        seconds = self.timeout if timeout is None else timeout
+        return Stream(self._ready, method, args, kwargs, window=window, timeout=seconds)
 
     def subscribe(self, pattern: str, *, max_queued: int = 10_000) -> Subscription:
         """

@@ -20,6 +20,8 @@ from nswarm.core.events import (
     ConnectionClosed,
     EventReceived,
     Failed,
+    MoreReceived,
+    PartReceived,
     TimerWanted,
 )
 from nswarm.errors import Draining, UpstreamUnavailable
@@ -27,9 +29,10 @@ from nswarm.errors import Draining, UpstreamUnavailable
 
 class CoreProtocol(asyncio.Protocol):
     """
-    One connection. C{on_call}, C{on_event} and C{on_cancel} receive the
-    core's L{CallReceived}, L{EventReceived} and L{CancelReceived}; C{lost}
-    (a future) is resolved once the connection is gone.
+    One connection. C{on_call}, C{on_event}, C{on_cancel} and C{on_more}
+    receive the core's L{CallReceived}, L{EventReceived}, L{CancelReceived}
+    and L{MoreReceived}; C{lost} (a future) is resolved once the connection
+    is gone.
     """
 
     def __init__(
@@ -39,17 +42,21 @@ class CoreProtocol(asyncio.Protocol):
         on_call: Callable[[CallReceived], None] | None = None,
         on_event: Callable[[EventReceived], None] | None = None,
         on_cancel: Callable[[CancelReceived], None] | None = None,
+        on_more: Callable[[MoreReceived], None] | None = None,
     ) -> None:
         self.core = connection
         self.loop = asyncio.get_running_loop()
         self.on_call = on_call
         self.on_event = on_event
         self.on_cancel = on_cancel
+        self.on_more = on_more
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
         #: Set once the peer answered a request L{Draining}: new requests go elsewhere.
         self.draining = False
         self._futures: dict[bytes, asyncio.Future[Any]] = {}
+        #: Streamed calls made: tag -> what takes their parts and their end (PartReceived, Answered, Failed).
+        self._streams: dict[bytes, Callable[[Any], None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -97,6 +104,27 @@ class CoreProtocol(asyncio.Protocol):
                 self.flush()
             raise
 
+    def open_stream(self, send: Callable[[Connection], bytes], on_event: Callable[[Any], None]) -> bytes:
+        """
+        Send the streamed call C{send(core)} builds (it returns its tag);
+        C{on_event} gets its L{PartReceived}, then its L{Answered} or L{Failed}.
+        """
+        tag = send(self.core)
+        self._streams[tag] = on_event
+        self.flush()
+        return tag
+
+    def close_stream(self, tag: bytes) -> None:
+        """Give up on streamed call C{tag}: forget it and, if it has not ended, cancel it upstream."""
+        self._streams.pop(tag, None)
+        if self.core.cancel(tag):
+            self.flush()
+
+    def consumed(self, tag: bytes) -> None:
+        """The consumer of streamed call C{tag} took a part: the core grants more once due."""
+        self.core.consumed(tag)
+        self.flush()
+
     def send(self, act: Callable[[Connection], Any]) -> Any:
         """Run C{act(core)} (an answer, a fail) and write what it produces."""
         result = act(self.core)
@@ -117,11 +145,26 @@ class CoreProtocol(asyncio.Protocol):
             self.transport.write(data)
         for event in self.core.events():
             if isinstance(event, Answered):
-                self._resolve(event.tag, event.value, None)
+                stream = self._streams.pop(event.tag, None)
+                if stream is not None:
+                    stream(event)
+                else:
+                    self._resolve(event.tag, event.value, None)
             elif isinstance(event, Failed):
                 if isinstance(event.error, Draining):
                     self.draining = True
-                self._resolve(event.tag, None, event.error)
+                stream = self._streams.pop(event.tag, None)
+                if stream is not None:
+                    stream(event)
+                else:
+                    self._resolve(event.tag, None, event.error)
+            elif isinstance(event, PartReceived):
+                stream = self._streams.get(event.tag)
+                if stream is not None:
+                    stream(event)
+            elif isinstance(event, MoreReceived):
+                if self.on_more is not None:
+                    self.on_more(event)
             elif isinstance(event, TimerWanted):
                 self._want(event.at)
             elif isinstance(event, EventReceived):

@@ -17,7 +17,9 @@ program, no reactor needed::
 
 A C{Cancel} from the node (the caller gave up, or the deadline passed)
 cancels the handler's task; L{nswarm.caller.current_caller} names the
-caller inside the handler. The service reconnects whenever its node
+caller inside the handler. A handler that is a generator or an async
+generator streams its result: each value it yields is a part, sent as the
+caller takes them (L{nswarm.aio.streaming}); a plain call gets the list. The service reconnects whenever its node
 restarts, and registers again.
 """
 
@@ -31,11 +33,13 @@ from typing import Any, ClassVar
 
 from nswarm import defaults
 from nswarm.aio.protocol import CoreProtocol
+from nswarm.aio.stream import Stream
+from nswarm.aio.streaming import ENDED, gathered, is_stream, streamed
 from nswarm.caller import current
 from nswarm.config import ConfigError, read_client_config, read_secret_file, require
 from nswarm.core import backoff, wire
 from nswarm.core.connection import Connection
-from nswarm.core.events import CallReceived, CancelReceived, EventReceived
+from nswarm.core.events import CallReceived, CancelReceived, EventReceived, MoreReceived
 from nswarm.core.handlers import collect
 from nswarm.core.names import matches
 from nswarm.errors import NoSuchMethod, NswarmError, UpstreamUnavailable
@@ -76,6 +80,8 @@ class Service:
         self.connection: CoreProtocol | None = None
         #: Handlers running, by the tag of the call they answer.
         self.running: dict[bytes, asyncio.Task[Any]] = {}
+        #: Streamed calls running, by tag: set when the caller grants more parts.
+        self.credit: dict[bytes, asyncio.Event] = {}
         self._registered = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -138,12 +144,17 @@ class Service:
             await asyncio.shield(protocol.lost)  # cancelling the loop must not cancel the connection's future
             self.connection = None
             self._registered.clear()
+            for credit in self.credit.values():  # the streams waiting for credit end: none will come
+                credit.set()
 
     async def _open(self) -> CoreProtocol:
         loop = asyncio.get_running_loop()
         core = Connection(now=loop.time(), peer="node")
         transport, protocol = await loop.create_unix_connection(
-            lambda: CoreProtocol(core, on_call=self._call, on_event=self._event, on_cancel=self._cancel), self.socket
+            lambda: CoreProtocol(
+                core, on_call=self._call, on_event=self._event, on_cancel=self._cancel, on_more=self._more
+            ),
+            self.socket,
         )
         self.connection = protocol  # calls may come as soon as the node has the methods, before this returns
         try:
@@ -204,7 +215,13 @@ class Service:
         token = current.set(call.caller)
         try:
             result = getattr(self, attribute)(*call.args, **call.kwargs)
-            if inspect.isawaitable(result):
+            if is_stream(result):
+                if call.stream is not None and call.tag is not None and protocol is not None:
+                    self.credit[call.tag] = asyncio.Event()
+                    task = asyncio.ensure_future(streamed(protocol, call.tag, result, self.credit[call.tag]))
+                else:
+                    task = asyncio.ensure_future(gathered(result))
+            elif inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)  # runs in a copy of this context, caller included
             else:
                 self._core_send(lambda c: c.answer(call.tag, result))
@@ -222,16 +239,23 @@ class Service:
     def _done(self, task: asyncio.Task[Any], call: CallReceived, protocol: CoreProtocol | None) -> None:
         if call.tag is not None and self.running.get(call.tag) is task:
             del self.running[call.tag]
+            self.credit.pop(call.tag, None)
         if task.cancelled() or protocol is None:
             return  # cancelled by its caller or its deadline: the relay has answered
         error = task.exception()
         if error is not None:
             log.error("handler of %r raised", call.method, exc_info=error)
             protocol.send(lambda c: c.fail(call.tag, error))
-        else:
+        elif task.result() is not ENDED:  # a streamed one has sent its end already
             protocol.send(lambda c: c.answer(call.tag, task.result()))
 
+    def _more(self, more: MoreReceived) -> None:
+        credit = self.credit.get(more.tag)
+        if credit is not None:
+            credit.set()
+
     def _cancel(self, cancel: CancelReceived) -> None:
+        self.credit.pop(cancel.tag, None)
         task = self.running.pop(cancel.tag, None)
         if task is not None:
             task.cancel()
@@ -276,6 +300,17 @@ class Service:
     async def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> int | None:
         """Publish C{event} with a JSON-compatible C{payload}, through this service's node."""
         return await self._connected().request(lambda c: c.publish(event, payload, exclude_self=exclude_self))
+
+    def stream(
+        self, method: str, /, *args: Any, window: int | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> Stream:
+        """Call C{method} for a streamed result, through this service's node (see L{nswarm.aio.Client.stream})."""
+
+        async def connection(deadline: float) -> CoreProtocol:
+            return self._connected()
+
+        seconds = defaults.CALL_TIMEOUT if timeout is None else timeout
+        return Stream(connection, method, args, kwargs, window=window, timeout=seconds)
 
     def _connected(self) -> CoreProtocol:
         protocol = self.connection

@@ -18,7 +18,8 @@ it, on a L{Connection.tick}, it fails L{DeadlineExceeded} and a C{Cancel}
 goes upstream, so that a stopped peer cannot leave a request unanswered.
 Once L{Connection.start_heartbeats} is called, a C{Heartbeat} goes out every
 interval and a peer silent for L{defaults.HEARTBEAT_MISSES} intervals ends
-the connection (L{ConnectionClosed}).
+the connection (L{ConnectionClosed}). Streamed results: L{nswarm.core.streaming}
+(the caller's side) and L{nswarm.core.running} (the service's).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from nswarm.core import wire
 from nswarm.core.boxes import Box, error_box, get_payload, parse_frames, put_payload, remote_error, serialize
 from nswarm.core.events import (
     Answered,
-    CancelReceived,
     ConnectionClosed,
     Event,
     EventReceived,
@@ -43,7 +43,8 @@ from nswarm.core.events import (
 )
 from nswarm.core.names import check_event, check_method, check_pattern
 from nswarm.core.parser import BoxParser, Oversized, ProtocolViolation
-from nswarm.core.running import RunsCalls
+from nswarm.core.running import Outgoing, RunsCalls
+from nswarm.core.streaming import CallsStreams, Incoming
 from nswarm.errors import (
     DeadlineExceeded,
     NswarmError,
@@ -74,7 +75,7 @@ def _handed_to(box: Box) -> int | None:
     return None if handed_to is None else int(handed_to)
 
 
-class Connection(RunsCalls):
+class Connection(CallsStreams, RunsCalls):
     """
     One connection's protocol state. C{peer} ("master" or "node") names the
     other end in error messages; C{timeout} is the default deadline of a
@@ -107,6 +108,9 @@ class Connection(RunsCalls):
         #: Calls received that want an answer and have none yet.
         self._running: set[bytes] = set()
         self._callers: dict[bytes, Caller | None] = {}
+        #: Streamed calls made and not yet ended (their windows), and those received that are running.
+        self._incoming: dict[bytes, Incoming] = {}
+        self._outgoing: dict[bytes, Outgoing] = {}
         self._heartbeat: float | None = None
         self._next_beat: float | None = None
         self._heard = 0
@@ -150,6 +154,7 @@ class Connection(RunsCalls):
         while deadlines and deadlines[0][0] <= now:
             _, tag = heapq.heappop(deadlines)
             if self._waiting.pop(tag, None) is not None:
+                self._incoming.pop(tag, None)
                 self._send({wire.COMMAND: wire.CANCEL, wire.ID: tag})
                 self._events.append(
                     Failed(
@@ -199,6 +204,8 @@ class Connection(RunsCalls):
         waiting, self._waiting = self._waiting, {}
         self._deadlines = []
         self._running.clear()
+        self._incoming.clear()
+        self._outgoing.clear()
         for tag in waiting:
             self._events.append(Failed(tag, error if error is not None else self.connection_gone()))
 
@@ -241,9 +248,16 @@ class Connection(RunsCalls):
     ) -> bytes:
         """
         Call C{method} with JSON-compatible C{args} and C{kwargs}; C{timeout}
-        (seconds) and C{all} (call every implementer) may be given. Raises
-        L{PayloadTooLarge} or L{InvalidRequest} at once if it cannot be sent.
+        (seconds) and C{all} (call every implementer) may be given, or
+        C{stream} (a window of parts, 1 to MAX_STREAM_WINDOW) for a streamed
+        result (see L{nswarm.core.streaming}). Raises L{PayloadTooLarge} or
+        L{InvalidRequest} at once if it cannot be sent.
         """
+        window = options.get("stream")
+        if window is not None and (
+            not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= defaults.MAX_STREAM_WINDOW
+        ):
+            raise ValueError(f"window must be a whole number from 1 to {defaults.MAX_STREAM_WINDOW}, not {window!r}")
         timeout = options.get("timeout")
         seconds = self.timeout if timeout is None else float(timeout)
         data = self.checked(encode_arguments(tuple(args), kwargs or {}), "call arguments")
@@ -254,6 +268,11 @@ class Connection(RunsCalls):
             wire.TIMEOUT: repr(seconds).encode("ascii"),
         }
         put_payload(box, wire.ARGS, data)
+        if window is not None and not gather:
+            box[wire.STREAM] = b"%d" % window
+            tag = self.request(box, _result, seconds)
+            self._incoming[tag] = Incoming(window)
+            return tag
         return self.request(box, _gathered if gather else _result, seconds)
 
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> bytes:
@@ -291,6 +310,7 @@ class Connection(RunsCalls):
         """Give up on request C{tag}: forget it and send C{Cancel} upstream; False if it is not waiting."""
         if self._waiting.pop(tag, None) is None:
             return False
+        self._incoming.pop(tag, None)
         self._send({wire.COMMAND: wire.CANCEL, wire.ID: tag})
         return True
 
@@ -322,6 +342,7 @@ class Connection(RunsCalls):
         parse = self._waiting.pop(tag, None)
         if parse is None:
             return  # a late answer, to a request given up: dropped
+        self._incoming.pop(tag, None)
         if wire.ANSWER not in box:
             self._events.append(Failed(tag, remote_error(box)))
             return
@@ -341,7 +362,11 @@ class Connection(RunsCalls):
             return
         command = box.get(wire.COMMAND)
         ask = box.get(wire.ASK)
-        if command == wire.CALL:
+        if command == wire.PART:
+            self._part_received(box)
+        elif command == wire.MORE:
+            self._more_received(box)
+        elif command == wire.CALL:
             self._call_received(box, ask)
         elif command == wire.PUBLISH:
             if ask is not None:
@@ -354,10 +379,7 @@ class Connection(RunsCalls):
                 return
             self._events.append(EventReceived(event, payload))
         elif command == wire.CANCEL:
-            cancelled = box.get(wire.ID, b"")
-            if cancelled in self._running:
-                self._running.discard(cancelled)
-                self._events.append(CancelReceived(cancelled))
+            self._cancel_received(box)
         elif command == wire.HEARTBEAT:
             if ask is not None:  # a relay's probe: is this end alive?
                 self._send({wire.ANSWER: ask})
@@ -374,8 +396,11 @@ class Connection(RunsCalls):
         tag = box.get(wire.ANSWER, box.get(wire.ERROR))
         if tag is not None and tag in self._waiting:
             del self._waiting[tag]
+            self._incoming.pop(tag, None)
             error = PayloadTooLarge(f"the answer is over the limit of {self.max_payload:,} bytes: ask for less")
             self._events.append(Failed(tag, error))
+        elif box.get(wire.COMMAND) == wire.PART:
+            self._part_oversized(box)
         elif wire.COMMAND in box and wire.ASK in box:
             too_large = PayloadTooLarge(f"the request is over the limit of {self.max_payload:,} bytes: send less")
             self._send(error_box(box[wire.ASK], too_large))

@@ -1,7 +1,8 @@
 """
 What a L{nswarm.core.connection.Connection} tells its front end, as plain
 data: the answers and errors of its requests, the calls and events the peer
-sends, cancellations, the time it next wants to be ticked, and a connection
+sends, cancellations, the parts of streamed results and the
+grants of more, the time it next wants to be ticked, and a connection
 it has decided to close.
 """
 
@@ -43,6 +44,9 @@ class CallReceived:
     args: list[Any]
     kwargs: dict[str, Any]
     caller: Caller | None
+    #: The caller's window if it asked for a streamed result (send parts while
+    #: L{nswarm.core.running.RunsCalls.credit} allows, then C{end}), else None.
+    stream: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,26 @@ class CancelReceived:
 
 
 @dataclass(frozen=True)
+class PartReceived:
+    """
+    One part of the streamed result of request C{tag}, decoded, in order;
+    once the consumer has taken it, tell the core
+    (L{nswarm.core.streaming.CallsStreams.consumed}) so that it grants more.
+    The request's L{Answered} (its value: the number of parts) ends the stream.
+    """
+
+    tag: bytes
+    value: Any
+
+
+@dataclass(frozen=True)
+class MoreReceived:
+    """The caller of streamed call C{tag} took more parts: its handler may go on while C{credit(tag)} allows."""
+
+    tag: bytes
+
+
+@dataclass(frozen=True)
 class TimerWanted:
     """Call L{nswarm.core.connection.Connection.tick} at time C{at} (on the clock given as C{now}), or earlier."""
 
@@ -74,4 +98,14 @@ class ConnectionClosed:
     error: NswarmError
 
 
-Event = Answered | Failed | CallReceived | EventReceived | CancelReceived | TimerWanted | ConnectionClosed
+Event = (
+    Answered
+    | Failed
+    | CallReceived
+    | EventReceived
+    | CancelReceived
+    | PartReceived
+    | MoreReceived
+    | TimerWanted
+    | ConnectionClosed
+)

@@ -19,6 +19,7 @@ from nswarm.core.wire import (
     ERROR,
     ERROR_CODE,
     ERROR_DESCRIPTION,
+    ID,
     MAX_KEY_LENGTH,
     MAX_VALUE_LENGTH,
 )
@@ -26,8 +27,8 @@ from nswarm.errors import NswarmError
 
 Box = dict[bytes, bytes]
 
-#: The keys an oversized box keeps, so that it can still be answered.
-CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION})
+#: The keys an oversized box keeps, so that it can still be answered (and an oversized Part still names its call).
+CONTROL = frozenset({COMMAND, ASK, ANSWER, ERROR, ERROR_CODE, ERROR_DESCRIPTION, ID})
 
 
 class ProtocolViolation(NswarmError):

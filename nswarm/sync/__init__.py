@@ -13,6 +13,8 @@ private daemon thread; every method hands its work to that loop and waits
 for it, so any number of threads may call at once. Deadlines hold as they
 do for the asyncio client: a call raises
 L{nswarm.errors.DeadlineExceeded} once its timeout has passed.
+C{client.stream(method, ...)} is an iterator of a streamed result's parts
+(L{Stream}).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from nswarm import aio
 from nswarm.core.events import EventReceived
 from nswarm.errors import DeadlineExceeded
 
-__all__ = ["Client", "Subscription", "connect", "connect_from_config"]
+__all__ = ["Client", "Stream", "Subscription", "connect", "connect_from_config"]
 
 T = TypeVar("T")
 #: Seconds past a request's own deadline that a blocking caller waits for the loop's answer, at most.
@@ -119,10 +121,59 @@ class Subscription:
         self.close()
 
 
+class Stream:
+    """
+    The parts of one streamed call, as a blocking iterator, in order; the
+    call's typed error is raised after the parts before it. L{close} (or
+    leaving its C{with} block) before the end cancels the call, and the
+    service closes its generator. Safe to share between threads: each part
+    goes to one of them.
+    """
+
+    def __init__(self, loop: _Loop, inner: aio.Stream) -> None:
+        self._loop = loop
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int | None:
+        """The number of parts the service sent, once the stream has ended."""
+        return self._inner.count
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        """The next part (waiting within the call's deadline), StopIteration at the end, or the typed error."""
+
+        async def one() -> tuple[bool, Any]:
+            try:
+                return True, await self._inner.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        with self._lock:
+            more, value = self._loop.run(one(), self._inner.timeout + GRACE)
+        if not more:
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        """Stop reading: if the call has not ended, cancel it."""
+        if not self._loop.loop.is_closed():
+            self._loop.run(self._inner.aclose(), GRACE)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class Client:
     """
     A blocking client of the master: L{call}, L{call_with_timeout},
-    L{call_all}, L{publish}, L{subscribe}; L{close} (or the C{with} block)
+    L{call_all}, L{stream}, L{publish}, L{subscribe}; L{close} (or the C{with} block)
     ends it and its thread.
     """
 
@@ -146,6 +197,18 @@ class Client:
     def call_all(self, method: str, /, *args: Any, **kwargs: Any) -> list[Any]:
         """Call C{method} on every implementer: one result or error per service."""
         return self._loop.run(self.client.call_all(method, *args, **kwargs), self.client.timeout + GRACE)
+
+    def stream(
+        self, method: str, /, *args: Any, window: int | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> Stream:
+        """
+        Call C{method} for a streamed result: an iterator of its parts
+        (C{for part in client.stream(...)}), as L{nswarm.aio.Client.stream}:
+        at most C{window} parts on their way, C{timeout} covering the whole
+        stream. Use it as C{with client.stream(...) as parts:} so that
+        leaving early cancels the call.
+        """
+        return Stream(self._loop, self.client.stream(method, *args, window=window, timeout=timeout, **kwargs))
 
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> int | None:
         """Publish C{event} with C{payload}; return how many connections the master handed it to."""
