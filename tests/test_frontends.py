@@ -283,6 +283,25 @@ def test_a_blocking_call_from_its_own_loop_raises_instead_of_deadlocking(cluster
     assert not client._loop.thread.is_alive()
 
 
+@conformance
+def test_a_twisted_an_asyncio_and_a_blocking_client_call_one_service_and_get_one_event(cluster: LocalCluster) -> None:
+    config = cluster.running_client_config()
+    fronts = {name: make_front(name, config) for name in ("twisted", "aio", "sync")}
+    try:
+        events = {name: front.subscribe("audit.*") for name, front in fronts.items()}
+        handed_to = fronts["sync"].publish("audit.seen", {"n": 1})
+        assert handed_to is not None and handed_to >= 3  # the three clients (and any node subscribed)
+        for name, subscription in events.items():
+            assert subscription.next(BOUND) == ("audit.seen", {"n": 1}), name
+            subscription.close()
+        assert {name: front.call("greet", name) for name, front in fronts.items()} == {
+            name: f"hello, {name}!" for name in fronts
+        }
+    finally:
+        for front in fronts.values():
+            front.close()
+
+
 def test_an_asyncio_program_runs_with_no_reactor(cluster: LocalCluster) -> None:
     """asyncio.run, the client as a context manager, and a subscription closed by its async with."""
     config = str(cluster.running_client_config())
