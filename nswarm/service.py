@@ -28,7 +28,7 @@ reconnects, drains and runs C{main}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from nswarm import defaults
 from nswarm.amp_commands import UpstreamUnavailable
 from nswarm.caller import Caller, current_caller
-from nswarm.core.handlers import collect, implement, subscribe
+from nswarm.core.handlers import Handlers, implement, subscribe
 from nswarm.relay.names import Matches
 from nswarm.streams import Stream
 
@@ -49,28 +49,14 @@ if TYPE_CHECKING:
 __all__ = ["Caller", "Service", "current_caller", "implement", "subscribe"]
 
 
-class Service:
+class Service(Handlers):
     """
     Base class of service applications. Subclass it, mark handlers with
     L{implement} and L{subscribe}, then L{start} it (or run it with L{main}).
     """
 
     log = Logger()
-    #: The name the node logs this service by; the class name by default.
-    name: ClassVar[str | None] = None
-    #: Cluster method name -> name of the handler attribute (filled in from
-    #: the decorators; prefixed so that a subclass's own attributes never clash).
-    nswarm_methods: ClassVar[dict[str, str]] = {}
-    #: Event pattern -> names of the handler attributes.
-    nswarm_events: ClassVar[dict[str, list[str]]] = {}
-    #: The cluster methods declared idempotent.
-    nswarm_idempotent: ClassVar[frozenset[str]] = frozenset()
-    #: Cluster method -> the most calls it runs at once (absent: no limit).
-    nswarm_limits: ClassVar[dict[str, int]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        collect(cls, Service)
+    nswarm_sdk = True
 
     def __init__(self) -> None:
         #: What connects this service to its node, once started.

@@ -29,7 +29,7 @@ import asyncio
 import inspect
 import logging
 import random
-from typing import Any, ClassVar
+from typing import Any
 
 from nswarm import defaults
 from nswarm.aio.protocol import CoreProtocol
@@ -40,7 +40,7 @@ from nswarm.config import ConfigError, read_client_config, read_secret_file, req
 from nswarm.core import backoff, wire
 from nswarm.core.connection import Connection
 from nswarm.core.events import CallReceived, CancelReceived, EventReceived, MoreReceived
-from nswarm.core.handlers import collect
+from nswarm.core.handlers import Handlers
 from nswarm.core.names import matches
 from nswarm.errors import NoSuchMethod, NswarmError, UpstreamUnavailable
 from nswarm.peercred import check_node_peer
@@ -62,19 +62,10 @@ class _Socket:
         return self
 
 
-class Service:
+class Service(Handlers):
     """Base class of asyncio service applications: subclass it, mark handlers, then L{start} it."""
 
-    #: The name the node logs this service by; the class name by default.
-    name: ClassVar[str | None] = None
-    nswarm_methods: ClassVar[dict[str, str]] = {}
-    nswarm_events: ClassVar[dict[str, list[str]]] = {}
-    nswarm_idempotent: ClassVar[frozenset[str]] = frozenset()
-    nswarm_limits: ClassVar[dict[str, int]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        collect(cls, Service)
+    nswarm_sdk = True
 
     def __init__(self) -> None:
         self.connection: CoreProtocol | None = None

@@ -8,7 +8,7 @@ and L{nswarm.aio.Service} (asyncio) both use it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 from nswarm.core.names import check_method, check_pattern
 from nswarm.errors import InvalidRequest
@@ -111,3 +111,29 @@ def collect(cls: Any, base: type) -> None:
         for event in events:
             cls.nswarm_events.setdefault(event, []).append(attribute)
     cls.nswarm_idempotent = frozenset(idempotent)
+
+
+class Handlers:
+    """
+    The handler tables of a service class, filled in from its decorated
+    methods as it is defined (L{collect}): the base of both SDKs' C{Service}
+    classes. The SDK's own class marks itself with C{nswarm_sdk = True}, so
+    that a handler may not replace one of its attributes.
+    """
+
+    #: The name the node logs this service by; the class name by default.
+    name: ClassVar[str | None] = None
+    #: Cluster method name -> name of the handler attribute (filled in from
+    #: the decorators; prefixed so that a subclass's own attributes never clash).
+    nswarm_methods: ClassVar[dict[str, str]] = {}
+    #: Event pattern -> names of the handler attributes.
+    nswarm_events: ClassVar[dict[str, list[str]]] = {}
+    #: The cluster methods declared idempotent.
+    nswarm_idempotent: ClassVar[frozenset[str]] = frozenset()
+    #: Cluster method -> the most calls it runs at once (absent: no limit).
+    nswarm_limits: ClassVar[dict[str, int]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        sdk = next(klass for klass in cls.__mro__ if vars(klass).get("nswarm_sdk"))
+        collect(cls, sdk)
