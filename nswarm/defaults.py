@@ -120,6 +120,9 @@ RECONNECT_LOG_INTERVAL = 10.0
 #: Connections the master's listeners queue before accepting (Twisted's default, 50, drops the handshakes of a
 #: thousand nodes reconnecting at once: TCP retries them only 1 s and 3 s later).
 LISTEN_BACKLOG = 1024
+#: Seconds a draining master keeps its connections at least, answering new calls Draining: those already on their
+#: way when the drain began are refused (and sent again by the SDK) instead of lost with a closed connection.
+DRAIN_QUIET = 0.2
 
 # -- TLS -----------------------------------------------------------------------------------
 

@@ -209,6 +209,19 @@ def test_a_draining_master_takes_no_new_calls_and_waits_for_those_in_flight() ->
             d.callback("finished")
     cluster.flush()
     assert [result_of(d) for d in held] == ["finished", "finished"]
+    assert not drained.called  # the calls already on their way get their Draining answer for a little longer
+    late = client.call("echo", "late")
+    advance(cluster, defaults.DRAIN_QUIET)
+    assert isinstance(failure_of(late).value, Draining)
+    assert result_of(drained) is None
+
+
+def test_a_drain_with_nothing_in_flight_still_refuses_for_its_quiet_period() -> None:
+    cluster = Cluster()
+    two_nodes(cluster)
+    drained = cluster.master.start_draining(10.0)
+    assert not drained.called
+    advance(cluster, defaults.DRAIN_QUIET)
     assert result_of(drained) is None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
 from nswarm import defaults
@@ -65,27 +65,40 @@ class EarlyEvents:
 
 
 class Drain:
-    """Waiting, at most a timeout, for the master's calls in flight to finish."""
+    """
+    Waiting, at most a timeout, for the master's calls in flight to finish,
+    and for at least L{nswarm.defaults.DRAIN_QUIET} seconds: calls already
+    on their way when the drain began still arrive, and are answered
+    L{Draining} (the SDK sends them again elsewhere, they did not run)
+    instead of being lost with a connection closed under them; a client
+    that got that answer sends nothing more here.
+    """
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         #: Whether the master is draining: it takes no new calls.
         self.active = False
         self._waiting: list[Deferred[None]] = []
+        self._quiet = False
+        self._in_flight: Callable[[], int] = lambda: 0
 
     def start(self, timeout: float, in_flight: Callable[[], int]) -> Deferred[None]:
-        """Drain: fires once C{in_flight()} is 0 (see L{settled}), or after C{timeout} seconds."""
+        """Drain: fires once C{in_flight()} is 0 past the quiet period (see L{settled}), or after C{timeout} seconds."""
         self.active = True
-        if not in_flight():
-            return succeed(None)
+        self._in_flight = in_flight
         drained: Deferred[None] = Deferred()
         drained.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, timeout: None)
         self._waiting.append(drained)
+        self.clock.callLater(min(defaults.DRAIN_QUIET, timeout), self._quiet_over)
         return drained
 
+    def _quiet_over(self) -> None:
+        self._quiet = True
+        self.settled(self._in_flight())
+
     def settled(self, in_flight: int) -> None:
-        """A call finished: C{in_flight} are left; at 0, the drain is over."""
-        if self._waiting and not in_flight:
+        """A call finished: C{in_flight} are left; at 0, once the quiet period is over, the drain is over."""
+        if self._waiting and not in_flight and self._quiet:
             waiting, self._waiting = self._waiting, []
             for drained in waiting:
                 if not drained.called:
