@@ -193,3 +193,33 @@ def test_a_window_out_of_range_is_refused_before_anything_is_sent() -> None:
             assert "window must be 1 to 1024" in str(error)
         else:
             raise AssertionError("accepted")
+
+
+def test_a_part_sent_for_a_call_all_is_dropped_not_counted_as_an_answer() -> None:
+    class Holding(Service):
+        name = "holding"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: list[Deferred[Any]] = []
+
+        @implement
+        def wait(self) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.held.append(d)
+            return d
+
+    service = Holding()
+    cluster = Cluster()
+    node, _, _ = cluster.add_node("node-1")
+    _, server = cluster.add_service(node, service)
+    client, _ = cluster.add_api()
+    gathered = client.call_all("wait")
+    cluster.flush()
+    [request] = node.relay.pending.waiting_on(server)
+    server.ampBoxReceived({b"_command": b"Part", b"id": request.tag, b"result": b"1"})  # a service not using an SDK
+    cluster.flush()
+    assert not gathered.called
+    service.held[0].callback("done")
+    cluster.flush()
+    assert result_of(gathered) == ["done"]

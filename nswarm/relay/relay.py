@@ -190,7 +190,7 @@ class Relay:
         is never sent again. A part for no pending call (it ended) is dropped.
         """
         request = self.pending.answering(callee, box.get(ID, b""))
-        if request is not None:
+        if request is not None and not isinstance(request.caller, Gather):  # a call_all's results are never parts
             request.retry = None
             box[ID] = request.caller_tag
             request.caller.send(box)
