@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.protocols import amp
 
 from nswarm import defaults
 from nswarm.amp_commands import DeadlineExceeded, HandlerFailed, ImplementerLost, PayloadTooLarge
@@ -217,7 +218,7 @@ def test_a_part_sent_for_a_call_all_is_dropped_not_counted_as_an_answer() -> Non
     gathered = client.call_all("wait")
     cluster.flush()
     [request] = node.relay.pending.waiting_on(server)
-    server.ampBoxReceived({b"_command": b"Part", b"id": request.tag, b"result": b"1"})  # a service not using an SDK
+    server.ampBoxReceived(amp.AmpBox({b"_command": b"Part", b"id": request.tag, b"result": b"1"}))  # not an SDK
     cluster.flush()
     assert not gathered.called
     service.held[0].callback("done")
