@@ -10,10 +10,7 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 from nswarm.amp_commands import InternalError, NotAuthenticated, Payload, PermissionDenied, _codes
-
-STATUS, NODE_STATUS = b"Status", b"NodeStatus"
-#: The JSON document, UTF-8 (any length: a L{Payload}).
-DOCUMENT = b"document"
+from nswarm.core.wire import DOCUMENT, NODE_STATUS, STATUS  # noqa: F401 (re-exported: the names and the key)
 
 
 class Status(amp.Command):

@@ -41,6 +41,9 @@ class Front:
     def publish(self, event: str, payload: Any) -> int | None:
         raise NotImplementedError
 
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     def subscribe(self, pattern: str) -> Any:
         """A subscription made (the master has it): its C{next(timeout)} is (event, payload), C{close()} ends it."""
         raise NotImplementedError
@@ -90,6 +93,9 @@ class AioFront(Front):
 
     def publish(self, event: str, payload: Any) -> int | None:
         return self.run(self.client.publish(event, payload))
+
+    def status(self) -> dict[str, Any]:
+        return self.run(self.client.status())
 
     def subscribe(self, pattern: str) -> Any:
         front = self
@@ -168,6 +174,9 @@ class SyncFront(Front):
 
     def publish(self, event: str, payload: Any) -> int | None:
         return self.client.publish(event, payload)
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
 
     def subscribe(self, pattern: str) -> Any:
         subscription = self.client.subscribe(pattern)
@@ -304,6 +313,9 @@ class TwistedFront(Front):
 
     def publish(self, event: str, payload: Any) -> int | None:
         return self.run(self.client.publish(event, payload))
+
+    def status(self) -> dict[str, Any]:
+        return self.run(self.client.status())
 
     def subscribe(self, pattern: str) -> Any:
         front = self

@@ -129,6 +129,15 @@ def test_publish_reaches_the_service_and_the_subscriber(front: Front) -> None:
 
 
 @conformance
+def test_the_status_document_names_the_node_and_its_services(front: Front) -> None:
+    document = front.status()
+    [node] = [node for node in document["nodes"] if node["name"] == "node-1"]
+    assert len(node["services"]) == 2  # the asyncio example service and the Twisted greeter
+    assert {service["node"] for service in document["services"]} == {"node-1"}
+    assert {"greet", "count"} <= {method["name"] for method in document["methods"]}
+
+
+@conformance
 def test_a_stream_delivers_its_parts_in_order(front: Front) -> None:
     """count(100) with a window of 4: the caller grants More about fifty times; a plain call gets the list."""
     assert front.stream("count", 100, window=4) == list(range(100))

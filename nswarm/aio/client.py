@@ -246,6 +246,15 @@ class Client:
             lambda core, left: core.publish(event, payload, exclude_self=exclude_self), self.timeout
         )
 
+    async def status(self) -> dict[str, Any]:
+        """
+        The cluster's status document (docs/operations.md): the master, its
+        nodes, services, methods and events. Needs the admin right (else
+        L{nswarm.errors.PermissionDenied}).
+        """
+        document: dict[str, Any] = await self._send(lambda core, left: core.status(timeout=left), self.timeout)
+        return document
+
     def stream(
         self, method: str, /, *args: Any, window: int | None = None, timeout: float | None = None, **kwargs: Any
     ) -> Stream:

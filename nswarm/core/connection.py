@@ -25,6 +25,7 @@ the connection (L{ConnectionClosed}). Streamed results: L{nswarm.core.streaming}
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,10 @@ def _result(box: Box) -> Any:
 
 def _gathered(box: Box) -> list[Any]:
     return [o if isinstance(o, NswarmError) else decode(o) for o in parse_frames(get_payload(box, wire.RESULTS))]
+
+
+def _document(box: Box) -> Any:
+    return json.loads(get_payload(box, wire.DOCUMENT))
 
 
 def _handed_to(box: Box) -> int | None:
@@ -283,6 +288,10 @@ class Connection(CallsStreams, RunsCalls):
             box[wire.EXCLUDE] = b"1"
         put_payload(box, wire.PAYLOAD, data)
         return self.request(box, _handed_to)
+
+    def status(self, timeout: float | None = None) -> bytes:
+        """Ask the master for the cluster's status document (the answer's value: a dict); needs the admin right."""
+        return self.request({wire.COMMAND: wire.STATUS}, _document, timeout)
 
     def register(self, command: bytes, names: list[str], **lists: list[Any]) -> list[bytes]:
         """

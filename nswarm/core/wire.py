@@ -45,6 +45,9 @@ EVENT, PAYLOAD, EXCLUDE, HANDED_TO = b"event", b"payload", b"exclude", b"handed_
 #: RESULT is the number of parts; the caller grants COUNT more parts with More (ID: its own tag for the call).
 STREAM, PART, MORE, COUNT = b"stream", b"Part", b"More", b"count"
 
+#: The status query (issue 11): API user -> master, and master -> node; answered with one JSON DOCUMENT.
+STATUS, NODE_STATUS, DOCUMENT = b"Status", b"NodeStatus", b"document"
+
 #: The commands relays route as boxes rather than dispatch to responders.
 ROUTED = frozenset({CALL, CALL_ALL, PUBLISH, CANCEL})
 

@@ -215,6 +215,10 @@ class Client:
         coroutine = self.client.publish(event, payload, exclude_self=exclude_self)
         return self._loop.run(coroutine, self.client.timeout + GRACE)
 
+    def status(self) -> dict[str, Any]:
+        """The cluster's status document (see L{nswarm.aio.Client.status}); needs the admin right."""
+        return self._loop.run(self.client.status(), self.client.timeout + GRACE)
+
     def subscribe(self, pattern: str) -> Subscription:
         """The events matching C{pattern} from now on, as an iterator (the master has the subscription on return)."""
         inner = self.client.subscribe(pattern)
