@@ -19,15 +19,10 @@ runs, and C{counts()["streams_closed"]} says how many did.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import signal
-import sys
 from collections.abc import AsyncIterator
 
 from nswarm import aio
-from nswarm.config import read_client_config, read_secret_file
 
 
 class Counter(aio.Service):
@@ -107,32 +102,5 @@ class Counter(aio.Service):
         self.events += 1
 
 
-async def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--config", help="client.conf whose [service] section gives the socket and key file")
-    parser.add_argument("--socket", help="the node's service socket")
-    parser.add_argument("--auth-key-file", help="the file holding the service auth key")
-    parser.add_argument("--json-log", action="store_true", help="say so as a JSON log event (for LocalCluster)")
-    options = parser.parse_args(argv)
-    settings = read_client_config(options.config, "service") if options.config else {}
-    socket = options.socket or settings.get("socket")
-    key_file = options.auth_key_file or settings.get("auth-key-file")
-    if not socket or not key_file:
-        parser.error("give --config DIR/client.conf, or --socket and --auth-key-file")
-    service = Counter()
-    await service.start(socket, read_secret_file(key_file))
-    if options.json_log:  # one line as Twisted's jsonFileLogObserver writes them
-        event = {"nswarm_event": "service_registered", "log_format": "service registered"}
-        print("\x1e" + json.dumps(event), flush=True)
-    else:
-        print(f"service {service.service_name!r} registered", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await service.stop()
-
-
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    Counter.main()

@@ -29,6 +29,7 @@ import asyncio
 import inspect
 import logging
 import random
+import sys
 from typing import Any
 
 from nswarm import defaults
@@ -109,6 +110,17 @@ class Service(Handlers):
                 f"service {self.service_name!r} could not register with its node at {socket} within {timeout:g} s: "
                 "check that the node runs and that this is its service socket"
             )
+
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        """
+        Run this service as a program until SIGTERM or Ctrl-C, then drain:
+        C{python my_service.py --config DIR/client.conf} (or C{--socket} and
+        C{--auth-key-file}). See L{nswarm.aio.running}.
+        """
+        from nswarm.aio.running import serve
+
+        asyncio.run(serve(cls(), sys.argv[1:] if argv is None else argv))
 
     async def start_from_config(self, source: str, **options: Any) -> None:
         """L{start} with the C{[service]} section (C{socket}, C{auth-key-file}) of a client.conf."""
