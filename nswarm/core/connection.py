@@ -25,15 +25,14 @@ the connection (L{ConnectionClosed}). Streamed results: L{nswarm.core.streaming}
 from __future__ import annotations
 
 import heapq
-import json
-from collections.abc import Callable
 from typing import Any
 
 from nswarm import defaults
 from nswarm.caller import Caller
 from nswarm.codec import decode, encode, encode_arguments
 from nswarm.core import wire
-from nswarm.core.boxes import Box, error_box, get_payload, parse_frames, put_payload, remote_error, serialize
+from nswarm.core.answers import Parse, document, gathered, handed_to, nothing, result
+from nswarm.core.boxes import Box, error_box, get_payload, put_payload, remote_error, serialize
 from nswarm.core.events import (
     Answered,
     ConnectionClosed,
@@ -55,29 +54,6 @@ from nswarm.errors import (
 
 #: How long past its deadline a request waits for the relay's own answer before this end fails it.
 MARGIN = 0.05
-
-Parse = Callable[[Box], Any]
-
-
-def _nothing(box: Box) -> None:
-    return None
-
-
-def _result(box: Box) -> Any:
-    return decode(get_payload(box, wire.RESULT))
-
-
-def _gathered(box: Box) -> list[Any]:
-    return [o if isinstance(o, NswarmError) else decode(o) for o in parse_frames(get_payload(box, wire.RESULTS))]
-
-
-def _document(box: Box) -> Any:
-    return json.loads(get_payload(box, wire.DOCUMENT))
-
-
-def _handed_to(box: Box) -> int | None:
-    handed_to = box.get(wire.HANDED_TO)
-    return None if handed_to is None else int(handed_to)
 
 
 class Connection(CallsStreams, RunsCalls):
@@ -228,7 +204,7 @@ class Connection(CallsStreams, RunsCalls):
 
     # -- requests ------------------------------------------------------------
 
-    def request(self, box: Box, parse: Parse = _nothing, timeout: float | None = None) -> bytes:
+    def request(self, box: Box, parse: Parse = nothing, timeout: float | None = None) -> bytes:
         """Send request C{box} with a new tag and a deadline C{timeout} seconds away; return the tag."""
         if self.closed:
             raise self.connection_gone()
@@ -275,10 +251,10 @@ class Connection(CallsStreams, RunsCalls):
         put_payload(box, wire.ARGS, data)
         if window is not None and not gather:
             box[wire.STREAM] = b"%d" % window
-            tag = self.request(box, _result, seconds)
+            tag = self.request(box, result, seconds)
             self._incoming[tag] = Incoming(window)
             return tag
-        return self.request(box, _gathered if gather else _result, seconds)
+        return self.request(box, gathered if gather else result, seconds)
 
     def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> bytes:
         """Publish C{event} with a JSON-compatible C{payload}; the answer's value is C{handed_to}."""
@@ -287,11 +263,11 @@ class Connection(CallsStreams, RunsCalls):
         if exclude_self:
             box[wire.EXCLUDE] = b"1"
         put_payload(box, wire.PAYLOAD, data)
-        return self.request(box, _handed_to)
+        return self.request(box, handed_to)
 
     def status(self, timeout: float | None = None) -> bytes:
         """Ask the master for the cluster's status document (the answer's value: a dict); needs the admin right."""
-        return self.request({wire.COMMAND: wire.STATUS}, _document, timeout)
+        return self.request({wire.COMMAND: wire.STATUS}, document, timeout)
 
     def register(self, command: bytes, names: list[str], **lists: list[Any]) -> list[bytes]:
         """
