@@ -33,6 +33,8 @@ class Counter(aio.Service):
         self.events = 0
         self.cancelled = 0
         self.streams_closed = 0
+        #: Set whenever a count moves (see L{wait_count}).
+        self._counted = asyncio.Event()
 
     @aio.implement
     async def greet(self, name: str) -> str:
@@ -57,7 +59,7 @@ class Counter(aio.Service):
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
-            self.cancelled += 1
+            self._count("cancelled")
             raise
         return "slept"
 
@@ -82,7 +84,7 @@ class Counter(aio.Service):
                 tick += 1
                 await asyncio.sleep(interval)
         finally:
-            self.streams_closed += 1
+            self._count("streams_closed")
 
     @aio.implement
     async def sizes(self, *sizes: int) -> AsyncIterator[str]:
@@ -91,15 +93,27 @@ class Counter(aio.Service):
             for size in sizes:
                 yield "x" * size
         finally:
-            self.streams_closed += 1
+            self._count("streams_closed")
 
     @aio.implement
     def counts(self) -> dict[str, int]:
         return {"events": self.events, "cancelled": self.cancelled, "streams_closed": self.streams_closed}
 
+    @aio.implement
+    async def wait_count(self, name: str, above: int) -> int:
+        """C{counts()[name]} once it is above C{above}: the caller's deadline bounds the wait."""
+        while self.counts()[name] <= above:
+            self._counted.clear()
+            await self._counted.wait()
+        return self.counts()[name]
+
+    def _count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+        self._counted.set()
+
     @aio.subscribe("orders.>")
     async def order(self, event: str, payload: object) -> None:
-        self.events += 1
+        self._count("events")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from nswarm.errors import (
     PayloadTooLarge,
     UpstreamUnavailable,
 )
-from nswarm.testing.local import LocalCluster
+from nswarm.testing.local import LocalCluster, nswarm_event
 
 from .conftest import GREETER, running_cluster
 from .frontends import BOUND, FRONTS, Front, conformance, make_front, uvloop_factory
@@ -65,12 +65,9 @@ def front(request: Any, cluster: LocalCluster) -> Iterator[Front]:
         client.close()
 
 
-def until(predicate: Any, what: str, bound: float = BOUND) -> None:
-    """Look every 20 ms until C{predicate()} holds, for at most C{bound} seconds."""
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def moved(front: Any, name: str, before: int) -> None:
+    """Wait (at most L{BOUND} seconds) for the example service's count C{name} to pass C{before}."""
+    front.call_with_timeout(BOUND, "wait_count", name, before)
 
 
 @conformance
@@ -100,14 +97,14 @@ def test_a_deadline_fails_the_call_and_cancels_its_handler(front: Front) -> None
     with pytest.raises(DeadlineExceeded):
         front.call_with_timeout(0.5, "sleep", 30)
     assert time.monotonic() - started < 5
-    until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
+    moved(front, "cancelled", before)
 
 
 @conformance
 def test_cancelling_a_call_cancels_its_handler(front: Front) -> None:
     before = front.call("counts")["cancelled"]
     assert front.call_then_cancel("sleep", 30, after=0.5) == "cancelled"
-    until(lambda: front.call("counts")["cancelled"] > before, "the handler to be cancelled")
+    moved(front, "cancelled", before)
 
 
 @conformance
@@ -125,7 +122,7 @@ def test_publish_reaches_the_service_and_the_subscriber(front: Front) -> None:
         assert events.next(BOUND) == ("orders.created", {"id": 7})
     finally:
         events.close()
-    until(lambda: front.call("counts")["events"] > before, "the service to get the event")
+    moved(front, "events", before)
 
 
 @conformance
@@ -153,14 +150,14 @@ def test_a_part_over_the_payload_cap_fails_the_stream_after_the_parts_before_it(
     with pytest.raises(PayloadTooLarge):
         front.stream("sizes", 3, 5, 16 * 1024 * 1024 + 1, 7, into=got)
     assert got == ["xxx", "xxxxx"]
-    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+    moved(front, "streams_closed", before)
 
 
 @conformance
 def test_closing_a_stream_early_stops_its_generator_at_the_service(front: Front) -> None:
     before = front.call("counts")["streams_closed"]
     assert front.stream_and_close("ticks", take=5) == [0, 1, 2, 3, 4]
-    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+    moved(front, "streams_closed", before)
 
 
 @conformance
@@ -171,7 +168,7 @@ def test_a_deadline_ends_a_stream_that_runs_forever(front: Front) -> None:
     with pytest.raises(DeadlineExceeded):
         front.stream("ticks", 0.01, timeout=0.5, into=got)
     assert time.monotonic() - started < 5 and got[:3] == [0, 1, 2]
-    until(lambda: front.call("counts")["streams_closed"] > before, "the service to close its generator")
+    moved(front, "streams_closed", before)
 
 
 def test_a_stream_left_by_break_is_cancelled_without_a_close(cluster: LocalCluster) -> None:
@@ -182,7 +179,7 @@ def test_a_stream_left_by_break_is_cancelled_without_a_close(cluster: LocalClust
         for part in client.stream("ticks"):
             if part == 3:
                 break
-        until(lambda: client.call("counts")["streams_closed"] > before, "the blocking stream to be cancelled")
+        moved(client, "streams_closed", before)
 
         async def main() -> None:
             async with await aio.connect_from_config(config) as inner:
@@ -193,7 +190,7 @@ def test_a_stream_left_by_break_is_cancelled_without_a_close(cluster: LocalClust
 
         before = client.call("counts")["streams_closed"]
         asyncio.run(main())
-        until(lambda: client.call("counts")["streams_closed"] > before, "the asyncio stream to be cancelled")
+        moved(client, "streams_closed", before)
 
 
 def test_a_wrong_key_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -342,16 +339,14 @@ def test_a_client_outlives_a_master_restart(name: str) -> None:
                 local.kill(local.master)
                 local.start_master(node_port=local.node_port, api_port=local.api_port)
                 assert client.call_with_timeout(BOUND, "echo", "after") == "after"
-                until(lambda: _published(client) >= 2, "the service's node to subscribe again")
+                local.master.wait_for(nswarm_event("registration", role="node", action="subscribes to"))
+                handed_to = client.publish("orders.created", {"id": 1})
+                assert handed_to is not None and handed_to >= 2  # the node's subscription and this client's
                 assert events.next(BOUND)[0] == "orders.created"
             finally:
                 client.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _published(client: Front) -> int:
-    return client.publish("orders.created", {"id": 1}) or 0
 
 
 def test_the_blocking_example_script_runs(cluster: LocalCluster) -> None:
