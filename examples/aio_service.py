@@ -33,6 +33,8 @@ class Counter(aio.Service):
         self.events = 0
         self.cancelled = 0
         self.streams_closed = 0
+        #: Calls to sleep and slow_echo running now.
+        self.busy = 0
         #: Set whenever a count moves (see L{wait_count}).
         self._counted = asyncio.Event()
 
@@ -56,16 +58,23 @@ class Counter(aio.Service):
     @aio.implement
     async def sleep(self, seconds: float) -> str:
         """Sleep, unless the call is cancelled (by its caller or its deadline): that is counted."""
+        self._count("busy")
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             self._count("cancelled")
             raise
+        finally:
+            self.busy -= 1
         return "slept"
 
     @aio.implement
     async def slow_echo(self, value: object, seconds: float) -> object:
-        await asyncio.sleep(seconds)
+        self._count("busy")
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.busy -= 1
         return value
 
     @aio.implement
@@ -97,7 +106,12 @@ class Counter(aio.Service):
 
     @aio.implement
     def counts(self) -> dict[str, int]:
-        return {"events": self.events, "cancelled": self.cancelled, "streams_closed": self.streams_closed}
+        return {
+            "events": self.events,
+            "cancelled": self.cancelled,
+            "streams_closed": self.streams_closed,
+            "busy": self.busy,
+        }
 
     @aio.implement
     async def wait_count(self, name: str, above: int) -> int:

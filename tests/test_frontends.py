@@ -378,7 +378,7 @@ def test_the_asyncio_client_resends_idempotent_calls_lost_with_the_master_and_fa
                 try:
                     kept = asyncio.ensure_future(client.call("slow_echo", "kept", 1.0))
                     lost = asyncio.ensure_future(client.call("sleep", 1.0))
-                    await asyncio.sleep(0.3)  # both are running in the service now
+                    await once.call("wait_count", "busy", 1)  # both are running in the service now
                     assert local.master is not None
                     await loop.run_in_executor(None, local.kill, local.master)
                     failed: Any = await asyncio.gather(lost, return_exceptions=True)
