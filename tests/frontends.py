@@ -25,24 +25,32 @@ BOUND = 20.0
 
 
 class Front:
-    """What every adapter offers; each method blocks until its outcome."""
+    """
+    What every adapter offers; each method blocks until its outcome. The
+    plain requests are the client's own, waited for by L{run} (a coroutine
+    run on the adapter's loop, a Deferred waited for, or a value as it is).
+    """
 
     name = ""
+    client: Any
+
+    def run(self, outcome: Any) -> Any:
+        return outcome
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        return self.run(self.client.call(method, *args, **kwargs))
 
     def call_with_timeout(self, timeout: float, method: str, *args: Any) -> Any:
-        raise NotImplementedError
+        return self.run(self.client.call_with_timeout(timeout, method, *args))
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
-        raise NotImplementedError
+        return self.run(self.client.call_all(method, *args))
 
     def publish(self, event: str, payload: Any) -> int | None:
-        raise NotImplementedError
+        return self.run(self.client.publish(event, payload))
 
     def status(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.run(self.client.status())
 
     def subscribe(self, pattern: str) -> Any:
         """A subscription made (the master has it): its C{next(timeout)} is (event, payload), C{close()} ends it."""
@@ -81,21 +89,6 @@ class AioFront(Front):
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coroutine, BOUND))
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.run(self.client.call(method, *args, **kwargs))
-
-    def call_with_timeout(self, timeout: float, method: str, *args: Any) -> Any:
-        return self.run(self.client.call_with_timeout(timeout, method, *args))
-
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        return self.run(self.client.call_all(method, *args))
-
-    def publish(self, event: str, payload: Any) -> int | None:
-        return self.run(self.client.publish(event, payload))
-
-    def status(self) -> dict[str, Any]:
-        return self.run(self.client.status())
 
     def subscribe(self, pattern: str) -> Any:
         front = self
@@ -162,21 +155,6 @@ class SyncFront(Front):
 
     def __init__(self, config: Path, **options: Any) -> None:
         self.client = sync.connect_from_config(str(config), **options)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.client.call(method, *args, **kwargs)
-
-    def call_with_timeout(self, timeout: float, method: str, *args: Any) -> Any:
-        return self.client.call_with_timeout(timeout, method, *args)
-
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        return self.client.call_all(method, *args)
-
-    def publish(self, event: str, payload: Any) -> int | None:
-        return self.client.publish(event, payload)
-
-    def status(self) -> dict[str, Any]:
-        return self.client.status()
 
     def subscribe(self, pattern: str) -> Any:
         subscription = self.client.subscribe(pattern)
@@ -301,21 +279,6 @@ class TwistedFront(Front):
 
     def run(self, d: Deferred[Any]) -> Any:
         return wait(d.addTimeout(BOUND, self.reactor))
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.run(self.client.call(method, *args, **kwargs))
-
-    def call_with_timeout(self, timeout: float, method: str, *args: Any) -> Any:
-        return self.run(self.client.call_with_timeout(timeout, method, *args))
-
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        return self.run(self.client.call_all(method, *args))
-
-    def publish(self, event: str, payload: Any) -> int | None:
-        return self.run(self.client.publish(event, payload))
-
-    def status(self) -> dict[str, Any]:
-        return self.run(self.client.status())
 
     def subscribe(self, pattern: str) -> Any:
         front = self
