@@ -42,7 +42,7 @@ from nswarm.boxes import error_box, get_payload, put_payload
 from nswarm.caller import Caller, current
 from nswarm.client import ClientProtocol
 from nswarm.codec import decode, decode_arguments, encode
-from nswarm.service_streams import Streamer, is_stream, window_of
+from nswarm.service_streams import STREAM_TYPES, Streamer, window_of
 
 if TYPE_CHECKING:
     from nswarm.service import Service
@@ -154,7 +154,7 @@ class ServiceProtocol(ClientProtocol):
             result = getattr(service, attribute)(*positional, **keywords)
             if iscoroutine(result):
                 result = Deferred.fromCoroutine(result)  # runs in (a copy of) this context
-            if (window is not None or is_stream(result)) and tag is not None:
+            if (window is not None or type(result) in STREAM_TYPES) and tag is not None:  # inline: every call
                 self._stream(Streamer(self, tag, method, result, window, contextvars.copy_context()))
                 return
         except Exception:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 from inspect import isasyncgen, isgenerator
+from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -42,9 +43,13 @@ if TYPE_CHECKING:
     from nswarm.service_protocol import ServiceProtocol
 
 
+#: The types of a handler's result that is a stream of parts (generator types cannot be subclassed).
+STREAM_TYPES = frozenset({GeneratorType, AsyncGeneratorType})
+
+
 def is_stream(result: Any) -> bool:
     """Whether a handler's C{result} is a stream of parts (a generator or an async generator)."""
-    return isgenerator(result) or isasyncgen(result)
+    return type(result) in STREAM_TYPES
 
 
 def window_of(box: amp.AmpBox) -> int | None:
