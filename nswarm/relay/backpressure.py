@@ -192,11 +192,11 @@ class Backpressure:
         held = self._held
         if held is None:
             return
+        self.backlog -= self._held_bytes
+        self.events_waiting -= len(held)
         self._held = None
         self._held_bytes = 0
         self.paused = self._full
-        self.backlog -= sum(map(len, held))
-        self.events_waiting -= len(held)
         for data in held:
             self.write(data)
 
