@@ -223,12 +223,13 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         elif command == HEARTBEAT:
             if ASK in box:  # a relay's probe: is this end alive? (counted by FastBoxes either way)
                 self.send(amp.AmpBox({ANSWER: box[ASK]}))
-        elif command == PART:
-            self.relay.part(self, box)
-        elif command == MORE:
-            self.relay.more(self, box)
-        elif command is not None:
-            super().ampBoxReceived(box)
+        elif command is not None:  # answers (no command), the most frequent boxes after calls, skip these
+            if command == PART:
+                self.relay.part(self, box)
+            elif command == MORE:
+                self.relay.more(self, box)
+            else:
+                super().ampBoxReceived(box)
         else:
             tag = box.get(ANSWER)
             if tag is None:
