@@ -14,7 +14,8 @@ C{yield} is a part the caller receives as it comes
 (C{async for part in client.stream("count", 10)}). The service produces a
 part only when the caller has room for it, and a caller that closes the
 stream (or whose deadline passes) closes the generator: its C{finally}
-runs, and C{counts()["streams_closed"]} says how many did.
+runs, and C{counts()["streams_closed"]} says how many did. C{wait_count}
+waits on a count itself (a test asks it instead of polling C{counts}).
 """
 
 from __future__ import annotations
