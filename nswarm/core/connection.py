@@ -39,6 +39,7 @@ from nswarm.core.events import (
     Event,
     EventReceived,
     Failed,
+    Refused,
     TimerWanted,
 )
 from nswarm.core.names import check_event, check_method, check_pattern
@@ -47,6 +48,8 @@ from nswarm.core.running import Outgoing, RunsCalls
 from nswarm.core.streaming import CallsStreams, Incoming
 from nswarm.errors import (
     DeadlineExceeded,
+    Draining,
+    InternalError,
     NswarmError,
     PayloadTooLarge,
     UpstreamUnavailable,
@@ -70,8 +73,13 @@ class Connection(CallsStreams, RunsCalls):
         peer: str = "master",
         timeout: float = defaults.CALL_TIMEOUT,
         max_payload: int = defaults.MAX_PAYLOAD,
+        deadlines: bool = True,
     ) -> None:
         self.peer = peer
+        #: Whether this end keeps its requests' deadlines (a front end with no clock yet turns it off).
+        self.keeps_deadlines = deadlines
+        #: Whether a request a draining peer refused (it did not run) comes as L{Refused}, to send elsewhere.
+        self.takes_refused = False
         self.timeout = timeout
         self.max_payload = max_payload
         self.parser = BoxParser(max_payload + defaults.BOX_OVERHEAD)
@@ -83,8 +91,9 @@ class Connection(CallsStreams, RunsCalls):
         self._tags = 0
         self._out: list[bytes] = []
         self._events: list[Event] = []
-        #: Requests sent and not yet answered: tag -> how to read the answer.
-        self._waiting: dict[bytes, Parse] = {}
+        #: Requests sent and not yet answered: tag -> (how to read the answer, the box sent, its deadline).
+        self._waiting: dict[bytes, tuple[Parse, Box, float]] = {}
+        #: A heap of (deadline, tag); entries of requests answered since are dropped as they reach the top.
         self._deadlines: list[tuple[float, bytes]] = []
         #: Calls received that want an answer and have none yet.
         self._running: set[bytes] = set()
@@ -97,6 +106,10 @@ class Connection(CallsStreams, RunsCalls):
         self._heard = 0
         self._silent = 0
         self._wanted: float | None = None
+        #: Whether the time wanted may have moved (the next look at the events works it out again).
+        self._rearm = False
+        #: The last timeout sent, and its text in a Call (most calls have the same).
+        self._timeout_text: tuple[float, bytes] = (-1.0, b"")
 
     # -- I/O -----------------------------------------------------------------
 
@@ -105,9 +118,25 @@ class Connection(CallsStreams, RunsCalls):
         out, self._out = self._out, []
         return b"".join(out)
 
+    def take(self) -> tuple[bytes, list[Event]]:
+        """L{data_to_send} and L{events} in one: what to write now, then what happened (and forget both)."""
+        if self._rearm:
+            self._want_timer()
+        out = self._out
+        if out:
+            self._out = []
+            data = b"".join(out)
+        else:
+            data = b""
+        events = self._events
+        if events:
+            self._events = []
+        return data, events
+
     def events(self) -> list[Event]:
         """What happened since the last look, in order (and forget it)."""
-        self._want_timer()
+        if self._rearm:
+            self._want_timer()
         events, self._events = self._events, []
         return events
 
@@ -131,6 +160,7 @@ class Connection(CallsStreams, RunsCalls):
     def tick(self, now: float) -> None:
         """The time is C{now}: fail the requests past their deadlines, send and watch heartbeats."""
         self.now = now
+        self._rearm = True
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, tag = heapq.heappop(deadlines)
@@ -174,6 +204,12 @@ class Connection(CallsStreams, RunsCalls):
         self._heartbeat = interval
         self._heard, self._silent = self.boxes_received, 0
         self._next_beat = self.now + interval
+        self._rearm = True
+
+    def stop_heartbeats(self) -> None:
+        """Send and watch no more heartbeats (the connection is closing)."""
+        self._heartbeat = self._next_beat = None
+        self._rearm = True
 
     def connection_lost(self, error: BaseException | None = None) -> None:
         """
@@ -211,10 +247,21 @@ class Connection(CallsStreams, RunsCalls):
         self._tags += 1
         tag = b"%x" % self._tags
         box[wire.ASK] = tag
-        self._send(box)
-        self._waiting[tag] = parse
-        seconds = self.timeout if timeout is None else timeout
-        heapq.heappush(self._deadlines, (self.now + seconds + MARGIN, tag))
+        self._out.append(serialize(box))
+        deadline = self.now + (self.timeout if timeout is None else timeout) + MARGIN
+        waiting = self._waiting
+        waiting[tag] = (parse, box, deadline)
+        if wire.STREAM in box:
+            self._incoming[tag] = Incoming(int(box[wire.STREAM]))
+        if self.keeps_deadlines:
+            deadlines = self._deadlines
+            heapq.heappush(deadlines, (deadline, tag))
+            if len(deadlines) > 2 * len(waiting) + 64:  # mostly answered: keep it to the requests that wait
+                self._deadlines = [entry for entry in deadlines if entry[1] in waiting]
+                heapq.heapify(self._deadlines)
+            wanted = self._wanted
+            if wanted is None or deadline < wanted:
+                self._rearm = True
         return tag
 
     def authenticate(self, key: bytes, name: str | None = None) -> bytes:
@@ -225,45 +272,72 @@ class Connection(CallsStreams, RunsCalls):
         return self.request(box)
 
     def call(
-        self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        all: bool = False,
+        stream: int | None = None,
     ) -> bytes:
         """
-        Call C{method} with JSON-compatible C{args} and C{kwargs}; C{timeout}
-        (seconds) and C{all} (call every implementer) may be given, or
-        C{stream} (a window of parts, 1 to MAX_STREAM_WINDOW) for a streamed
-        result (see L{nswarm.core.streaming}). Raises L{PayloadTooLarge} or
-        L{InvalidRequest} at once if it cannot be sent.
+        Call C{method} with JSON-compatible C{args} and C{kwargs}, within
+        C{timeout} seconds (by default L{timeout}); C{all} calls every
+        implementer; C{stream} (a window of parts, 1 to MAX_STREAM_WINDOW)
+        asks for a streamed result (see L{nswarm.core.streaming}). Raises
+        L{PayloadTooLarge} or L{InvalidRequest} at once if it cannot be sent.
         """
-        window = options.get("stream")
-        if window is not None and (
-            not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= defaults.MAX_STREAM_WINDOW
+        return self.request(*self.call_box(method, args, kwargs, timeout=timeout, all=all, stream=stream))
+
+    def call_box(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        all: bool = False,
+        stream: int | None = None,
+    ) -> tuple[Box, Parse, float]:
+        """
+        The request L{call} sends, not sent: its box, how to read its answer,
+        and its timeout in seconds (to give L{request}).
+        """
+        if stream is not None and (
+            not isinstance(stream, int) or isinstance(stream, bool) or not 1 <= stream <= defaults.MAX_STREAM_WINDOW
         ):
-            raise ValueError(f"window must be a whole number from 1 to {defaults.MAX_STREAM_WINDOW}, not {window!r}")
-        timeout = options.get("timeout")
-        seconds = self.timeout if timeout is None else float(timeout)
-        data = self.checked(encode_arguments(tuple(args), kwargs or {}), "call arguments")
-        gather = options.get("all", False)
+            raise ValueError(f"window must be a whole number from 1 to {defaults.MAX_STREAM_WINDOW}, not {stream!r}")
+        seconds = self.timeout if timeout is None else timeout
+        if seconds != self._timeout_text[0]:
+            self._timeout_text = (seconds, repr(float(seconds)).encode("ascii"))
+        data = encode_arguments(tuple(args), kwargs or {})
+        if len(data) > self.max_payload:
+            self.checked(data, "call arguments")
         box = {
-            wire.COMMAND: wire.CALL_ALL if gather else wire.CALL,
+            wire.COMMAND: wire.CALL_ALL if all else wire.CALL,
             wire.METHOD: check_method(method).encode("utf-8"),
-            wire.TIMEOUT: repr(seconds).encode("ascii"),
+            wire.TIMEOUT: self._timeout_text[1],
         }
         put_payload(box, wire.ARGS, data)
-        if window is not None and not gather:
-            box[wire.STREAM] = b"%d" % window
-            tag = self.request(box, result, seconds)
-            self._incoming[tag] = Incoming(window)
-            return tag
-        return self.request(box, gathered if gather else result, seconds)
+        if stream is not None and not all:
+            box[wire.STREAM] = b"%d" % stream
+        return box, gathered if all else result, seconds
 
-    def publish(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> bytes:
+    def publish(
+        self, event: str, payload: Any = None, *, exclude_self: bool = False, timeout: float | None = None
+    ) -> bytes:
         """Publish C{event} with a JSON-compatible C{payload}; the answer's value is C{handed_to}."""
+        return self.request(self.publish_box(event, payload, exclude_self=exclude_self), handed_to, timeout)
+
+    def publish_box(self, event: str, payload: Any = None, *, exclude_self: bool = False) -> Box:
+        """The box L{publish} sends, not sent (its answer is read with C{handed_to})."""
         data = self.checked(encode(payload), "event payload")
         box = {wire.COMMAND: wire.PUBLISH, wire.EVENT: check_event(event).encode("utf-8")}
         if exclude_self:
             box[wire.EXCLUDE] = b"1"
         put_payload(box, wire.PAYLOAD, data)
-        return self.request(box, handed_to)
+        return box
 
     def status(self, timeout: float | None = None) -> bytes:
         """Ask the master for the cluster's status document (the answer's value: a dict); needs the admin right."""
@@ -318,23 +392,33 @@ class Connection(CallsStreams, RunsCalls):
         self._events.append(ConnectionClosed(error))
 
     def _want_timer(self) -> None:
+        self._rearm = False
         wanted = None if self.closed else self.next_tick()
         if wanted is not None and wanted != self._wanted:
             self._events.append(TimerWanted(wanted))
         self._wanted = wanted
 
     def _answered(self, tag: bytes, box: Box) -> None:
-        parse = self._waiting.pop(tag, None)
-        if parse is None:
+        entry = self._waiting.pop(tag, None)
+        if entry is None:
             return  # a late answer, to a request given up: dropped
-        self._incoming.pop(tag, None)
+        if self._incoming:
+            self._incoming.pop(tag, None)
         if wire.ANSWER not in box:
-            self._events.append(Failed(tag, remote_error(box)))
+            error = remote_error(box)
+            if self.takes_refused and isinstance(error, Draining):
+                sent = entry[1]
+                del sent[wire.ASK]
+                self._events.append(Refused(tag, error, sent, entry[0], entry[2] - MARGIN - self.now))
+                return
+            self._events.append(Failed(tag, error))
             return
         try:
-            value = parse(box)
-        except (NswarmError, ValueError) as error:
+            value = entry[0](box)
+        except NswarmError as error:
             self._events.append(Failed(tag, error))
+        except Exception as error:  # an answer that does not parse: not from an nswarm relay
+            self._events.append(Failed(tag, InternalError(f"the answer could not be read ({error!r}): report it")))
         else:
             self._events.append(Answered(tag, value))
 

@@ -15,7 +15,7 @@ from nswarm.caller import Caller
 from nswarm.errors import NswarmError
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answered:
     """Request C{tag} succeeded: C{value} is its decoded result (None for a request with an empty answer)."""
 
@@ -23,7 +23,7 @@ class Answered:
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Failed:
     """Request C{tag} failed with C{error}, a typed L{nswarm.errors.NswarmError} (or the TLS error that closed it)."""
 
@@ -31,7 +31,23 @@ class Failed:
     error: BaseException
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
+class Refused:
+    """
+    Request C{tag} was refused before it ran, by a draining peer (C{error},
+    a L{nswarm.errors.Draining}); it comes so only to a connection whose
+    C{takes_refused} is set. C{box} (its tag taken off) and C{parse} send it
+    again elsewhere, within its C{seconds} left; or fail it with C{error}.
+    """
+
+    tag: bytes
+    error: NswarmError
+    box: dict[bytes, bytes]
+    parse: Any
+    seconds: float
+
+
+@dataclass(slots=True)
 class CallReceived:
     """
     The node asks this service to run C{method}: answer with
@@ -49,7 +65,7 @@ class CallReceived:
     stream: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EventReceived:
     """An event for this connection's subscriptions: its name and decoded payload."""
 
@@ -57,14 +73,14 @@ class EventReceived:
     payload: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CancelReceived:
     """The caller of the call with tag C{tag} gave up (or its deadline passed): stop its handler; send no answer."""
 
     tag: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PartReceived:
     """
     One part of the streamed result of request C{tag}, decoded, in order;
@@ -77,21 +93,21 @@ class PartReceived:
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MoreReceived:
     """The caller of streamed call C{tag} took more parts: its handler may go on while C{credit(tag)} allows."""
 
     tag: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TimerWanted:
     """Call L{nswarm.core.connection.Connection.tick} at time C{at} (on the clock given as C{now}), or earlier."""
 
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ConnectionClosed:
     """The core gave up on the connection (the peer fell silent, or is not AMP): close the transport, for C{error}."""
 
@@ -101,6 +117,7 @@ class ConnectionClosed:
 Event = (
     Answered
     | Failed
+    | Refused
     | CallReceived
     | EventReceived
     | CancelReceived

@@ -22,7 +22,7 @@ from nswarm.codec import decode_arguments, encode
 from nswarm.core import wire
 from nswarm.core.boxes import Box, error_box, get_payload, put_payload
 from nswarm.core.events import CallReceived, CancelReceived, Event, MoreReceived
-from nswarm.errors import HandlerFailed, InvalidRequest, NswarmError, PayloadTooLarge
+from nswarm.errors import HandlerFailed, InvalidRequest, NswarmError
 
 
 @dataclass
@@ -56,26 +56,31 @@ class RunsCalls:
     _events: list[Event]
     _send: Any
     checked: Any
+    max_payload: int
 
-    def answer(self, tag: bytes | None, value: Any) -> None:
+    def answer(self, tag: bytes | None, value: Any) -> NswarmError | None:
         """
         Answer the call C{tag} with its handler's C{value} (nothing if it
         was cancelled or wants no answer). A streamed call gets C{value} as
-        its one part, then its end.
+        its one part, then its end. If C{value} cannot be sent (over the
+        payload limit, not JSON), the caller gets that error, which is
+        returned (for the service's log).
         """
         if tag is None or tag not in self._running:
-            return
+            return None
         if tag in self._outgoing:
             if self.part(tag, value):
                 self.end(tag)
-            return
+            return None
         self._running.discard(tag)
         try:
             reply = {wire.ANSWER: tag}
             put_payload(reply, wire.RESULT, self._encoded(value, "result"))
         except NswarmError as error:
-            reply = error_box(tag, error)
+            self._send(error_box(tag, error))
+            return error
         self._send(reply)
+        return None
 
     def fail(self, tag: bytes | None, error: BaseException) -> None:
         """Answer the call C{tag} with C{error}: nswarm's own errors as they are, others as L{HandlerFailed}."""
@@ -132,15 +137,15 @@ class RunsCalls:
 
     def _encoded(self, value: Any, what: str) -> bytes:
         try:
-            data: bytes = self.checked(encode(value), what)
-            return data
-        except PayloadTooLarge:
-            raise
+            data: bytes = encode(value)
         except InvalidRequest:
             raise HandlerFailed(
                 f"InvalidResult: the handler returned a {type(value).__name__}, "
                 "which is not JSON-compatible: return JSON-compatible values"
             ) from None
+        if len(data) > self.max_payload:
+            self.checked(data, what)  # raises PayloadTooLarge
+        return data
 
     def _call_received(self, box: Box, tag: bytes | None) -> None:
         try:
