@@ -25,7 +25,7 @@ connection fails L{UpstreamUnavailable} (it may or may not have been carried
 out), unless it is a call to a method the user declared idempotent: that one
 waits for the next connection and is sent again, within its deadline. A
 request a draining master refused (L{Draining}: it did not run) waits and is
-sent again whatever it is (L{nswarm.requests.Requests.move}).
+sent again whatever it is (L{nswarm.client.ClientProtocol}'s C{_refused}).
 
 Not Twisted's C{ClientService}: the same protocol object takes each new
 connection, C{connect}'s first round must fail when no address answers,
@@ -47,12 +47,10 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm import defaults
 from nswarm.amp_commands import (
-    ERROR_CODE,
     Authenticate,
     AuthenticationFailed,
     Draining,
@@ -61,9 +59,9 @@ from nswarm.amp_commands import (
 from nswarm.api_failures import diagnose_api as _diagnose
 from nswarm.api_failures import unavailable
 from nswarm.api_waiting import WaitingRoom, what
+from nswarm.core.answers import Parse
 from nswarm.failures import Target, host_port
 from nswarm.reconnect import AuthenticationTimedOut, lost_delay
-from nswarm.requests import Parse
 
 if TYPE_CHECKING:
     from nswarm.api import APIClient
@@ -175,7 +173,7 @@ class Reconnector:
         """C{connect}'s Deferred was cancelled: stop."""
         self.close()
 
-    def send(self, box: amp.AmpBox, parse: Parse, timeout: float, method: str | None) -> Deferred[Any]:
+    def send(self, box: dict[bytes, bytes], parse: Parse, timeout: float, method: str | None) -> Deferred[Any]:
         """See L{nswarm.client.Keeper.send}."""
         return self.waiting.send(box, parse, timeout, method is not None and method in self.client.idempotent)
 
@@ -207,12 +205,12 @@ class Reconnector:
 
     # -- the connection's side -------------------------------------------------
 
-    def refused(self, box: amp.AmpBox) -> bool:
+    def refused(self, error: Exception) -> bool:
         """
         See L{nswarm.client.Keeper.refused}: a L{Draining} master is left for
         the next connection, and what it refused (it never ran) waits for it.
         """
-        if box.get(ERROR_CODE) != Draining.code or not self.reconnect or self.state == "closed":
+        if not isinstance(error, Draining) or not self.reconnect or self.state == "closed":
             return False
         if self.state != "up" or self.draining:
             return True

@@ -22,12 +22,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import NswarmError, Publish, Subscribe, Unsubscribe, UpstreamUnavailable
-from nswarm.codec import decode
-from nswarm.relay.names import check_pattern, matches
+from nswarm.amp_commands import NswarmError, Subscribe, Unsubscribe, UpstreamUnavailable
+from nswarm.core.events import EventReceived
+from nswarm.core.names import check_pattern, matches
 from nswarm.requests import first_error
 from nswarm.status_commands import Status
 
@@ -48,11 +47,8 @@ class Subscription:
         return self.user.unsubscribe(self.pattern, self.handler)
 
 
-class APIUser(amp.CommandLocator):
-    """
-    Mix in before L{nswarm.client.ClientProtocol}: subscriptions and the
-    status query. (A C{CommandLocator}, so that its responder is its own.)
-    """
+class APIUser:
+    """Mix in before L{nswarm.client.ClientProtocol}: subscriptions and the status query."""
 
     log = Logger()
     request: Any
@@ -148,19 +144,13 @@ class APIUser(amp.CommandLocator):
         if not handlers:
             self.subscriptions().pop(pattern, None)
 
-    @Publish.responder
-    def _event(self, event: str, payload: bytes, exclude: int | None = None) -> dict[str, Any]:
+    def event_received(self, event: EventReceived) -> None:
         """An event the master delivers to this user's subscriptions: call every handler whose pattern matches."""
-        try:
-            value = decode(payload)
-        except NswarmError:
-            self.log.warn("dropped event {event!r}: its payload is not valid JSON", event=event)
-            return {}
+        name, value = event.event, event.payload
         for pattern, handlers in list(self.subscriptions().items()):
-            if matches(pattern, event):
+            if matches(pattern, name):
                 for handler in list(handlers):
-                    maybeDeferred(handler, event, value).addErrback(self._handler_failed, event)
-        return {}
+                    maybeDeferred(handler, name, value).addErrback(self._handler_failed, name)
 
     def _handler_failed(self, failure: Failure, event: str) -> None:
         self.log.failure("an event handler raised, for event {event!r}", failure, event=event)

@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm.amp_commands import CALL, CALL_ALL, COMMAND, EVENT, METHOD, PUBLISH, TIMEOUT, DeadlineExceeded
-from nswarm.requests import Parse
+from nswarm.core.answers import Parse
 
 if TYPE_CHECKING:
     from nswarm.api import APIClient
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Waiting", "WaitingRoom", "what"]
 
 
-def what(box: amp.AmpBox) -> str:
+def what(box: dict[bytes, bytes]) -> str:
     """The request C{box} is, for a sentence: C{the call to 'greet'}, C{the event 'orders.created'}."""
     command = box.get(COMMAND, b"")
     if command in (CALL, CALL_ALL):
@@ -45,7 +44,7 @@ class Waiting:
     holds; cancelling it cancels the request.
     """
 
-    def __init__(self, room: WaitingRoom, box: amp.AmpBox, parse: Parse, timeout: float, resend: bool) -> None:
+    def __init__(self, room: WaitingRoom, box: dict[bytes, bytes], parse: Parse, timeout: float, resend: bool) -> None:
         self.room = room
         self.box = box
         self.parse = parse
@@ -67,8 +66,7 @@ class Waiting:
             return
         if TIMEOUT in self.box:
             self.box[TIMEOUT] = repr(float(left)).encode("ascii")
-        self.sent = self.room.client.request_box(self.box, self.parse)
-        self.room.client.keep_deadline(self.box, left)  # a stopped master cannot hold it past its deadline
+        self.sent = self.room.client.request_box(self.box, self.parse, left)  # its deadline kept by the client
         self.sent.addCallbacks(self._answered, self._failed)
 
     def expire(self) -> None:
@@ -135,7 +133,7 @@ class WaitingRoom:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def send(self, box: amp.AmpBox, parse: Parse, timeout: float, resend: bool) -> Deferred[Any]:
+    def send(self, box: dict[bytes, bytes], parse: Parse, timeout: float, resend: bool) -> Deferred[Any]:
         """Request C{box} now, or once the client is not L{holding<nswarm.client.ClientProtocol.holding>}."""
         waiting = Waiting(self, box, parse, timeout, resend)
         if self.client.holding:
@@ -165,7 +163,7 @@ class WaitingRoom:
             del self._waiting[waiting]
             waiting.go()
 
-    def fail_all(self, why: Callable[[amp.AmpBox], Exception]) -> None:
+    def fail_all(self, why: Callable[[dict[bytes, bytes]], Exception]) -> None:
         """Fail every request that waits, each with C{why(its box)}."""
         waiting, self._waiting = self._waiting, {}
         for request in waiting:

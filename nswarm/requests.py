@@ -1,10 +1,11 @@
 """
 The requests one end of a connection sent and waits for answers to.
 
-The SDK ends and the node's upstream send their requests as boxes built
-here (or by a C{Command}'s public C{makeArguments}) and match the answers
-by tag, with one tag counter for everything sent on the connection: calls
-forwarded by a relay and the connection's own commands never share a tag.
+The relays (the node's upstream above all) send their own requests as boxes
+built here (or by a C{Command}'s public C{makeArguments}) and match the
+answers by tag, with one tag counter for everything sent on the connection:
+calls forwarded by a relay and the connection's own commands never share a
+tag. (The SDK ends keep theirs in the sans-IO core, L{nswarm.core.connection}.)
 AMP's own C{callRemote} is not used, so its private tag counter and table
 of outstanding requests are never needed.
 """
@@ -51,9 +52,7 @@ class Requests:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waiting: dict[bytes, tuple[Deferred[Any], Parse, amp.AmpBox]] = {}
-        #: Requests refused without running and sent again (L{move}): their new Deferreds, by their old tags.
-        self._moved: dict[bytes, Deferred[Any]] = {}
+        self._waiting: dict[bytes, tuple[Deferred[Any], Parse]] = {}
 
     def next_tag(self) -> bytes:
         """A new C{_ask} tag, unique on this connection."""
@@ -93,49 +92,16 @@ class Requests:
             self.sendBox(box)
         except amp.TooLong as error:
             return fail(InvalidRequest(f"a name is too long for AMP ({error}): use names of at most 255 characters"))
-        d: Deferred[Any] = Deferred(lambda _: self._cancel(tag))
-        self._waiting[tag] = (d, parse, box)
+        d: Deferred[Any] = Deferred(lambda _: self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag})))
+        self._waiting[tag] = (d, parse)
         return d
-
-    def _cancel(self, tag: bytes) -> None:
-        """The caller cancelled its request C{tag}: cancel it upstream, or where it was moved to."""
-        moved = self._moved.pop(tag, None) if self._moved else None
-        if moved is not None:
-            moved.cancel()
-        else:
-            self.send(amp.AmpBox({COMMAND: CANCEL, ID: tag}))
-
-    def move(self, tag: bytes, send: Callable[[amp.AmpBox, Parse], Deferred[Any]]) -> bool:
-        """
-        Request C{tag} was refused before it ran (a draining master): send
-        its box again with C{send(box, parse)} (which may wait for another
-        connection), and fire its caller's Deferred with what that gives.
-        False if there is no such request.
-        """
-        request = self._waiting.pop(tag, None)
-        if request is None:
-            return False
-        d, parse, box = request
-        if d.called:
-            return True
-        del box[ASK]
-        again = send(box, parse)
-        self._moved[tag] = again
-
-        def fired(result: Any) -> None:
-            self._moved.pop(tag, None)
-            if not d.called:
-                d.callback(result)  # a Failure errbacks it
-
-        again.addBoth(fired)
-        return True
 
     def answered(self, tag: bytes, box: amp.AmpBox) -> bool:
         """Fire the request C{tag} that answer or error C{box} is for; False if there is none."""
         request = self._waiting.pop(tag, None)
         if request is None:
             return False
-        d, parse, _ = request
+        d, parse = request
         if d.called:  # the caller gave up (cancelled): the answer is moot
             return True
         if ANSWER in box:
@@ -161,7 +127,7 @@ class Requests:
         which says more.
         """
         waiting, self._waiting = self._waiting, {}
-        for d, _, _ in waiting.values():
+        for d, _ in waiting.values():
             if not d.called:
                 d.errback(reason if reason.check(*TLS_FAILURES) else self.connection_gone())
 

@@ -12,37 +12,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import (
-    ANSWER,
-    ARGS,
-    ASK,
-    CALL,
-    CALLER,
-    CANCEL,
-    COMMAND,
-    COUNT,
-    EVENT,
-    ID,
-    METHOD,
-    MORE,
-    PAYLOAD,
-    PUBLISH,
-    RESULT,
-    STREAM,
-    HandlerFailed,
-    InvalidRequest,
-    NoSuchMethod,
-    NswarmError,
-    PayloadTooLarge,
-)
-from nswarm.boxes import error_box, get_payload, put_payload
-from nswarm.caller import Caller, current
+from nswarm.amp_commands import HandlerFailed, NoSuchMethod
+from nswarm.caller import current
 from nswarm.client import ClientProtocol
-from nswarm.codec import decode, decode_arguments, encode
-from nswarm.service_streams import STREAM_TYPES, Streamer, window_of
+from nswarm.core.events import CallReceived, CancelReceived, EventReceived, MoreReceived
+from nswarm.service_streams import STREAM_TYPES, Streamer
 
 if TYPE_CHECKING:
     from nswarm.service import Service
@@ -67,32 +43,25 @@ class ServiceProtocol(ClientProtocol):
         #: Streamed results being sent, by the tag of their call (see L{nswarm.service_streams}).
         self.streams: dict[bytes, Streamer] = {}
         self._idle: list[Deferred[None]] = []
-        self._callers: dict[bytes | None, Caller | None] = {}
         #: The L{nswarm.service_runner.ServiceRunner} that built this connection.
         self.factory: Any = None
 
-    def ampBoxReceived(self, box: amp.AmpBox) -> None:
-        command = box.get(COMMAND)
-        if command == CALL:
-            self._call_received(box)
-        elif command == PUBLISH:
-            self._event_received(box)
-        elif command == CANCEL:
-            tag = box.get(ID, b"")
-            self.streams.pop(tag, None)
-            running = self.running.pop(tag, None)
-            if running is not None:
-                running.cancel()
-                self._handler_done(tag)
-        elif command == MORE:
-            streamer = self.streams.get(box.get(ID, b""))
-            if streamer is not None:
-                try:
-                    streamer.more(int(box.get(COUNT, b"")))
-                except ValueError:
-                    pass  # not from an nswarm SDK: nothing granted
-        else:
-            super().ampBoxReceived(box)
+    def cancel_received(self, cancel: CancelReceived) -> None:
+        """The caller gave up on a call (or its deadline passed): cancel its handler."""
+        tag = cancel.tag
+        streamer = self.streams.pop(tag, None)
+        if streamer is not None:
+            streamer.close()
+        running = self.running.pop(tag, None)
+        if running is not None:
+            running.cancel()
+            self._handler_done(tag)
+
+    def more_received(self, more: MoreReceived) -> None:
+        """The caller of a streamed call took more parts: its generator may go on."""
+        streamer = self.streams.get(more.tag)
+        if streamer is not None:
+            streamer.pump()
 
     def registered(self) -> None:
         """Registration on this connection succeeded: tell the runner (called on the protocol, not a proxy)."""
@@ -116,46 +85,29 @@ class ServiceProtocol(ClientProtocol):
         """The handler answering C{tag} has finished (or was cancelled)."""
         self.running.pop(tag, None)
         if self._idle and not self.running:
+            self.write_pending()  # the answers go out before the drain goes on (it may close the connection)
             idle, self._idle = self._idle, []
             for waiting in idle:
                 if not waiting.called:
                     waiting.callback(None)
 
-    def _caller(self, stamp: bytes) -> Caller | None:
-        """The caller a stamp names, parsed once per stamp (up to a thousand are remembered)."""
-        if len(self._callers) > 1000:
-            self._callers.clear()
-        known = self._callers[stamp] = Caller.from_stamp(stamp)
-        return known
-
-    def _call_received(self, box: amp.AmpBox) -> None:
-        """Run the handler a Call box asks for and send its answer (if the box asks for one)."""
-        tag = box.get(ASK)
+    def call_received(self, call: CallReceived) -> None:
+        """Run the handler a call asks for and send its answer (if the caller wants one)."""
+        tag, method = call.tag, call.method
         service = self.service
-        try:
-            method = box[METHOD].decode("utf-8")
-            attribute = service.nswarm_methods.get(method)
-            if attribute is None:
-                raise NoSuchMethod(f"service {service.service_name!r} does not implement {method!r}: retry the call")
-            positional, keywords = decode_arguments(get_payload(box, ARGS))
-            window = window_of(box) if STREAM in box else None
-        except (NswarmError, KeyError, UnicodeDecodeError) as error:
-            if tag is not None:
-                if not isinstance(error, NswarmError):
-                    error = InvalidRequest("the call has no UTF-8 method name: send it with an nswarm SDK")
-                self.send(error_box(tag, error))
+        attribute = service.nswarm_methods.get(method)
+        if attribute is None:
+            error = NoSuchMethod(f"service {service.service_name!r} does not implement {method!r}: retry the call")
+            self.core.fail(tag, error)
+            self.flush()
             return
-        stamp = box.get(CALLER)
-        caller = self._callers.get(stamp)
-        if caller is None and stamp:
-            caller = self._caller(stamp)
-        token = current.set(caller)
+        token = current.set(call.caller)
         try:
-            result = getattr(service, attribute)(*positional, **keywords)
+            result = getattr(service, attribute)(*call.args, **call.kwargs)
             if iscoroutine(result):
                 result = Deferred.fromCoroutine(result)  # runs in (a copy of) this context
-            if (window is not None or type(result) in STREAM_TYPES) and tag is not None:  # inline: every call
-                self._stream(Streamer(self, tag, method, result, window, contextvars.copy_context()))
+            if (call.stream is not None or type(result) in STREAM_TYPES) and tag is not None:  # inline: every call
+                self._stream(Streamer(self, tag, method, result, call.stream, contextvars.copy_context()))
                 return
         except Exception:
             self._failed(Failure(), tag, method)
@@ -176,14 +128,19 @@ class ServiceProtocol(ClientProtocol):
         streamer.start()
 
     def stream_ended(self, tag: bytes, method: str, value: Any) -> None:
-        """Stream C{tag} is over: answer C{value} (the number of parts, or the gathered list)."""
+        """Stream C{tag} is over: answer C{value} (the gathered list), or end it (the parts were sent)."""
         self.streams.pop(tag, None)
-        self._answer(value, tag, method)
+        if self.core.streaming(tag):
+            self.core.end(tag)
+            self.flush()
+            self._handler_done(tag)
+        else:
+            self._answer(value, tag, method)
 
-    def stream_failed(self, tag: bytes, error: NswarmError) -> None:
-        """A part of stream C{tag} could not be sent: end the call with C{error}."""
+    def stream_failed(self, tag: bytes) -> None:
+        """A part of stream C{tag} could not be sent: the core has failed the call."""
         self.streams.pop(tag, None)
-        self.send(error_box(tag, error))
+        self.flush()
         self._handler_done(tag)
 
     def stream_raised(self, tag: bytes, method: str, failure: Failure) -> None:
@@ -199,22 +156,10 @@ class ServiceProtocol(ClientProtocol):
         """
         if tag is None:
             return
-        try:
-            reply = amp.AmpBox({ANSWER: tag})
-            put_payload(reply, RESULT, self.checked(encode(value), "result"))
-        except PayloadTooLarge as error:
-            self.log.warn("the result of {method!r} was not sent: {error}", method=method, error=error)
-            reply = error_box(tag, error)
-        except InvalidRequest as error:
-            self.log.warn("the result of {method!r} was not sent: {error}", method=method, error=error)
-            reply = error_box(
-                tag,
-                HandlerFailed(
-                    f"InvalidResult: {method} returned a {type(value).__name__}, "
-                    "which is not JSON-compatible: return JSON-compatible values"
-                ),
-            )
-        self.send(reply)
+        refused = self.core.answer(tag, value)
+        if refused is not None:
+            self.log.warn("the result of {method!r} was not sent: {error}", method=method, error=refused)
+        self.flush()
         if self.running:
             self._handler_done(tag)
 
@@ -224,24 +169,17 @@ class ServiceProtocol(ClientProtocol):
             return  # cancelled by its caller or its deadline: the relay has answered
         self.log.failure("handler of {method!r} raised", failure, method=method)
         if tag is not None:
-            self.send(error_box(tag, HandlerFailed.from_exception(cast(BaseException, failure.value))))
+            self.core.fail(tag, HandlerFailed.from_exception(cast(BaseException, failure.value)))
+            self.flush()
             self._handler_done(tag)
 
-    def _event_received(self, box: amp.AmpBox) -> None:
-        """Run every handler of the event in a Publish box."""
-        tag = box.get(ASK)
-        if tag is not None:
-            self.send(amp.AmpBox({ANSWER: tag}))
-        try:
-            event = box[EVENT].decode("utf-8")
-            value = decode(get_payload(box, PAYLOAD))
-        except (NswarmError, KeyError, UnicodeDecodeError):
-            self.log.warn("dropped an event that is not valid: it was not sent by an nswarm SDK")
-            return
+    def event_received(self, event: EventReceived) -> None:
+        """Run every handler of an event."""
+        name, value = event.event, event.payload
 
         def failed(failure: Failure, handler: str) -> None:
-            self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
+            self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=name)
 
         service = self.service
-        for attribute in service.handlers_for(event):  # the handlers whose subscription matches
-            maybeDeferred(getattr(service, attribute), event, value).addErrback(failed, attribute)
+        for attribute in service.handlers_for(name):  # the handlers whose subscription matches
+            maybeDeferred(getattr(service, attribute), name, value).addErrback(failed, attribute)

@@ -1,10 +1,10 @@
 """
 Streamed results on the service side of the Twisted SDK: a handler that
 returns a generator or an async generator (or any handler, called with a
-stream window) sends its values as L{nswarm.amp_commands.Part} boxes, never
-more than the caller granted (its window, then each
-L{nswarm.amp_commands.More}): the generator is not advanced while none is
-left, so a slow reader holds its producer back. The answer that ends the
+stream window) sends its values as parts through the sans-IO core
+(L{nswarm.core.running}), never more than the caller granted (its window,
+then each C{More}): the generator is not advanced while the core's credit
+is spent, so a slow reader holds its producer back. The answer that ends the
 call is the number of parts. Called without a window, a generator
 handler's parts are gathered and answered as one list. A Cancel (the
 caller's, or a relay's at the deadline) closes the generator.
@@ -21,23 +21,7 @@ from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.protocols import amp
 from twisted.python.failure import Failure
-
-from nswarm import defaults
-from nswarm.amp_commands import (
-    COMMAND,
-    ID,
-    PART,
-    RESULT,
-    STREAM,
-    HandlerFailed,
-    InvalidRequest,
-    NswarmError,
-    PayloadTooLarge,
-)
-from nswarm.boxes import put_payload
-from nswarm.codec import encode
 
 if TYPE_CHECKING:
     from nswarm.service_protocol import ServiceProtocol
@@ -50,22 +34,6 @@ STREAM_TYPES = frozenset({GeneratorType, AsyncGeneratorType})
 def is_stream(result: Any) -> bool:
     """Whether a handler's C{result} is a stream of parts (a generator or an async generator)."""
     return type(result) in STREAM_TYPES
-
-
-def window_of(box: amp.AmpBox) -> int | None:
-    """The stream window a Call box asks for (None: a plain call), or L{InvalidRequest} if it is not valid."""
-    raw = box.get(STREAM)
-    if raw is None:
-        return None
-    try:
-        window = int(raw)
-    except ValueError:
-        window = 0
-    if not 0 < window <= defaults.MAX_STREAM_WINDOW:
-        raise InvalidRequest(
-            f"the stream window must be 1 to {defaults.MAX_STREAM_WINDOW} parts: send it with an nswarm SDK"
-        )
-    return window
 
 
 async def _next_of(source: Any) -> Any:
@@ -100,7 +68,6 @@ class Streamer:
         self.source = source if is_stream(source) else iter([source])
         self.context = context
         self.window = window
-        self.granted = window or 0
         self.sent = 0
         self.gathered: list[Any] = []
         self.finished = False
@@ -112,9 +79,8 @@ class Streamer:
         """Send the first parts."""
         self._pump()
 
-    def more(self, count: int) -> None:
-        """The caller takes C{count} more parts (at most a full window ahead of those sent)."""
-        self.granted = min(self.granted + max(count, 0), self.sent + defaults.MAX_STREAM_WINDOW)
+    def pump(self) -> None:
+        """The caller took more parts: go on while the connection's credit allows."""
         self._pump()
 
     def close(self) -> None:
@@ -136,7 +102,8 @@ class Streamer:
 
     def _pump(self) -> None:
         """Advance the source while parts may be sent and no step is in progress."""
-        while not self.finished and not self._stepping and (self.window is None or self.sent < self.granted):
+        credit = self.protocol.core.credit
+        while not self.finished and not self._stepping and (self.window is None or credit(self.tag) > 0):
             source = self.source
             try:
                 if isasyncgen(source):
@@ -176,28 +143,18 @@ class Streamer:
             self.gathered.append(value)
             return
         protocol = self.protocol
-        try:
-            box = amp.AmpBox({COMMAND: PART, ID: self.tag})
-            put_payload(box, RESULT, protocol.checked(encode(value), "part"))
-        except PayloadTooLarge as error:
-            self._refuse(error)
+        if protocol.core.part(self.tag, value):
+            self.sent += 1
+            protocol.flush()
             return
-        except InvalidRequest:
-            self._refuse(
-                HandlerFailed(
-                    f"InvalidResult: {self.method} yielded a {type(value).__name__}, which is not "
-                    "JSON-compatible: yield JSON-compatible values"
-                )
-            )
-            return
-        self.sent += 1
-        protocol.send(box)
-
-    def _refuse(self, error: NswarmError) -> None:
-        """A part could not be sent: close the source and end the call with C{error}."""
+        # Over the payload limit or not JSON: the core has failed the call with that error.
         self.close()
-        self.protocol.log.warn("the stream of {method!r} ended: {error}", method=self.method, error=error)
-        self.protocol.stream_failed(self.tag, error)
+        protocol.log.warn(
+            "the stream of {method!r} ended: part {number} is over the payload limit or not JSON-compatible",
+            method=self.method,
+            number=self.sent + 1,
+        )
+        protocol.stream_failed(self.tag)
 
     def _end(self) -> None:
         self.finished = True

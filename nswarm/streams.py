@@ -1,12 +1,11 @@
 """
 Streamed results on the calling side of the Twisted SDKs: what
-L{nswarm.client.ClientProtocol.stream} returns. Parts come as
-L{nswarm.amp_commands.Part} boxes, in order, before the call's answer; the
-caller takes them with L{Stream.next} (or C{async for}, or L{Stream.each})
-and, as it does, grants the service more with
-L{nswarm.amp_commands.More}, half a window at a time: the service never
-has more than a window of parts on their way, so a slow reader holds its
-producer back and what waits here is at most one window.
+L{nswarm.client.ClientProtocol.stream} returns. Parts come in order, before
+the call's answer; the caller takes them with L{Stream.next} (or C{async
+for}, or L{Stream.each}) and, as it does, the sans-IO core grants the
+service more (L{nswarm.core.streaming}), half a window at a time: the
+service never has more than a window of parts on their way, so a slow
+reader holds its producer back and what waits here is at most one window.
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from nswarm.amp_commands import COMMAND, COUNT, ID, MORE, RESULT
-from nswarm.boxes import get_payload
-from nswarm.codec import decode
+from nswarm.core.answers import result
 
 
 class Stream:
@@ -42,15 +38,14 @@ class Stream:
         self._parts: deque[Any] = deque()
         self._takers: deque[Deferred[Any]] = deque()
         self._end: Failure | None = None
-        self._taken = 0
-        self._send: Callable[[amp.AmpBox], None] | None = None
-        self._tag = b""
+        #: Called each time a part is taken (the connection grants the service more once due).
+        self.consume: Callable[[], None] | None = None
 
     # -- the client's side ---------------------------------------------------------
 
-    def answered(self, box: amp.AmpBox) -> int:
+    def answered(self, box: dict[bytes, bytes]) -> int:
         """Parse the call's answer: the number of parts (the C{parse} of its request)."""
-        count = decode(get_payload(box, RESULT))
+        count = result(box)
         return count if isinstance(count, int) else 0
 
     def started(self, call: Deferred[int]) -> None:
@@ -58,10 +53,8 @@ class Stream:
         self._call = call
         call.addCallbacks(self._ended, self._failed)
 
-    def part(self, box: amp.AmpBox, send: Callable[[amp.AmpBox], None]) -> None:
-        """A part came on the connection that C{send} writes to (the call's tag is the box's C{id})."""
-        self._send, self._tag = send, box[ID]
-        value = decode(get_payload(box, RESULT))
+    def part(self, value: Any) -> None:
+        """The next part came."""
         if self._takers:
             self._took()
             self._takers.popleft().callback(value)
@@ -69,11 +62,9 @@ class Stream:
             self._parts.append(value)
 
     def _took(self) -> None:
-        """One more part was taken: past half a window, grant that many more."""
-        self._taken += 1
-        if self._taken >= max(1, self.window // 2) and self._send is not None and self._end is None:
-            self._send(amp.AmpBox({COMMAND: MORE, ID: self._tag, COUNT: b"%d" % self._taken}))
-            self._taken = 0
+        """One more part was taken: tell the connection (it grants more once half a window is taken)."""
+        if self.consume is not None and self._end is None:
+            self.consume()
 
     def _ended(self, count: int) -> None:
         self._finish(Failure(StopAsyncIteration()), count)

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.protocols import amp
 
 from nswarm.api import APIClient
+from nswarm.boxes import serialize
 from nswarm.master.master import ApiServerProtocol, Master, NodeServerProtocol
 from nswarm.node.node import Node, ServiceServerProtocol
 from nswarm.node.upstream import UpstreamProtocol
@@ -117,6 +118,31 @@ class Cluster:
         """Flush the cluster and return C{d}, which should have fired by then."""
         self.flush()
         return d
+
+
+def raw_boxes(client: Any, keep: Any = None) -> list[dict[bytes, bytes]]:
+    """
+    The boxes SDK C{client} receives from now on (those C{keep(box)}
+    accepts, if given), taken before its core sees them: for tests of what a
+    server answers to boxes no SDK would send (see L{send_raw}).
+    """
+    taken: list[dict[bytes, bytes]] = []
+    core = client.core
+    original = core._box_received
+
+    def received(box: dict[bytes, bytes]) -> None:
+        if keep is None or keep(box):
+            taken.append(box)
+        else:
+            original(box)
+
+    core._box_received = received
+    return taken
+
+
+def send_raw(client: Any, box: dict[bytes, bytes]) -> None:
+    """Write C{box} as it is on SDK C{client}'s connection (its tag and keys are not checked)."""
+    client.transport.write(serialize(box))
 
 
 def disconnect(proto: RelayProtocol | amp.AMP, cluster: Cluster) -> None:

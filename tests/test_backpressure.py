@@ -17,7 +17,7 @@ from twisted.logger import capturedLogs
 from nswarm.amp_commands import Overloaded
 from nswarm.service import Service, implement
 
-from .support import Cluster, failure_of, result_of
+from .support import Cluster, failure_of, raw_boxes, result_of, send_raw
 from .test_loopback import Cluster as LoopbackCluster
 from .test_loopback import (  # noqa: F401 (fixtures)
     clean_reactor,
@@ -140,11 +140,10 @@ def test_a_tag_still_pending_cannot_be_reused_to_get_past_the_cap() -> None:
     node, _, _ = memory.add_node("a")
     memory.add_service(node, Holder())
     api, server = memory.add_api()
-    answers: list[amp.AmpBox] = []
-    api.ampBoxReceived = answers.append  # type: ignore[method-assign]
+    answers = raw_boxes(api)
     for _ in range(3):
         box = amp.AmpBox({COMMAND: CALL, ASK: b"same", METHOD: b"hold", ARGS: b'{"args":[1],"kwargs":{}}'})
-        api.sendBox(box)
+        send_raw(api, box)
     memory.flush()
     assert memory.master.pending.asked_by(server) == 1
     assert [box[ERROR_CODE] for box in answers] == [InvalidRequest.code, InvalidRequest.code]

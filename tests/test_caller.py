@@ -11,7 +11,7 @@ from nswarm.boxes import get_payload
 from nswarm.codec import decode
 from nswarm.service import Caller, Service, current_caller, implement
 
-from .support import Cluster, result_of
+from .support import Cluster, raw_boxes, result_of, send_raw
 
 
 class Whoami(Service):
@@ -63,11 +63,10 @@ def test_a_stamp_sent_by_the_client_is_overwritten() -> None:
     cluster.add_service(node, Whoami())
     api, server = cluster.add_api()
     server._stamp = b"api:mallory"
-    answers: list[amp.AmpBox] = []
-    api.ampBoxReceived = answers.append  # type: ignore[method-assign]
+    answers = raw_boxes(api)
     forged = amp.AmpBox({COMMAND: CALL, ASK: b"x1", METHOD: b"whoami", CALLER: b"api:admin"})
     forged[ARGS] = b'{"args":[],"kwargs":{}}'
-    api.sendBox(forged)
+    send_raw(api, forged)
     cluster.flush()
     assert decode(get_payload(answers[0], RESULT)) == ["api", "mallory", None]
 

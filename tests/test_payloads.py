@@ -12,7 +12,7 @@ from nswarm.amp_commands import PayloadTooLarge
 from nswarm.master.master import ApiServerProtocol, Master
 from nswarm.service import Service, implement
 
-from .support import Cluster, connect, failure_of, result_of
+from .support import Cluster, connect, failure_of, raw_boxes, result_of, send_raw
 
 MIB = 1024 * 1024
 
@@ -92,10 +92,8 @@ def test_a_box_with_too_many_keys_is_too_large(cluster: Cluster) -> None:
     server.max_keys = 10
     box = amp.AmpBox({b"_command": b"Call", b"_ask": b"99", b"method": b"echo"})
     box.update({b"k%d" % i: b"" for i in range(20)})
-    answers: list[amp.AmpBox] = []
-    original = api.ampBoxReceived
-    api.ampBoxReceived = lambda b: answers.append(b) if b.get(b"_error") == b"99" else original(b)  # type: ignore[method-assign]
-    api.transport.write(box.serialize())
+    answers = raw_boxes(api, lambda b: b.get(b"_error") == b"99")
+    send_raw(api, box)
     cluster.flush()
     assert [a[b"_error_code"] for a in answers] == [PayloadTooLarge.code]
     assert result_of(cluster.run(api.call("echo", "still up"))) == "still up"
