@@ -34,7 +34,7 @@ from nswarm.core.events import (
     Refused,
     TimerWanted,
 )
-from nswarm.errors import NswarmError, UpstreamUnavailable
+from nswarm.errors import NoSuchMethod, NswarmError, UpstreamUnavailable
 from nswarm.failures import TLS_FAILURES, address_text
 from nswarm.sockets import no_delay
 from nswarm.streams import Stream
@@ -356,7 +356,7 @@ class CoreProtocol(TwistedProtocol):
 
     def call_received(self, call: CallReceived) -> None:
         """A call to run: only a service runs calls."""
-        self.core.fail(call.tag, UpstreamUnavailable("this client runs no calls: call a service"))
+        self.core.fail(call.tag, NoSuchMethod("this connection is an API client, which runs no calls: call a service"))
 
     def cancel_received(self, cancel: CancelReceived) -> None:
         """A call this end runs was cancelled by its caller (or its deadline)."""

@@ -69,6 +69,9 @@ class ServiceProtocol(ClientProtocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
+        streams, self.streams = self.streams, {}
+        for streamer in streams.values():  # nobody reads them any more: close their generators
+            streamer.close()
         if self.factory is not None:
             self.factory.lost(self)
 

@@ -129,6 +129,19 @@ def test_cancelling_a_stream_closes_the_generator_and_fails_what_waits() -> None
     failure_of(stream.done()).trap(CancelledError)
 
 
+def test_a_lost_node_connection_closes_the_generator() -> None:
+    service = Counter()
+    cluster = Cluster()
+    node, _, _ = cluster.add_node("node-1")
+    proto, _ = cluster.add_service(node, service)
+    client, _ = cluster.add_api()
+    stream = client.stream("count", 1000, window=4)
+    cluster.flush()
+    assert service.advanced == 4 and service.closed == 0  # held at its window: nobody reads
+    disconnect(proto, cluster)
+    assert service.closed == 1 and proto.streams == {}
+
+
 def test_the_deadline_covers_the_whole_stream() -> None:
     service = Counter()
     cluster, client = cluster_with(service)
