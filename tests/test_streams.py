@@ -140,6 +140,7 @@ def test_a_lost_node_connection_closes_the_generator() -> None:
     assert service.advanced == 4 and service.closed == 0  # held at its window: nobody reads
     disconnect(proto, cluster)
     assert service.closed == 1 and proto.streams == {}
+    failure_of(stream.done()).trap(ImplementerLost)  # it sent parts: not sent again
 
 
 def test_the_deadline_covers_the_whole_stream() -> None:
