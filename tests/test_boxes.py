@@ -146,3 +146,80 @@ def test_nothing_more_is_parsed_once_the_connection_is_closing() -> None:
     protocol.dataReceived(first + second[:5])
     protocol.dataReceived(second[5:])
     assert protocol.boxes == [{b"a": b"1"}]
+
+
+class CountingTransport(StringTransport):
+    """A transport that keeps each write, and how many writes came before it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed_after: int | None = None
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def loseConnection(self) -> None:
+        self.closed_after = len(self.writes)
+        super().loseConnection()
+
+
+class Forwarder(FastRecorder):
+    """Sends each box it receives on to C{peers}; a box with C{close} closes the first peer after sending it."""
+
+    peers: list[FastBoxes] = []
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        for peer in self.peers:
+            peer.send(box)
+        if b"close" in box:
+            self.peers[0].close_connection()
+
+
+def connected_peers(count: int) -> list[tuple[FastRecorder, CountingTransport]]:
+    peers = []
+    for _ in range(count):
+        peer, transport = FastRecorder(), CountingTransport()
+        peer.makeConnection(transport)
+        peers.append((peer, transport))
+    return peers
+
+
+def test_what_one_read_sends_goes_out_in_one_write_per_peer_in_order() -> None:
+    (first, first_out), (second, second_out) = connected_peers(2)
+    source = Forwarder()
+    source.peers = [first, second]
+    source.makeConnection(StringTransport())
+    sent = [{b"n": b"%d" % n} for n in range(5)]
+    source.dataReceived(b"".join(amp.AmpBox(box).serialize() for box in sent))
+    assert len(first_out.writes) == len(second_out.writes) == 1
+    assert feed(Recorder(), first_out.value(), []) == feed(Recorder(), second_out.value(), []) == sent
+    first.send(amp.AmpBox({b"n": b"later"}))  # outside any read: at once
+    assert len(first_out.writes) == 2
+
+
+def test_a_close_while_a_read_is_handled_writes_what_was_gathered_first() -> None:
+    [(peer, out)] = connected_peers(1)
+    source = Forwarder()
+    source.peers = [peer]
+    source.makeConnection(StringTransport())
+    source.dataReceived(amp.AmpBox({b"n": b"1"}).serialize() + amp.AmpBox({b"n": b"2", b"close": b""}).serialize())
+    assert out.closed_after == len(out.writes) == 1
+    assert [box[b"n"] for box in feed(Recorder(), out.value(), [])] == [b"1", b"2"]
+
+
+def test_a_box_sent_through_amp_goes_out_at_once_after_what_was_gathered() -> None:
+    [(peer, out)] = connected_peers(1)
+
+    class Answering(FastRecorder):
+        def ampBoxReceived(self, box: amp.AmpBox) -> None:
+            peer.send(amp.AmpBox({b"n": b"gathered"}))
+            peer.sendBox(amp.AmpBox({b"n": b"fatal"}))  # what AMP does just before closing on a fatal error
+            peer.transport.loseConnection()  # type: ignore[union-attr]
+
+    source = Answering()
+    source.makeConnection(StringTransport())
+    source.dataReceived(amp.AmpBox({b"n": b"0"}).serialize())
+    assert out.closed_after == 2
+    assert [box[b"n"] for box in feed(Recorder(), out.value(), [])] == [b"gathered", b"fatal"]

@@ -40,6 +40,7 @@ class Backpressure:
     subscriber_buffer: int
     send_buffer: int
     close_connection: Any
+    write_out: Any
 
     #: True while events for it count against C{subscriber_buffer}: the transport's buffer is full (the peer is
     #: not reading what is sent to it), or its events are held (it is ejected).
@@ -114,7 +115,7 @@ class Backpressure:
             data = serialize(box)
             if self._full:
                 self._buffered(len(data))
-            self.transport.write(data)
+            self.write_out(data)
 
     def cap(self) -> None:
         """
@@ -141,7 +142,7 @@ class Backpressure:
         reading (its callers' answers back up, and those are counted).
         """
         if self.transport is not None:
-            self.transport.write(serialize(box))
+            self.write_out(serialize(box))
 
     def _buffered(self, size: int) -> None:
         """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
@@ -175,7 +176,7 @@ class Backpressure:
                     self.backlog += len(data)
                     return
                 self._buffered(len(data))
-            self.transport.write(data)
+            self.write_out(data)
 
     def hold(self) -> None:
         """
