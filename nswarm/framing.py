@@ -11,12 +11,6 @@ large value split over many reads is copied only once. Its sendBox writes
 boxes with L{serialize}, which skips the stock serialiser's sorting and
 per-key struct calls. (The protocols using it never switch protocols or
 start TLS inside AMP, which the stock sendBox also handles.)
-
-Writes are coalesced per read: while the boxes of one read are handled,
-what the relay sends to each peer is gathered (L{FastBoxes.write_out}) and
-written once the read is done, one TLS record and one system call per peer
-instead of one per box. What a connection writes keeps its order, and
-closing it writes what it gathered first.
 """
 
 from __future__ import annotations
@@ -42,25 +36,6 @@ _HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
 _DECADES = frozenset(10**power for power in range(1, 12))
 #: The keys an oversized box keeps, so that it can still be answered (the sans-IO parser's set).
 _CONTROL = CONTROL
-
-
-class _Outbox:
-    """The connections with writes gathered while a read is handled (one reactor thread: one outbox)."""
-
-    def __init__(self) -> None:
-        #: How many reads are being handled (a read's handling may lead to another's, in memory).
-        self.depth = 0
-        self.dirty: list[FastBoxes] = []
-
-    def flush(self) -> None:
-        """The reads are done: write what each connection gathered."""
-        while self.dirty:
-            dirty, self.dirty = self.dirty, []
-            for connection in dirty:
-                connection.write_pending()
-
-
-_outbox = _Outbox()
 
 
 def _control(box: amp.AmpBox) -> amp.AmpBox:
@@ -92,8 +67,6 @@ class FastBoxes:
     traffic: tuple[int, int] | None = None
     _discarding = False
     _heartbeat: LoopingCall | None = None
-    #: What was written while a read was handled, to write once it is done (None: nothing).
-    _pending: list[bytes] | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
         """
@@ -107,43 +80,8 @@ class FastBoxes:
         """End the connection as AMP does (the transport is gone), without its log line (see L{makeConnection})."""
         amp.BinaryBoxProtocol.connectionLost(self, reason)  # type: ignore[arg-type]
         self.transport = None
-        self._pending = None
 
     def dataReceived(self, data: bytes) -> None:
-        """Handle the boxes C{data} completes; what they make this relay send goes out once they are handled."""
-        outbox = _outbox
-        outbox.depth += 1
-        try:
-            self._parse(data)
-        finally:
-            outbox.depth -= 1
-            if not outbox.depth:
-                outbox.flush()
-
-    def write_out(self, data: bytes) -> None:
-        """
-        Write C{data} (serialised boxes) to the peer: at once, or, while a
-        read is being handled, with everything else written to this peer then.
-        """
-        if _outbox.depth:
-            pending = self._pending
-            if pending is None:
-                self._pending = [data]
-                _outbox.dirty.append(self)
-            else:
-                pending.append(data)
-        elif self.transport is not None:
-            self.transport.write(data)
-
-    def write_pending(self) -> None:
-        """Write what was gathered for this peer (see L{write_out}) now."""
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            if self.transport is not None:
-                self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def _parse(self, data: bytes) -> None:
         # Limits are checked once per box and once per chunk of data, not per
         # key: a box can outgrow them by one chunk (at most 64 KiB from a
         # socket) before the excess is dropped.
@@ -221,7 +159,7 @@ class FastBoxes:
             )
         tag = box.get(ASK)
         if tag is not None and self.transport is not None:
-            self.write_out(
+            self.transport.write(
                 serialize(
                     {
                         ERROR: tag,
@@ -243,13 +181,8 @@ class FastBoxes:
     def close_connection(self, abort: bool = False) -> None:
         """Close the connection (at once, dropping buffered data, if C{abort})."""
         transport: Any = self.transport
-        if transport is None:
-            return
-        if abort:
-            transport.abortConnection()
-        else:
-            self.write_pending()  # what was written before the close goes first
-            transport.loseConnection()
+        if transport is not None:
+            transport.abortConnection() if abort else transport.loseConnection()
 
     def _peer(self) -> str:
         """The peer, for logs: its address as C{HOST:PORT} (or a socket path), never an object's repr."""
@@ -259,14 +192,12 @@ class FastBoxes:
         """Write C{box}, or raise C{ConnectionLost} if the connection is gone (as AMP's own does)."""
         if self.transport is None:
             raise ConnectionLost()
-        # At once, after what was gathered: AMP closes the connection right after a fatal error's box.
-        self.write_pending()
         self.transport.write(serialize(box))
 
     def send(self, box: amp.AmpBox) -> None:
         """Send C{box} unless the connection is gone (an answer is then moot)."""
         if self.transport is not None:
-            self.write_out(serialize(box))
+            self.transport.write(serialize(box))
 
     def start_heartbeats(self, clock: Any, interval: float) -> None:
         """

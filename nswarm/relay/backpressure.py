@@ -40,7 +40,6 @@ class Backpressure:
     subscriber_buffer: int
     send_buffer: int
     close_connection: Any
-    write_out: Any
 
     #: True while events for it count against C{subscriber_buffer}: the transport's buffer is full (the peer is
     #: not reading what is sent to it), or its events are held (it is ejected).
@@ -115,7 +114,7 @@ class Backpressure:
             data = serialize(box)
             if self._full:
                 self._buffered(len(data))
-            self.write_out(data)
+            self.transport.write(data)
 
     def cap(self) -> None:
         """
@@ -142,7 +141,7 @@ class Backpressure:
         reading (its callers' answers back up, and those are counted).
         """
         if self.transport is not None:
-            self.write_out(serialize(box))
+            self.transport.write(serialize(box))
 
     def _buffered(self, size: int) -> None:
         """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
@@ -176,7 +175,7 @@ class Backpressure:
                     self.backlog += len(data)
                     return
                 self._buffered(len(data))
-            self.write_out(data)
+            self.transport.write(data)
 
     def hold(self) -> None:
         """
