@@ -36,7 +36,7 @@ from nswarm.core.events import (
 )
 from nswarm.errors import NoSuchMethod, NswarmError, UpstreamUnavailable
 from nswarm.failures import TLS_FAILURES, address_text
-from nswarm.sockets import no_delay
+from nswarm.sockets import no_delay, write_through
 from nswarm.streams import Stream
 
 __all__ = ["CoreProtocol", "Keeper"]
@@ -116,7 +116,7 @@ class CoreProtocol(TwistedProtocol):
     # -- Twisted's Protocol ----------------------------------------------------
 
     def connectionMade(self) -> None:
-        no_delay(self.transport)
+        write_through(no_delay(self.transport))
 
     def dataReceived(self, data: bytes) -> None:
         core = self.core

@@ -1,7 +1,8 @@
 """
-The TCP socket under a connection (under TLS, if any): Nagle's algorithm
-off, and what the kernel counts for it (bytes each way, the time since data
-last came), so that nothing is counted in Python per write.
+The socket under a connection (under TLS, if any): Nagle's algorithm off,
+writes handed to the kernel at once (L{write_through}), and what the kernel
+counts for it (bytes each way, the time since data last came), so that
+nothing is counted in Python per write.
 """
 
 from __future__ import annotations
@@ -32,6 +33,43 @@ def no_delay(transport: Any) -> Any:
     set_no_delay = getattr(socket, "setTcpNoDelay", None)
     if set_no_delay is not None:
         set_no_delay(True)
+    return socket
+
+
+def write_through(transport: Any) -> Any:
+    """
+    Let writes to the socket under C{transport} (under TLS, if any) go to
+    the kernel at once when nothing written before waits in Twisted's
+    buffer, as asyncio's transports do; only what the kernel does not take
+    is buffered, as before. Twisted's own write waits for the reactor's next
+    turn to send, which costs every hop a wakeup: a box forwarded by a relay
+    now reaches the next process while the relay reads on, so that the hops
+    of a chain work at once instead of in turns. Returns the socket
+    transport. A transport that is not one of Twisted's socket connections
+    (one in memory, say) is left as it is.
+    """
+    socket = _socket_under(transport)
+    send = getattr(socket, "writeSomeData", None)
+    buffered = getattr(type(socket), "write", None)
+    if send is None or buffered is None or "write" in vars(socket) or not hasattr(socket, "_tempDataBuffer"):
+        return socket
+
+    def write(data: bytes) -> None:
+        if (
+            socket.connected
+            and not socket.disconnecting
+            and not socket._tempDataBuffer
+            and socket.offset >= len(socket.dataBuffer)
+            and data
+        ):
+            sent = send(data)
+            if type(sent) is int and sent > 0:  # else an error, or nothing taken: Twisted's write finds out
+                if sent >= len(data):
+                    return
+                data = data[sent:]
+        buffered(socket, data)
+
+    socket.write = write
     return socket
 
 

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from nswarm import defaults
 from nswarm.boxes import serialize
-from nswarm.sockets import no_delay
+from nswarm.sockets import no_delay, write_through
 
 
 @implementer(IPushProducer)
@@ -74,7 +74,7 @@ class Backpressure:
         # Registered below TLS: a TLS transport with a producer registered
         # does not close until it is unregistered, which Twisted's own
         # loseConnection calls (AMP's, on a fatal error) would not do.
-        socket = no_delay(self.transport)
+        socket = write_through(no_delay(self.transport))
         self._socket = socket
         socket.registerProducer(self, True)
 
