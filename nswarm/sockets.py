@@ -36,6 +36,40 @@ def no_delay(transport: Any) -> Any:
     return socket
 
 
+class WriteThrough:
+    """
+    The write of one socket transport that hands the data to the kernel at
+    once when nothing written before waits in Twisted's buffer (see
+    L{write_through}); while L{on} is False it buffers, as Twisted does.
+    """
+
+    __slots__ = ("on", "_buffered", "_send", "_socket")
+
+    def __init__(self, socket: Any, buffered: Any) -> None:
+        self.on = True
+        self._socket = socket
+        self._buffered = buffered
+        self._send = socket.writeSomeData
+
+    def write(self, data: bytes) -> None:
+        """Write C{data}: what the kernel takes now, the rest (or all, while off) into Twisted's buffer."""
+        socket = self._socket
+        if (
+            self.on
+            and socket.connected
+            and not socket.disconnecting
+            and not socket._tempDataBuffer
+            and socket.offset >= len(socket.dataBuffer)
+            and data
+        ):
+            sent = self._send(data)
+            if type(sent) is int and sent > 0:  # else an error, or nothing taken: Twisted's write finds out
+                if sent >= len(data):
+                    return
+                data = data[sent:]
+        self._buffered(socket, data)
+
+
 def write_through(transport: Any) -> Any:
     """
     Let writes to the socket under C{transport} (under TLS, if any) go to
@@ -45,31 +79,23 @@ def write_through(transport: Any) -> Any:
     turn to send, which costs every hop a wakeup: a box forwarded by a relay
     now reaches the next process while the relay reads on, so that the hops
     of a chain work at once instead of in turns. Returns the socket
-    transport. A transport that is not one of Twisted's socket connections
-    (one in memory, say) is left as it is.
+    transport; its C{nswarm_through} (a L{WriteThrough}) turns it off and on
+    (a relay's events are better written a turn's worth at once). A
+    transport that is not one of Twisted's socket connections (one in
+    memory, say) is left as it is.
     """
     socket = _socket_under(transport)
-    send = getattr(socket, "writeSomeData", None)
     buffered = getattr(type(socket), "write", None)
-    if send is None or buffered is None or "write" in vars(socket) or not hasattr(socket, "_tempDataBuffer"):
+    if (
+        getattr(socket, "writeSomeData", None) is None
+        or buffered is None
+        or "write" in vars(socket)
+        or not hasattr(socket, "_tempDataBuffer")
+    ):
         return socket
-
-    def write(data: bytes) -> None:
-        if (
-            socket.connected
-            and not socket.disconnecting
-            and not socket._tempDataBuffer
-            and socket.offset >= len(socket.dataBuffer)
-            and data
-        ):
-            sent = send(data)
-            if type(sent) is int and sent > 0:  # else an error, or nothing taken: Twisted's write finds out
-                if sent >= len(data):
-                    return
-                data = data[sent:]
-        buffered(socket, data)
-
-    socket.write = write
+    through = WriteThrough(socket, buffered)
+    socket.write = through.write
+    socket.nswarm_through = through
     return socket
 
 

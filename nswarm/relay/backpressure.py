@@ -56,6 +56,8 @@ class Backpressure:
     #: Events written while its buffer was full: lost if the connection closes before it drains.
     events_waiting = 0
     _socket: Any = None
+    #: The socket's write-through (L{nswarm.sockets.WriteThrough}), if it has one.
+    _through: Any = None
     _overflowed = False
     _reading_paused = False
     #: Whether it is at its calls-in-flight cap (and not read from).
@@ -76,6 +78,7 @@ class Backpressure:
         # loseConnection calls (AMP's, on a fatal error) would not do.
         socket = write_through(no_delay(self.transport))
         self._socket = socket
+        self._through = getattr(socket, "nswarm_through", None)
         socket.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
@@ -165,7 +168,12 @@ class Backpressure:
             self.close_connection(abort=True)
 
     def write(self, data: bytes) -> None:
-        """Write an already serialised box (an event) unless the connection is gone."""
+        """
+        Write an already serialised box (an event) unless the connection is
+        gone. Events are not written through to the kernel one by one (see
+        L{nswarm.sockets.write_through}): those of one reactor turn go out
+        together, so that a subscriber wakes once for them all.
+        """
         if self.transport is not None:
             if self.paused:
                 self.events_waiting += 1
@@ -175,7 +183,15 @@ class Backpressure:
                     self.backlog += len(data)
                     return
                 self._buffered(len(data))
-            self.transport.write(data)
+            through = self._through
+            if through is None:
+                self.transport.write(data)
+                return
+            through.on = False
+            try:
+                self.transport.write(data)
+            finally:
+                through.on = True
 
     def hold(self) -> None:
         """
