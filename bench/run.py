@@ -611,21 +611,21 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
     print_table(rows, options.quick)
 
 
-# -- S1: a master with 1000 nodes ----------------------------------------------
+# -- S1: a master with 10,000 nodes ------------------------------------------
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "S1", *HOSTILE]
 #: Nodes S1 simulates, and the processes (bench/scale.py) that share them.
-S1_NODES = 1000
+S1_NODES = 10_000
 S1_PROCESSES = 4
 #: Bound on the time from starting the simulated nodes until all have registered.
-S1_REGISTER_LIMIT = 180.0
-S1_LIMIT = 420.0  # the whole of S1: two W2 runs and the registration
+S1_REGISTER_LIMIT = 300.0
+S1_LIMIT = 900.0  # the whole of S1: three W2 runs, the registration and the reconnection
 
 
 def raise_fd_limit() -> None:
     """
     Lift our soft limit on open files to the hard one: the master (a child,
-    which inherits it) holds one descriptor per node, S1 connects 1000.
+    which inherits it) holds one descriptor per node, S1 connects 10,000.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
@@ -934,16 +934,18 @@ async def run_scale(
 
 # -- output --------------------------------------------------------------------
 
+#: The goals each figure is held to (issue 14's for W1-W4 and S1).
 TARGETS = {
-    ("W1", "p50 µs"): "<= 2.5x",
-    ("W2", "calls/s"): ">= 0.7x",
-    ("W3", "calls/s"): ">= 0.35x",
-    ("W4", "deliveries/s"): ">= 0.8x",
+    ("W1", "p50 µs"): "<= 1.8x",
+    ("W2", "calls/s"): ">= 1.3x",
+    ("W3", "calls/s"): ">= 0.5x",
+    ("W4", "deliveries/s"): ">= 3.5x",
     ("W4", "lost"): "0",
     ("W5", "deliveries/s"): ">= 0.9x",
     ("W5", "lost"): "0",
     ("W5", "publishes/s"): ">= 0.9x",
-    ("S1", "RSS MB"): "<= 150 MB",
+    ("S1", "RSS MB"): "<= 500 MB",
+    ("S1", "register s"): "<= 10 s",
     ("S1", "W2 calls/s"): ">= 0.9x",
     **HOSTILE_TARGETS,
 }
