@@ -36,7 +36,7 @@ from nswarm.core.events import (
 )
 from nswarm.errors import NoSuchMethod, NswarmError, UpstreamUnavailable
 from nswarm.failures import TLS_FAILURES, address_text
-from nswarm.sockets import Reads, no_delay, write_through
+from nswarm.sockets import no_delay, write_through
 from nswarm.streams import Stream
 
 __all__ = ["CoreProtocol", "Keeper"]
@@ -119,7 +119,6 @@ class CoreProtocol(TwistedProtocol):
         write_through(no_delay(self.transport))
 
     def dataReceived(self, data: bytes) -> None:
-        Reads.count += 1
         core = self.core
         clock = self.clock
         core.receive_data(data, clock.seconds() if clock is not None else 0.0)

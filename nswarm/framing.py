@@ -28,7 +28,7 @@ from nswarm.amp_commands import ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTI
 from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
 from nswarm.core.parser import CONTROL
 from nswarm.failures import address_text
-from nswarm.sockets import Reads, socket_counters
+from nswarm.sockets import socket_counters
 
 log = Logger()
 _HEARTBEAT = amp.AmpBox({COMMAND: HEARTBEAT})
@@ -85,7 +85,6 @@ class FastBoxes:
         # Limits are checked once per box and once per chunk of data, not per
         # key: a box can outgrow them by one chunk (at most 64 KiB from a
         # socket) before the excess is dropped.
-        Reads.count += 1
         if self._discarding:
             return
         buffer = self._unparsed + data if self._unparsed else data

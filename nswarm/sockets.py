@@ -36,31 +36,17 @@ def no_delay(transport: Any) -> Any:
     return socket
 
 
-class Reads:
-    """
-    How many reads this process has begun handling (one reactor thread: one
-    count). Each connection writes through at most once per read (see
-    L{WriteThrough}); the ends bump L{count} as they begin handling a read.
-    """
-
-    count = 0
-
-
 class WriteThrough:
     """
     The write of one socket transport that hands the data to the kernel at
     once when nothing written before waits in Twisted's buffer (see
     L{write_through}); while L{on} is False it buffers, as Twisted does.
-    Once per read (L{Reads}): the next process gets the first of what a read
-    makes this one send at once, and the rest on the reactor's next turn, in
-    one system call, instead of one each.
     """
 
-    __slots__ = ("on", "_buffered", "_read", "_send", "_socket")
+    __slots__ = ("on", "_buffered", "_send", "_socket")
 
     def __init__(self, socket: Any, buffered: Any) -> None:
         self.on = True
-        self._read = -1
         self._socket = socket
         self._buffered = buffered
         self._send = socket.writeSomeData
@@ -70,14 +56,12 @@ class WriteThrough:
         socket = self._socket
         if (
             self.on
-            and self._read != Reads.count
             and socket.connected
             and not socket.disconnecting
             and not socket._tempDataBuffer
             and socket.offset >= len(socket.dataBuffer)
             and data
         ):
-            self._read = Reads.count
             sent = self._send(data)
             if type(sent) is int and sent > 0:  # else an error, or nothing taken: Twisted's write finds out
                 if sent >= len(data):

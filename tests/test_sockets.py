@@ -10,7 +10,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from nswarm.sockets import Reads, write_through
+from nswarm.sockets import write_through
 
 
 @pytest.fixture
@@ -82,18 +82,3 @@ def test_while_off_writes_wait_for_the_reactor_as_twisted_does_them(
     connection.write(b" three")  # behind what waits, even though on again
     connection.doWrite()
     assert received(theirs) == b"one two three"
-
-
-def test_a_connection_writes_through_once_per_read_and_the_rest_waits_for_the_turn(
-    pair: tuple[tcp.Connection, socket.socket, MemoryReactor],
-) -> None:
-    connection, theirs, reactor = pair
-    Reads.count += 1  # a read begins
-    connection.write(b"first")
-    connection.write(b" second")
-    assert received(theirs) == b"first" and reactor.getWriters() == [connection]
-    connection.doWrite()  # the reactor's next turn
-    assert received(theirs) == b" second" and reactor.getWriters() == []
-    Reads.count += 1  # the next read
-    connection.write(b"third")
-    assert received(theirs) == b"third"
