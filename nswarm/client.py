@@ -119,11 +119,13 @@ class ClientProtocol(CoreProtocol):
         the master has handed it on, with the number of connections (nodes
         and API users) it was handed to, or None if the answer does not say.
         """
-        return self._built(
-            lambda core: (core.publish_box(event, payload, exclude_self=exclude_self), handed_to, None),
-            self.timeout,
-            None,
-        )
+        try:
+            box = self.core.publish_box(event, payload, exclude_self=exclude_self)
+        except NswarmError:
+            return fail()
+        if self.holding:
+            return self._kept(box, handed_to, self.timeout, None)
+        return self.request_box(box, handed_to)
 
     def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""

@@ -286,44 +286,47 @@ class CoreProtocol(TwistedProtocol):
     def _handle(self, events: list[Any]) -> None:  # the core's Events (Any: the kinds are told apart by type)
         deferreds = self._deferreds
         for event in events:
-            kind = type(event)
-            if kind is Answered:
-                tag = event.tag
-                d = deferreds.pop(tag, None)
-                if self._streams:
-                    self._streams.pop(tag, None)
-                if d is not None and not d.called:
-                    d.callback(event.value)
-            elif kind is Failed:
-                tag = event.tag
-                d = deferreds.pop(tag, None)
-                if self._streams:
-                    self._streams.pop(tag, None)
-                if d is not None and not d.called:
-                    d.errback(event.error)
-            elif kind is EventReceived:
-                self.event_received(event)
-            elif kind is CallReceived:
-                self.call_received(event)
-            elif kind is PartReceived:
-                stream = self._streams.get(event.tag)
-                if stream is not None:
-                    stream.part(event.value)
-            elif kind is TimerWanted:
-                self._want(event.at)
-            elif kind is Refused:
-                self._refused(event)
-            elif kind is CancelReceived:
-                self.cancel_received(event)
-            elif kind is MoreReceived:
-                self.more_received(event)
-            elif kind is ConnectionClosed:
-                self.log.warn(
-                    "closing the connection to {peer}: {reason}",
-                    peer=address_text(self.transport.getPeer() if self.transport is not None else None),
-                    reason=event.error,
-                )
-                self.close_connection(abort=True)
+            try:
+                kind = type(event)
+                if kind is Answered:
+                    tag = event.tag
+                    d = deferreds.pop(tag, None)
+                    if self._streams:
+                        self._streams.pop(tag, None)
+                    if d is not None and not d.called:
+                        d.callback(event.value)
+                elif kind is Failed:
+                    tag = event.tag
+                    d = deferreds.pop(tag, None)
+                    if self._streams:
+                        self._streams.pop(tag, None)
+                    if d is not None and not d.called:
+                        d.errback(event.error)
+                elif kind is EventReceived:
+                    self.event_received(event)
+                elif kind is CallReceived:
+                    self.call_received(event)
+                elif kind is PartReceived:
+                    stream = self._streams.get(event.tag)
+                    if stream is not None:
+                        stream.part(event.value)
+                elif kind is TimerWanted:
+                    self._want(event.at)
+                elif kind is Refused:
+                    self._refused(event)
+                elif kind is CancelReceived:
+                    self.cancel_received(event)
+                elif kind is MoreReceived:
+                    self.more_received(event)
+                elif kind is ConnectionClosed:
+                    self.log.warn(
+                        "closing the connection to {peer}: {reason}",
+                        peer=address_text(self.transport.getPeer() if self.transport is not None else None),
+                        reason=event.error,
+                    )
+                    self.close_connection(abort=True)
+            except Exception:  # a hook's bug: logged, and the other events are still acted on
+                self.log.failure("acting on {event} raised", event=type(event).__name__)
 
     def _refused(self, event: Refused) -> None:
         """A draining master refused request C{event.tag} before it ran: to the keeper, to send again."""

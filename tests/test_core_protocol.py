@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 
 from nswarm.api import APIClient
 from nswarm.boxes import serialize
@@ -114,3 +115,21 @@ def test_cancelling_a_call_sends_cancel_and_drops_its_late_answer() -> None:
     assert cancel == {b"_command": b"Cancel", b"id": tag}
     client.dataReceived(answer(tag, b"1"))  # late: dropped, nothing fires twice
     assert client.requests_in_flight() == 0
+
+
+def test_a_hook_that_raises_is_logged_and_the_events_after_it_are_still_acted_on() -> None:
+    class Broken(APIClient):
+        def event_received(self, event: Any) -> None:
+            raise RuntimeError("a bug in a hook")
+
+    client, transport = Broken(), Recording()
+    client.makeConnection(transport)
+    call = client.call("a")
+    [tag] = [box[b"_ask"] for box in boxes(b"".join(transport.writes))]
+    event = serialize({b"_command": b"Publish", b"event": b"orders.created", b"payload": b"1"})
+    with capturedLogs() as logged:
+        client.dataReceived(event + answer(tag, b"7"))
+    values: list[Any] = []
+    call.addCallback(values.append)
+    assert values == [7]
+    assert [entry["event"] for entry in logged if entry.get("log_failure")] == ["EventReceived"]
