@@ -81,7 +81,7 @@ class ClientProtocol(CoreProtocol):
         or the L{nswarm.amp_commands.NswarmError} it failed with (a handler's
         exception arrives as L{nswarm.amp_commands.HandlerFailed}, a service
         that did not answer in time as L{nswarm.amp_commands.DeadlineExceeded}).
-        The call has the default deadline (L{timeout}); it fails as a whole only
+        The call has the default deadline (C{timeout}); it fails as a whole only
         if nobody implements C{method} or the connection is lost.
         """
         timeout = self.timeout
@@ -96,7 +96,7 @@ class ClientProtocol(CoreProtocol):
         client.stream(...)}, or L{Stream.next}. At most C{window} parts (16
         by default, at most 1024) are on their way at once: a reader that
         does not take them holds the service back. C{timeout} (by default
-        L{timeout}) is the deadline of the whole stream. A stream is not sent
+        C{timeout}) is the deadline of the whole stream. A stream is not sent
         again after a lost connection (it may have sent parts).
         """
         window = defaults.STREAM_WINDOW if window is None else window
@@ -145,7 +145,7 @@ class ClientProtocol(CoreProtocol):
     def _built(self, build: Any, timeout: float, method: str | None) -> Deferred[Any]:
         """
         Send the request C{build(core)} makes (its box, parse and seconds):
-        through the keeper while L{holding} or for an L{idempotent} C{method}, else at once.
+        through the keeper while C{holding} or for an C{idempotent} C{method}, else at once.
         """
         try:
             box, parse, _ = build(self.core)
