@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from inspect import iscoroutine
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -150,7 +151,15 @@ class APIUser:
         for pattern, handlers in list(self.subscriptions().items()):
             if matches(pattern, name):
                 for handler in list(handlers):
-                    maybeDeferred(handler, name, value).addErrback(self._handler_failed, name)
+                    try:
+                        result = handler(name, value)
+                    except Exception:
+                        self._handler_failed(Failure(), name)
+                        continue
+                    if iscoroutine(result):
+                        result = Deferred.fromCoroutine(result)
+                    if isinstance(result, Deferred):  # a plain value needs no Deferred
+                        result.addErrback(self._handler_failed, name)
 
     def _handler_failed(self, failure: Failure, event: str) -> None:
         self.log.failure("an event handler raised, for event {event!r}", failure, event=event)

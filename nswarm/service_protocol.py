@@ -10,7 +10,7 @@ import contextvars
 from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -179,10 +179,17 @@ class ServiceProtocol(ClientProtocol):
     def event_received(self, event: EventReceived) -> None:
         """Run every handler of an event."""
         name, value = event.event, event.payload
-
-        def failed(failure: Failure, handler: str) -> None:
-            self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=name)
-
         service = self.service
         for attribute in service.handlers_for(name):  # the handlers whose subscription matches
-            maybeDeferred(getattr(service, attribute), name, value).addErrback(failed, attribute)
+            try:
+                result = getattr(service, attribute)(name, value)
+            except Exception:
+                self._event_failed(Failure(), attribute, name)
+                continue
+            if iscoroutine(result):
+                result = Deferred.fromCoroutine(result)
+            if isinstance(result, Deferred):  # a plain value needs no Deferred: most handlers return None
+                result.addErrback(self._event_failed, attribute, name)
+
+    def _event_failed(self, failure: Failure, handler: str, event: str) -> None:
+        self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)

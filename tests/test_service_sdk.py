@@ -117,3 +117,62 @@ def test_the_in_memory_cluster_runs_a_service_for_a_unit_test() -> None:
     assert cluster.result(api.call("greet", "world")) == "hello, world!"
     cluster.result(api.publish("orders.created", {"id": 7}))
     assert greeter.seen == [("orders.created", {"id": 7})]
+
+
+class Handlers(Service):
+    """Event handlers of every kind: plain, raising, a coroutine, one returning a Deferred that fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    @subscribe("orders.*")
+    def plain(self, event: str, payload: Any) -> None:
+        self.seen.append("plain")
+
+    @subscribe("orders.*")
+    def raising(self, event: str, payload: Any) -> None:
+        raise ValueError("a broken handler")
+
+    @subscribe("orders.*")
+    async def coroutine(self, event: str, payload: Any) -> None:
+        self.seen.append("coroutine")
+
+    @subscribe("orders.*")
+    def deferred(self, event: str, payload: Any) -> Any:
+        from twisted.internet.defer import fail
+
+        return fail(RuntimeError("a failed Deferred"))
+
+
+def test_every_kind_of_event_handler_runs_and_the_failures_are_logged() -> None:
+    cluster = MemoryCluster()
+    node = cluster.add_node("node-1")
+    service = Handlers()
+    cluster.add_service(node, service)
+    api = cluster.add_api()
+    with capturedLogs() as events:
+        cluster.result(api.publish("orders.created", {"id": 7}))
+    assert sorted(service.seen) == ["coroutine", "plain"]
+    failed = sorted(event["handler"] for event in events if event.get("log_failure") and "handler" in event)
+    assert failed == ["deferred", "raising"]
+
+
+def test_an_api_users_raising_handler_is_logged_and_the_others_still_run() -> None:
+    cluster = MemoryCluster()
+    cluster.add_node("node-1")
+    publisher, subscriber = cluster.add_api(), cluster.add_api()
+    seen: list[Any] = []
+
+    def broken(event: str, payload: Any) -> None:
+        raise ValueError("a broken handler")
+
+    async def later(event: str, payload: Any) -> None:
+        seen.append(payload)
+
+    cluster.result(subscriber.subscribe("orders.*", broken))
+    cluster.result(subscriber.subscribe("orders.*", later))
+    with capturedLogs() as events:
+        cluster.result(publisher.publish("orders.created", 1))
+    assert seen == [1]
+    assert [event["event"] for event in events if event.get("log_failure")] == ["orders.created"]
