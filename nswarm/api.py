@@ -23,13 +23,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from nswarm import defaults
-from nswarm.amp_commands import COMMAND
 from nswarm.api_reconnect import Address, Reconnector
 from nswarm.api_user import APIUser
 from nswarm.client import ClientProtocol, check_key
 from nswarm.client_config import api_settings
 from nswarm.config import ConfigError
 from nswarm.failures import api_server
+from nswarm.requests import command_request
 from nswarm.tls import client_options
 
 __all__ = ["APIClient", "connect", "connect_from_config"]
@@ -59,9 +59,7 @@ class APIClient(APIUser, ClientProtocol):
         keeper = self.keeper
         if not self.holding or keeper is None:
             return super().request(command, **arguments)
-        box = command.makeArguments(arguments, self)
-        box[COMMAND] = command.commandName
-        return keeper.send(box, lambda answer: command.parseResponse(answer, self), self.timeout, None)
+        return keeper.send(*command_request(command, arguments, self), self.timeout, None)
 
     def request_now(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
         """Send C{command} on this connection at once, even while other requests wait: it prepares a connection."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from inspect import iscoroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from nswarm.amp_commands import NswarmError, Subscribe, Unsubscribe, UpstreamUnavailable
 from nswarm.core.events import EventReceived
 from nswarm.core.names import check_pattern, matches
+from nswarm.core_protocol import call_handler
 from nswarm.requests import first_error
 from nswarm.status_commands import Status
 
@@ -151,15 +151,7 @@ class APIUser:
         for pattern, handlers in list(self.subscriptions().items()):
             if matches(pattern, name):
                 for handler in list(handlers):
-                    try:
-                        result = handler(name, value)
-                    except Exception:
-                        self._handler_failed(Failure(), name)
-                        continue
-                    if iscoroutine(result):
-                        result = Deferred.fromCoroutine(result)
-                    if isinstance(result, Deferred):  # a plain value needs no Deferred
-                        result.addErrback(self._handler_failed, name)
+                    call_handler(handler, name, value, self._handler_failed, name)
 
     def _handler_failed(self, failure: Failure, event: str) -> None:
         self.log.failure("an event handler raised, for event {event!r}", failure, event=event)

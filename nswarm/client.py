@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail
 from twisted.protocols import amp
 
 from nswarm import defaults
-from nswarm.amp_commands import COMMAND, Authenticate, NswarmError
+from nswarm.amp_commands import Authenticate, NswarmError
 from nswarm.core.answers import Parse, handed_to
 from nswarm.core_protocol import CoreProtocol, Keeper
-from nswarm.requests import first_error, in_parts
+from nswarm.requests import command_request, register_in_parts
 from nswarm.streams import Stream
 
 __all__ = ["ClientProtocol", "Keeper", "check_key"]
@@ -129,18 +129,11 @@ class ClientProtocol(CoreProtocol):
 
     def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""
-        box = command.makeArguments(arguments, self)
-        box[COMMAND] = command.commandName
-        return self.request_box(box, lambda answer: command.parseResponse(answer, self))
+        return self.request_box(*command_request(command, arguments, self))
 
     def register(self, command: type[amp.Command], names: list[str], arguments: Any) -> Deferred[Any]:
-        """
-        Send registration C{command} for C{names}, in as many requests as
-        their size needs, each with C{arguments(part)}; the Deferred fires
-        once all are answered, or fails with the first error.
-        """
-        asked = [self.request(command, **arguments(part)) for part in in_parts(names)]
-        return gatherResults(asked, consumeErrors=True).addErrback(first_error)
+        """Send registration C{command} for C{names} (see L{nswarm.requests.register_in_parts})."""
+        return register_in_parts(self.request, command, names, arguments)
 
     def _built(self, build: Any, timeout: float, method: str | None) -> Deferred[Any]:
         """

@@ -11,6 +11,7 @@ every front end; nothing here decides them.
 
 from __future__ import annotations
 
+from inspect import iscoroutine
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
@@ -39,7 +40,24 @@ from nswarm.failures import TLS_FAILURES, address_text
 from nswarm.sockets import no_delay, write_through
 from nswarm.streams import Stream
 
-__all__ = ["CoreProtocol", "Keeper"]
+__all__ = ["CoreProtocol", "Keeper", "call_handler"]
+
+
+def call_handler(handler: Any, event: str, payload: Any, failed: Any, *args: Any) -> None:
+    """
+    Call event handler C{handler(event, payload)}; if it raises, or returns
+    a Deferred or coroutine that fails, call C{failed(failure, *args)}. A
+    plain value needs no Deferred: most handlers return None.
+    """
+    try:
+        result = handler(event, payload)
+    except Exception:
+        failed(Failure(), *args)
+        return
+    if iscoroutine(result):
+        result = Deferred.fromCoroutine(result)
+    if isinstance(result, Deferred):
+        result.addErrback(failed, *args)
 
 
 class Keeper(Protocol):
@@ -288,20 +306,13 @@ class CoreProtocol(TwistedProtocol):
         for event in events:
             try:
                 kind = type(event)
-                if kind is Answered:
+                if kind is Answered or kind is Failed:
                     tag = event.tag
                     d = deferreds.pop(tag, None)
                     if self._streams:
                         self._streams.pop(tag, None)
                     if d is not None and not d.called:
-                        d.callback(event.value)
-                elif kind is Failed:
-                    tag = event.tag
-                    d = deferreds.pop(tag, None)
-                    if self._streams:
-                        self._streams.pop(tag, None)
-                    if d is not None and not d.called:
-                        d.errback(event.error)
+                        d.callback(event.value) if kind is Answered else d.errback(event.error)
                 elif kind is EventReceived:
                     self.event_received(event)
                 elif kind is CallReceived:

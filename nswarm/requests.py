@@ -37,6 +37,33 @@ def events_part(part: list[str]) -> dict[str, Any]:
     return {"events": part}
 
 
+def command_request(
+    command: type[amp.Command], arguments: dict[str, Any], proto: Any
+) -> tuple[amp.AmpBox, Callable[[Any], Any]]:
+    """The box of C{command} with C{arguments}, and how to parse its answer, for the connection C{proto}."""
+    box = command.makeArguments(arguments, proto)
+    box[COMMAND] = command.commandName
+    return box, lambda answer: command.parseResponse(answer, proto)
+
+
+def register_in_parts(
+    request: Callable[..., Deferred[Any]],
+    command: type[amp.Command],
+    names: list[str],
+    arguments: Callable[[list[str]], dict[str, Any]],
+) -> Deferred[Any]:
+    """
+    Send registration C{command} for C{names} with C{request}, in as many
+    requests as their size needs (L{in_parts}), each with
+    C{arguments(part)}; the Deferred fires once all are answered, or fails
+    with the first error.
+    """
+    gathered: Deferred[Any] = gatherResults(
+        [request(command, **arguments(part)) for part in in_parts(names)], consumeErrors=True
+    )
+    return gathered.addErrback(first_error)
+
+
 class Requests:
     """
     Mix in before L{nswarm.framing.FastBoxes}: C{next_tag} and C{request_box}
@@ -61,22 +88,13 @@ class Requests:
 
     def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
         """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""
-        box = command.makeArguments(arguments, self)
-        box[COMMAND] = command.commandName
-        return self.request_box(box, lambda answer: command.parseResponse(answer, self))
+        return self.request_box(*command_request(command, arguments, self))
 
     def register(
         self, command: type[amp.Command], names: list[str], arguments: Callable[[list[str]], dict[str, Any]]
     ) -> Deferred[Any]:
-        """
-        Send registration C{command} for C{names}, in as many requests as
-        their size needs (L{in_parts}), each with C{arguments(part)}; the
-        Deferred fires once all are answered, or fails with the first error.
-        """
-        gathered: Deferred[Any] = gatherResults(
-            [self.request(command, **arguments(part)) for part in in_parts(names)], consumeErrors=True
-        )
-        return gathered.addErrback(first_error)
+        """Send registration C{command} for C{names} (see L{register_in_parts})."""
+        return register_in_parts(self.request, command, names, arguments)
 
     def request_box(self, box: amp.AmpBox, parse: Parse) -> Deferred[Any]:
         """

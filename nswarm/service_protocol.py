@@ -18,6 +18,7 @@ from nswarm.amp_commands import HandlerFailed, NoSuchMethod
 from nswarm.caller import current
 from nswarm.client import ClientProtocol
 from nswarm.core.events import CallReceived, CancelReceived, EventReceived, MoreReceived
+from nswarm.core_protocol import call_handler
 from nswarm.service_streams import STREAM_TYPES, Streamer
 
 if TYPE_CHECKING:
@@ -181,15 +182,7 @@ class ServiceProtocol(ClientProtocol):
         name, value = event.event, event.payload
         service = self.service
         for attribute in service.handlers_for(name):  # the handlers whose subscription matches
-            try:
-                result = getattr(service, attribute)(name, value)
-            except Exception:
-                self._event_failed(Failure(), attribute, name)
-                continue
-            if iscoroutine(result):
-                result = Deferred.fromCoroutine(result)
-            if isinstance(result, Deferred):  # a plain value needs no Deferred: most handlers return None
-                result.addErrback(self._event_failed, attribute, name)
+            call_handler(getattr(service, attribute), name, value, self._event_failed, attribute, name)
 
     def _event_failed(self, failure: Failure, handler: str, event: str) -> None:
         self.log.failure("handler {handler} of event {event!r} raised", failure, handler=handler, event=event)
