@@ -120,6 +120,10 @@ RECONNECT_LOG_INTERVAL = 10.0
 #: Connections the master's listeners queue before accepting (Twisted's default, 50, drops the handshakes of a
 #: thousand nodes reconnecting at once: TCP retries them only 1 s and 3 s later).
 LISTEN_BACKLOG = 1024
+#: Connections a listener has accepted and that have not authenticated yet (their TLS handshakes under way), past
+#: which it accepts no more until one has: the rest wait in the listen queue. Without a bound, ten thousand nodes
+#: reconnecting at once share the master's CPU until none finishes within its authentication deadline.
+HANDSHAKES_AT_ONCE = 500
 #: Seconds a draining master keeps its connections at least, answering new calls Draining: those already on their
 #: way when the drain began are refused (and sent again by the SDK) instead of lost with a closed connection.
 DRAIN_QUIET = 0.2

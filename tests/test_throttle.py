@@ -143,6 +143,53 @@ def test_leaving_without_authenticating_counts_as_a_failed_authentication() -> N
     assert len(factory.guards.throttle._buckets) == 1
 
 
+class Port:
+    """A listening port as the guards see it: whether the reactor reads (accepts) from it."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_a_listener_stops_accepting_while_its_bound_of_connections_waits_to_authenticate() -> None:
+    """Past C{at_once} unauthenticated connections the ports pause; one authenticating, failing or leaving resumes them."""
+    clock = Clock()
+    factory = RelayFactory(ApiServerProtocol, Master(clock), clock, API_KEY)
+    admission = Admission(factory, factory)
+    guards = factory.guards
+    guards.at_once = 3
+    port, stopped = Port(), Port()
+    stopped.connected = False  # it stopped listening: never read from again
+    guards.ports += [port, stopped]
+    waiting = [attempt(admission, f"10.0.0.{number}", None)[0] for number in (1, 2)]
+    assert port.reading and guards.waiting == 2
+    third, _ = attempt(admission, "10.0.0.3", None)
+    assert not port.reading and not stopped.reading and guards.waiting == 3 and guards.pauses == 1
+    # One authenticates: below the bound again, the port accepts (the stopped one stays stopped).
+    answer = detach(waiting[0].pump.client.callRemote(Authenticate, key=API_KEY))
+    waiting[0].pump.flush()
+    result_of(answer)
+    assert port.reading and not stopped.reading and guards.waiting == 2
+    fourth, _ = attempt(admission, "10.0.0.4", None)
+    assert not port.reading and guards.pauses == 2
+    # One fails its key, one leaves, and the last times out: each frees its place.
+    answer = detach(waiting[1].pump.client.callRemote(Authenticate, key=b"guess"))
+    waiting[1].pump.flush()
+    failure_of(answer)
+    assert port.reading and guards.waiting == 2
+    third.transport.loseConnection()
+    third.pump.flush()
+    clock.advance(defaults.AUTH_TIMEOUT)
+    fourth.pump.flush()
+    assert port.reading and guards.waiting == 0 and factory.connections == {waiting[0]}
+
+
 def test_a_flood_of_malformed_boxes_logs_one_traceback_then_decades() -> None:
     from twisted.internet.testing import StringTransport
 

@@ -20,13 +20,49 @@ from nswarm.relay.throttle import Quieter, Throttle
 
 
 class Guards:
-    """What one listener keeps across its connections against attackers: a L{Throttle} and a L{Quieter}."""
+    """
+    What one listener keeps across its connections against attackers and
+    crowds: a L{Throttle}, a L{Quieter}, and the bound on connections
+    waiting to authenticate. Past C{at_once} of those, its listening ports
+    stop accepting (the kernel queues the rest, up to the listen backlog,
+    and TCP retries beyond it), and start again once one has authenticated
+    or closed: the handshakes under way finish within their deadlines
+    instead of all slowing down together.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: int = defaults.HANDSHAKES_AT_ONCE) -> None:
         self.throttle = Throttle()
         self.quieter = Quieter()
         #: Connections refused as they were accepted (see L{nswarm.relay.listener.Admission}).
         self.refused = 0
+        self.at_once = at_once
+        #: Connections accepted that have not authenticated (nor closed) yet.
+        self.waiting = 0
+        #: Times the listening ports stopped accepting because L{at_once} connections waited.
+        self.pauses = 0
+        #: The listening ports these guards keep (each an C{IReadDescriptor}, as Twisted's TCP and UNIX ports are).
+        self.ports: list[Any] = []
+        self.accepting = True
+
+    def opened(self, source: str) -> None:
+        """A connection from C{source} was accepted: it waits to authenticate; at the bound, stop accepting."""
+        self.throttle.opened(source)
+        self.waiting += 1
+        if self.waiting >= self.at_once and self.accepting:
+            self.accepting = False
+            self.pauses += 1
+            for port in self.ports:
+                port.stopReading()
+
+    def settled(self, source: str) -> None:
+        """A connection from C{source} that L{opened} authenticated, failed, or closed: below the bound, accept."""
+        self.throttle.settled(source)
+        self.waiting -= 1
+        if self.waiting < self.at_once and not self.accepting:
+            self.accepting = True
+            for port in self.ports:
+                if port.connected:  # not if it has stopped listening since
+                    port.startReading()
 
 
 def source_of(address: Any) -> str:

@@ -80,7 +80,15 @@ class GuardedEndpoint:
         wrapped: IProtocolFactory = protocolFactory
         if self.tls is not None:
             wrapped = TLSMemoryBIOFactory(self.tls, False, protocolFactory)
-        return self.endpoint.listen(Admission(wrapped, protocolFactory))
+        guards = protocolFactory.guards
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            guards.ports.append(port)  # paused and resumed by the guards (see Guards.opened)
+            if not guards.accepting:
+                port.stopReading()  # type: ignore[attr-defined]
+            return port
+
+        return self.endpoint.listen(Admission(wrapped, protocolFactory)).addCallback(listening)
 
 
 def listening_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> StreamServerEndpointService:

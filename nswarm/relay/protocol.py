@@ -148,7 +148,7 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         if not self.authenticated:
             # A source the throttle holds back was refused before this was built (see listener.py).
             self._unauthenticated_from = self._source()
-            self._guards().throttle.opened(self._unauthenticated_from)
+            self._guards().opened(self._unauthenticated_from)
             self._auth_timer = self.clock.callLater(self._auth_timeout, self._authentication_timed_out)
 
     def _authentication_timed_out(self) -> None:
@@ -164,10 +164,11 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
         if self.authenticated:
             raise AuthenticationFailed("this connection is already authenticated: send Authenticate once")
         source, now = self._source(), self.clock.seconds()
-        throttle = self._guards().throttle
+        guards = self._guards()
+        throttle = guards.throttle
         if self._unauthenticated_from is not None:
             self._unauthenticated_from = None
-            throttle.settled(source)
+            guards.settled(source)
         if not throttle.allowed(source, now):
             self._refused(source, now, "has failed to authenticate too often")
             raise AuthenticationFailed(
@@ -300,10 +301,10 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._log_drops()
         if self._unauthenticated_from is not None:
             # A TLS handshake, or a connection, without an Authenticate costs the daemon as much as a wrong key.
-            source, now, throttle = self._unauthenticated_from, self.clock.seconds(), self._guards().throttle
+            source, now, guards = self._unauthenticated_from, self.clock.seconds(), self._guards()
             self._unauthenticated_from = None
-            throttle.settled(source)
-            throttle.failed(source, now)
+            guards.settled(source)
+            guards.throttle.failed(source, now)
             self._refused(source, now, "closed the connection without authenticating (counted as a failure)")
         super().connectionLost(reason)
         self.fail_requests(reason)

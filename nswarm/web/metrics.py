@@ -149,11 +149,26 @@ def connection_families(
         "Connections refused as they were accepted (from addresses that failed to authenticate too often), by server",
         labels=["server"],
     )
+    waiting = GaugeMetricFamily(
+        "nswarm_connections_authenticating",
+        "Connections accepted that have not authenticated yet (TLS handshakes under way), by server",
+        labels=["server"],
+    )
+    pauses = CounterMetricFamily(
+        "nswarm_accept_pauses",
+        "Times a server stopped accepting because as many connections as it handles at once waited to authenticate",
+        labels=["server"],
+    )
     for server, factory in sorted(listeners.items()):
-        failures.add_metric([server], factory.guards.throttle.failures)
-        refused.add_metric([server], factory.guards.refused)
+        guards = factory.guards
+        failures.add_metric([server], guards.throttle.failures)
+        refused.add_metric([server], guards.refused)
+        waiting.add_metric([server], guards.waiting)
+        pauses.add_metric([server], guards.pauses)
     yield failures
     yield refused
+    yield waiting
+    yield pauses
 
 
 def build_info(daemon: str) -> GaugeMetricFamily:
