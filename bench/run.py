@@ -226,6 +226,45 @@ def closed_loop(
     return done
 
 
+def calls_until(call: Callable[[], Deferred[Any]], outstanding: int, stop: Deferred[Any]) -> Deferred[list[float]]:
+    """
+    Keep C{outstanding} calls in flight until C{stop} fires (its result
+    passes through), then wait for those still out; fires with the
+    C{time.monotonic} of each answer, or with the first failure.
+    """
+    done: Deferred[list[float]] = Deferred()
+    answered: list[float] = []
+    state = {"out": 0, "stopping": False}
+
+    def launch() -> None:
+        state["out"] += 1
+        call().addCallbacks(finished, failed)
+
+    def finished(_: object) -> None:
+        answered.append(time.monotonic())
+        state["out"] -= 1
+        if not state["stopping"]:
+            launch()
+        elif state["out"] == 0 and not done.called:
+            done.callback(answered)
+
+    def failed(failure: Any) -> None:
+        state["out"] -= 1
+        if not done.called:
+            done.errback(failure)
+
+    def stopped(result: Any) -> Any:
+        state["stopping"] = True
+        if state["out"] == 0 and not done.called:
+            done.callback(answered)
+        return result
+
+    for _ in range(outstanding):
+        launch()
+    stop.addBoth(stopped)
+    return done
+
+
 def frontend_figures(workload: Workload, elapsed: float, latencies: list[float]) -> dict[str, float]:
     """L{echo_figures} of a front end's run (see bench/frontends.py)."""
     return echo_figures(workload, Run(elapsed, latencies))
@@ -853,7 +892,11 @@ async def run_scale(
         log_offset = master.mark()
         started = time.monotonic()
         with CPUWindow({"master": [master.pid]}) as window:
-            reports = await start_simulated_nodes(reactor, setup, nodes, progress, processes)
+            # W2 runs through the real node all along: how much the registration storm slows other nodes' calls.
+            registering = ensureDeferred(start_simulated_nodes(reactor, setup, nodes, progress, processes))
+            storm = calls_until(lambda: sides.api.call("echo", text), w2.outstanding, registering)
+            reports = await registering
+            answered = await storm
         ready = time.monotonic()
         # The simulated nodes' CPU% over the same window: they started in it, from zero.
         sims_cpu = sum(cpu_seconds(process.pid) or 0.0 for process in processes)
@@ -862,6 +905,7 @@ async def run_scale(
             raise ClusterError(f"only {registered} of {nodes} simulated nodes registered")
         first = min(report["first_attempt"] for report in reports)
         last = max(report["last_registered"] for report in reports)
+        during = sum(first <= when <= last for when in answered) / (last - first)
         rss_after, _ = rss_mb(master.pid)
         # Cross-check with the master's own account: one "implements" event per simulated node.
         logged = await master_count(reactor, master, simulated("registration", action="implements"), log_offset, nodes)
@@ -886,12 +930,14 @@ async def run_scale(
         record["floor"] = {
             "RSS MB": rss_before,
             "W2 calls/s": round((without["calls/s"] + after["calls/s"]) / 2),
+            "W2 calls/s, registering": round((without["calls/s"] + after["calls/s"]) / 2),
             "RSS MB, back": rss_after,
         }
         record["nswarm"] = {
             "RSS MB": rss_after,
             "register s": round(last - first, 2),
             "W2 calls/s": with_nodes["calls/s"],
+            "W2 calls/s, registering": round(during),
             "reconnect s": reconnected["seconds"],
             "RSS MB, back": reconnected["master_rss_mb"],
         }

@@ -15,6 +15,11 @@ C{sim-I} and implements 10 methods of its own (C{sim.I.m0} .. C{sim.I.m9})
 plus C{sim.shared}, which every simulated node implements: the master's
 routing table then holds 10 distinct methods per node.
 
+Each simulated node connects from a loopback address of its own
+(C{127.1.0.1} and up, see L{source_address}), as each real node comes from
+its own host: the master counts failed authentications, and connections
+waiting to authenticate, by source address.
+
 Registering: the nodes are started at most C{--in-flight} at a time (TCP
 connect, TLS handshake, Authenticate, Implement), so the process does not
 overrun the master's listen backlog. A node counts as registered when the
@@ -39,6 +44,7 @@ until SIGTERM, when it closes every connection and exits.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import resource
 import signal
@@ -239,6 +245,11 @@ class Simulator:
         return stopped
 
 
+def source_address(index: int) -> str:
+    """The loopback address node C{index} connects from: 127.1.0.1 for node 0, and on (Linux routes 127/8 to lo)."""
+    return str(ipaddress.IPv4Address("127.1.0.1") + index)
+
+
 def raise_fd_limit() -> None:
     """Each connection is a file descriptor: lift the soft limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -256,7 +267,10 @@ async def simulate(reactor: Any, options: argparse.Namespace) -> None:
         node = issue_client_certificate(ca, f"sim-{index}")
         mine = ssl.PrivateCertificate.loadPEM(node.certificate_pem() + node.key_pem())
         tls = ssl.optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine)
-        simulator.add(index, SSL4ClientEndpoint(reactor, "127.0.0.1", options.port, tls, timeout=60))
+        endpoint = SSL4ClientEndpoint(
+            reactor, "127.0.0.1", options.port, tls, timeout=60, bindAddress=(source_address(index), 0)
+        )
+        simulator.add(index, endpoint)
     gate = DeferredSemaphore(options.in_flight)
     phase = simulator.phase = Phase("register", options.count)  # from here: certificates are not timed
     await DeferredList([gate.run(simulator.start, index) for index in indexes], consumeErrors=True)
