@@ -16,6 +16,7 @@ from nswarm import defaults
 from nswarm.access import ALL, Access, Rights
 from nswarm.amp_commands import AuthenticationFailed, PermissionDenied
 from nswarm.failures import this_is
+from nswarm.relay.handshakes import Handshakes
 from nswarm.relay.throttle import Quieter, Throttle
 
 
@@ -43,6 +44,8 @@ class Guards:
         #: The listening ports these guards keep (each an C{IReadDescriptor}, as Twisted's TCP and UNIX ports are).
         self.ports: list[Any] = []
         self.accepting = True
+        #: A TLS listener's pacing of its unauthenticated connections' reads (see L{nswarm.relay.handshakes}).
+        self.handshakes: Handshakes | None = None
 
     def opened(self, source: str) -> None:
         """A connection from C{source} was accepted: it waits to authenticate; at the bound, stop accepting."""

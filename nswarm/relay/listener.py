@@ -20,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from nswarm.relay.gate import log_refused, source_of
+from nswarm.relay.handshakes import Handshakes
 from nswarm.relay.protocol import RelayFactory
 
 log = Logger()
@@ -59,7 +60,10 @@ class Admission:
             role = self.relay.relay_protocol.role
             log_refused(log, guards, role, source, now, "has failed to authenticate too often: refused at once")
             return None
-        return self.wrappedFactory.buildProtocol(addr)
+        protocol = self.wrappedFactory.buildProtocol(addr)
+        if guards.handshakes is not None and protocol is not None:
+            guards.handshakes.pace(protocol)  # its reads wait their turn until it authenticates
+        return protocol
 
 
 @implementer(IStreamServerEndpoint)
@@ -78,9 +82,10 @@ class GuardedEndpoint:
         if not isinstance(protocolFactory, RelayFactory):
             raise TypeError(f"a guarded listener serves a RelayFactory, not {protocolFactory!r}")
         wrapped: IProtocolFactory = protocolFactory
+        guards = protocolFactory.guards
         if self.tls is not None:
             wrapped = TLSMemoryBIOFactory(self.tls, False, protocolFactory)
-        guards = protocolFactory.guards
+            guards.handshakes = Handshakes(protocolFactory.clock)
 
         def listening(port: IListeningPort) -> IListeningPort:
             guards.ports.append(port)  # paused and resumed by the guards (see Guards.opened)

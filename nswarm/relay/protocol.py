@@ -186,6 +186,8 @@ class RelayProtocol(Gate, Backpressure, Requests, FastBoxes, amp.AMP):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.authenticated = True
+        if guards.handshakes is not None:
+            guards.handshakes.release(self.transport)  # its TLS protocol: reads go straight to it from now on
         self.connected_at = self.heard_at = now
         self.traffic = socket_counters(self.transport)
         self._limit_boxes(self.max_payload)
