@@ -158,7 +158,7 @@ class Port:
 
 
 def test_a_listener_stops_accepting_while_its_bound_of_connections_waits_to_authenticate() -> None:
-    """Past C{at_once} unauthenticated connections the ports pause; one that authenticates, fails or leaves resumes them."""
+    """Past C{at_once} connections waiting to authenticate the ports pause; one done or gone resumes them."""
     clock = Clock()
     factory = RelayFactory(ApiServerProtocol, Master(clock), clock, API_KEY)
     admission = Admission(factory, factory)
