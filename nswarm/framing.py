@@ -19,7 +19,6 @@ from typing import Any
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import ITransport
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -28,6 +27,7 @@ from nswarm.amp_commands import ASK, COMMAND, ERROR, ERROR_CODE, ERROR_DESCRIPTI
 from nswarm.boxes import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, serialize
 from nswarm.core.parser import CONTROL
 from nswarm.failures import address_text
+from nswarm.heartbeat_wheel import Wheel, wheel
 from nswarm.sockets import socket_counters
 
 log = Logger()
@@ -66,7 +66,7 @@ class FastBoxes:
     #: The socket's byte counts (received, sent) when the heartbeat last looked (see L{socket_counters}).
     traffic: tuple[int, int] | None = None
     _discarding = False
-    _heartbeat: LoopingCall | None = None
+    _heartbeat: Wheel | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
         """
@@ -228,12 +228,11 @@ class FastBoxes:
             self.send(_HEARTBEAT)
 
         self.stop_heartbeats()
-        self._heartbeat = LoopingCall(beat)
-        self._heartbeat.clock = clock
-        self._heartbeat.start(interval, now=False)
+        self._heartbeat = wheel(clock, interval)
+        self._heartbeat.join(self, beat)
 
     def stop_heartbeats(self) -> None:
         """Stop sending and watching heartbeats (the connection is closing)."""
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.leave(self)
         self._heartbeat = None
