@@ -58,7 +58,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, en
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import react
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -74,10 +74,13 @@ from nswarm import defaults
 from nswarm.amp_commands import Authenticate, Heartbeat, Implement
 from nswarm.config import read_secret_file
 from nswarm.failures import node_server
+from nswarm.heartbeat_wheel import wheel
 from nswarm.pki import issue_client_certificate, load_certified_key
 from nswarm.reconnect import AuthenticationDeadline, Reconnecting
 
 METHODS = 10
+#: A heartbeat as a node sends it (no answer asked for).
+HEARTBEAT_BYTES = amp.AmpBox({b"_command": Heartbeat.commandName}).serialize()
 SHARED = "sim.shared"
 
 
@@ -98,15 +101,19 @@ class SimulatedNode(amp.AMP):
         return {}
 
     def start_heartbeats(self) -> None:
-        """Registered: send a heartbeat every interval, as long as the connection is up."""
-        self.beats = LoopingCall(self.callRemote, Heartbeat)
-        self.beats.clock = self.clock
-        self.beats.start(defaults.HEARTBEAT, now=False)
+        """
+        Registered: send a heartbeat every interval, as long as the
+        connection is up, on the heartbeat wheel a real node's connections
+        use (one timer for all of this process's nodes), as the bytes
+        C{callRemote(Heartbeat)} would write.
+        """
+        self.beats = wheel(self.clock, defaults.HEARTBEAT)
+        self.beats.join(self, lambda: self.transport.write(HEARTBEAT_BYTES))
 
     def connectionLost(self, reason: Any) -> None:  # type: ignore[override]
         beats = getattr(self, "beats", None)
-        if beats is not None and beats.running:
-            beats.stop()
+        if beats is not None:
+            beats.leave(self)
         super().connectionLost(reason)
 
 
