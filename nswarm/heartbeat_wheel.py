@@ -24,6 +24,10 @@ from collections.abc import Callable, Hashable
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from twisted.logger import Logger
+
+log = Logger()
+
 #: Slots of a wheel: a tick is this part of the interval.
 SLOTS = 100
 
@@ -108,7 +112,10 @@ class Wheel:
             for key, (beat, first) in list(beats.items()):
                 # Not one that joined for a later round, nor one that left (or closed) during this tick.
                 if first <= number and beats.get(key, (None,))[0] is beat:
-                    beat()
+                    try:
+                        beat()
+                    except Exception:  # one connection's bug must not cost the others their beats
+                        log.failure("a heartbeat failed")
         finally:
             self._ticking = False
             self._schedule()

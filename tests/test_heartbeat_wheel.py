@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from nswarm.heartbeat_wheel import SLOTS, Wheel, wheel
 
@@ -87,3 +88,20 @@ def test_a_reactor_held_up_for_minutes_beats_each_connection_once_not_once_a_mis
     clock.advance(5.0)  # then on time again: a's round is at 70, b's at 75
     clock.advance(5.0)
     assert sorted(log[2:]) == [("a", 70.0), ("b", 75.0)]
+
+
+def test_a_beat_that_raises_is_logged_and_the_others_still_beat() -> None:
+    clock, log = Clock(), []
+    beating = Wheel(clock, 1.0)
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    beating.join("broken", broken)
+    beating.join("fine", lambda: log.append("fine"))
+    beating.join("also", lambda: log.append("also"))  # the same tick as "fine", after "broken"'s
+    with capturedLogs() as logged:
+        clock.advance(1.01)
+    assert log == ["fine", "also"]
+    assert [event["log_format"] for event in logged] == ["a heartbeat failed"]
+    assert isinstance(logged[0]["log_failure"].value, RuntimeError)
