@@ -110,8 +110,9 @@ EJECT_AFTER = 1.0
 # -- reconnecting after a loss, and a client's authentication ----------------------------
 
 #: Longest wait, in seconds, between a node's or a service's attempts to reconnect once a connection that was up
-#: is lost (each wait is a random part, half to all, of its backoff step, so this bounds the jitter too).
-RECONNECT_LOST_MAX_DELAY = 1.0
+#: is lost (each wait is a random part, half to all, of its backoff step, so this bounds the jitter too). Under a
+#: second, so that with the handshake and the registration a node is back within a second of its master listening.
+RECONNECT_LOST_MAX_DELAY = 0.8
 #: Seconds a node (a service) waits for the master (its node) to answer its TLS handshake and authentication
 #: before it closes the connection and tries again.
 CLIENT_AUTH_TIMEOUT = 10.0

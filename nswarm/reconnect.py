@@ -11,7 +11,7 @@ The retry policy has two regimes. Until the connection has been up
 up to C{max_delay} (a node started before its master does not knock every
 second for hours). Once a connection that was up is lost, the server is
 known to exist and is only down or restarting: the waits grow from the same
-start but only up to C{lost_max_delay} (a second by default), each a random
+start but only up to C{lost_max_delay} (0.8 s by default), each a random
 part of its step (L{lost_delay}), for as long as it stays down, so that the
 client is back within about a second of the server listening again,
 whatever the outage's length, and many clients that lost the same server

@@ -363,7 +363,7 @@ def test_the_node_tap_passes_the_reconnect_and_authentication_options(tmp_path: 
     config = ["--config", str(tmp_path / "cluster" / "node.conf"), "--service-socket", str(tmp_path / "s" / "n.sock")]
     options = node_tap.Options()
     options.parseOptions(config)
-    assert (options["reconnect-lost-max-delay"], options["upstream-auth-timeout"]) == (1.0, 10.0)
+    assert (options["reconnect-lost-max-delay"], options["upstream-auth-timeout"]) == (0.8, 10.0)
     options = node_tap.Options()
     options.parseOptions([*config, "--reconnect-lost-max-delay", "0.5", "--upstream-auth-timeout", "3"])
     daemon = node_tap.makeService(options, reactor=MemoryReactorClock())
