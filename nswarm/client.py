@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.protocols import amp
 
 from nswarm import defaults
 from nswarm.amp_commands import Authenticate, NswarmError
 from nswarm.core.answers import Parse, handed_to
 from nswarm.core_protocol import CoreProtocol, Keeper
-from nswarm.requests import command_request, register_in_parts
+from nswarm.requests import SendsCommands
 from nswarm.streams import Stream
 
 __all__ = ["ClientProtocol", "Keeper", "check_key"]
@@ -34,11 +33,12 @@ def check_key(key: Any) -> bytes:
     return key
 
 
-class ClientProtocol(CoreProtocol):
+class ClientProtocol(SendsCommands, CoreProtocol):
     """
     The SDK end of a connection to the master (API SDK) or a node (service
     SDK): its requests (calls, streams, events, commands), on the adapter
-    of the sans-IO core (L{CoreProtocol}).
+    of the sans-IO core (L{CoreProtocol}); AMP commands go through
+    L{SendsCommands}.
     """
 
     # -- requests ----------------------------------------------------------------
@@ -126,14 +126,6 @@ class ClientProtocol(CoreProtocol):
         if self.holding:
             return self._kept(box, handed_to, self.timeout, None)
         return self.request_box(box, handed_to)
-
-    def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
-        """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""
-        return self.request_box(*command_request(command, arguments, self))
-
-    def register(self, command: type[amp.Command], names: list[str], arguments: Any) -> Deferred[Any]:
-        """Send registration C{command} for C{names} (see L{nswarm.requests.register_in_parts})."""
-        return register_in_parts(self.request, command, names, arguments)
 
     def _built(self, build: Any, timeout: float, method: str | None) -> Deferred[Any]:
         """

@@ -64,7 +64,27 @@ def register_in_parts(
     return gathered.addErrback(first_error)
 
 
-class Requests:
+class SendsCommands:
+    """
+    C{request} and C{register} of AMP commands, on top of the connection's
+    C{request_box(box, parse)}: one copy for the relays' L{Requests} and
+    the Twisted SDKs' L{nswarm.client.ClientProtocol}.
+    """
+
+    request_box: Callable[..., Deferred[Any]]
+
+    def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
+        """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""
+        return self.request_box(*command_request(command, arguments, self))
+
+    def register(
+        self, command: type[amp.Command], names: list[str], arguments: Callable[[list[str]], dict[str, Any]]
+    ) -> Deferred[Any]:
+        """Send registration C{command} for C{names} (see L{register_in_parts})."""
+        return register_in_parts(self.request, command, names, arguments)
+
+
+class Requests(SendsCommands):
     """
     Mix in before L{nswarm.framing.FastBoxes}: C{next_tag} and C{request_box}
     send, C{answered} matches an answer or error box to its request, and
@@ -85,16 +105,6 @@ class Requests:
         """A new C{_ask} tag, unique on this connection."""
         self._tags += 1
         return b"%x" % self._tags
-
-    def request(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
-        """Send C{command} with C{arguments}; the Deferred fires with its parsed response or typed error."""
-        return self.request_box(*command_request(command, arguments, self))
-
-    def register(
-        self, command: type[amp.Command], names: list[str], arguments: Callable[[list[str]], dict[str, Any]]
-    ) -> Deferred[Any]:
-        """Send registration C{command} for C{names} (see L{register_in_parts})."""
-        return register_in_parts(self.request, command, names, arguments)
 
     def request_box(self, box: amp.AmpBox, parse: Parse) -> Deferred[Any]:
         """
