@@ -43,16 +43,19 @@ class Guards:
         self.pauses = 0
         #: The listening ports these guards keep (each an C{IReadDescriptor}, as Twisted's TCP and UNIX ports are).
         self.ports: list[Any] = []
-        self.accepting = True
         #: A TLS listener's pacing of its unauthenticated connections' reads (see L{nswarm.relay.handshakes}).
         self.handshakes: Handshakes | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the listening ports accept: fewer than L{at_once} connections wait to authenticate."""
+        return self.waiting < self.at_once
 
     def opened(self, source: str) -> None:
         """A connection from C{source} was accepted: it waits to authenticate; at the bound, stop accepting."""
         self.throttle.opened(source)
         self.waiting += 1
-        if self.waiting >= self.at_once and self.accepting:
-            self.accepting = False
+        if self.waiting == self.at_once:  # just reached
             self.pauses += 1
             for port in self.ports:
                 port.stopReading()
@@ -61,8 +64,7 @@ class Guards:
         """A connection from C{source} that L{opened} authenticated, failed, or closed: below the bound, accept."""
         self.throttle.settled(source)
         self.waiting -= 1
-        if self.waiting < self.at_once and not self.accepting:
-            self.accepting = True
+        if self.waiting == self.at_once - 1:  # just below it again
             for port in self.ports:
                 if port.connected:  # not if it has stopped listening since
                     port.startReading()
