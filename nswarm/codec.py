@@ -6,28 +6,61 @@ two SDK ends encode and decode; relays carry the bytes untouched.
 from __future__ import annotations
 
 import json
+import json.encoder
+import json.scanner
 from typing import Any
 
 from nswarm.errors import InvalidRequest
 
-# One encoder and decoder for every payload: json.dumps with options builds a
-# new encoder per call, and json.loads of bytes sniffs their encoding first.
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The json module's C encoder and scanner, made once and called directly:
+# JSONEncoder.encode builds a new C encoder per value, and JSONDecoder.decode
+# adds two regular-expression matches (for surrounding whitespace) per value,
+# together most of the cost of a small payload. The encoder keeps no table of
+# the containers it is inside (that table would be shared by every thread
+# encoding at once): a value that contains itself ends in RecursionError,
+# reported as such. The scanner is the decoder's own, and anything it does not
+# take whole (whitespace around the value, or not JSON) goes through
+# JSONDecoder.decode, for the same value or the same error.
 _decoder = json.JSONDecoder()
+_scan = json.scanner.make_scanner(_decoder)
+_encode = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, json.JSONEncoder().default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None
+    else None
+)  # type: ignore[attr-defined]
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False)
+
+#: What a value JSON cannot carry raises while encoding (RecursionError: it contains itself, or is nested too deeply).
+_UNENCODABLE = (TypeError, ValueError, RecursionError)
+
+
+def _json(value: Any) -> bytes:
+    if _encode is None:  # a Python without the C accelerator
+        return _encoder.encode(value).encode("utf-8")
+    return "".join(_encode(value, 0)).encode("utf-8")
 
 
 def encode(value: Any) -> bytes:
     """JSON bytes of C{value}, or L{InvalidRequest} if it is not JSON-compatible."""
     try:
-        return _encoder.encode(value).encode("utf-8")
-    except (TypeError, ValueError) as error:
+        return _json(value)
+    except _UNENCODABLE as error:
         raise InvalidRequest(f"cannot encode {type(value).__name__} as JSON ({error}): send JSON-compatible values")
 
 
 def decode(data: bytes) -> Any:
     """The value in JSON bytes C{data}, or L{InvalidRequest}."""
     try:
-        return _decoder.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        try:
+            value, end = _scan(text, 0)
+            if end == len(text):
+                return value
+        except (StopIteration, ValueError):
+            pass
+        return _decoder.decode(text)
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidRequest(f"payload is not JSON ({error}): send it with an nswarm SDK")
 
@@ -35,8 +68,8 @@ def decode(data: bytes) -> Any:
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """A call's arguments as JSON: C{{"args": [...], "kwargs": {...}}}."""
     try:
-        return _encoder.encode({"args": args, "kwargs": kwargs}).encode("utf-8")
-    except (TypeError, ValueError) as error:
+        return _json({"args": args, "kwargs": kwargs})
+    except _UNENCODABLE as error:
         raise InvalidRequest(f"cannot encode the call's arguments as JSON ({error}): pass JSON-compatible values")
 
 

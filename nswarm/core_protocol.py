@@ -54,6 +54,8 @@ def call_handler(handler: Any, event: str, payload: Any, failed: Any, *args: Any
     except Exception:
         failed(Failure(), *args)
         return
+    if result is None:  # most handlers; and isinstance() of Deferred, an ABC, is a Python call
+        return
     if iscoroutine(result):
         result = Deferred.fromCoroutine(result)
     if isinstance(result, Deferred):

@@ -1,0 +1,108 @@
+"""Tier 1: the SDKs' JSON payload codec, its short paths and its errors, against the json module's own answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from nswarm import codec
+from nswarm.errors import InvalidRequest
+
+VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -(2**70),
+    1.5,
+    1e300,
+    "",
+    'é ☃ \u0000 "quoted" \\',
+    [],
+    {},
+    {"args": [1, "x", None], "kwargs": {"deep": [[[{"a": 1.25}]]]}},
+    {1: "int keys", None: "null key", 2.5: "float key"},
+]
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_encode_gives_the_json_modules_compact_text(value: Any) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    assert codec.encode(value) == expected
+    assert codec.decode(expected) == json.loads(expected)
+
+
+def test_arguments_round_trip() -> None:
+    data = codec.encode_arguments((1, "two"), {"three": [3]})
+    assert data == b'{"args":[1,"two"],"kwargs":{"three":[3]}}'
+    assert codec.decode_arguments(data) == ([1, "two"], {"three": [3]})
+
+
+@pytest.mark.parametrize(
+    "data, value",
+    [
+        (b' {"a": 1} ', {"a": 1}),  # whitespace around a value: the decoder's whole path
+        (b"\n[1, 2]\n", [1, 2]),
+        (b"NaN", json.loads("NaN")),
+        (b'"x"', "x"),
+        (b"12", 12),
+    ],
+)
+def test_decode_takes_what_json_loads_takes(data: bytes, value: Any) -> None:
+    decoded = codec.decode(data)
+    assert decoded == value or (decoded != decoded and value != value)  # NaN is not equal to itself
+
+
+@pytest.mark.parametrize("data", [b"", b" ", b"{", b"1 2", b"[1,]", b'{"a":1}x', b"\xff", b"tru"])
+def test_decode_of_what_is_not_json_is_invalid_request_with_the_json_modules_reason(data: bytes) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        codec.decode(data)
+    assert "payload is not JSON" in str(raised.value)
+    if data != b"\xff":
+        with pytest.raises(json.JSONDecodeError) as reason:
+            json.loads(data.decode("utf-8"))
+        assert str(reason.value) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (float("nan"), "Out of range float values are not JSON compliant"),
+        (float("inf"), "Out of range float values are not JSON compliant"),
+        (object(), "Object of type object is not JSON serializable"),
+        ({1j: 2}, "keys must be str, int, float, bool or None, not complex"),
+    ],
+)
+def test_encode_of_what_json_cannot_carry_is_invalid_request(value: Any, reason: str) -> None:
+    with pytest.raises(InvalidRequest, match="send JSON-compatible values") as raised:
+        codec.encode(value)
+    assert reason in str(raised.value)
+
+
+def test_a_value_that_contains_itself_is_invalid_request_and_the_next_encodes() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(InvalidRequest, match="recursion") as raised:
+        codec.encode_arguments((looped,), {})
+    assert "pass JSON-compatible values" in str(raised.value)
+    assert codec.encode([looped[:0], 1]) == b"[[],1]"
+
+
+def test_threads_encoding_the_same_value_at_once_each_get_it() -> None:
+    shared = {"items": [{"n": n, "tags": ["a", "b"]} for n in range(200)]}
+    expected = codec.encode(shared)
+    start = threading.Barrier(4)
+    results: list[bytes] = []
+
+    def encode_many() -> None:
+        start.wait()
+        results.extend(codec.encode(shared) for _ in range(200))
+
+    threads = [threading.Thread(target=encode_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 800 and set(results) == {expected}
