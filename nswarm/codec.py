@@ -22,14 +22,16 @@ from nswarm.errors import InvalidRequest
 # take whole (whitespace around the value, or not JSON) goes through
 # JSONDecoder.decode, for the same value or the same error.
 _decoder = json.JSONDecoder()
-_scan = json.scanner.make_scanner(_decoder)
+_make_scanner: Any = json.scanner.make_scanner
+_scan = _make_scanner(_decoder)
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # None on a Python without the C accelerator
 _encode = (
-    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None
+    if _make_encoder is None
+    else _make_encoder(
         None, json.JSONEncoder().default, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
-    if json.encoder.c_make_encoder is not None
-    else None
-)  # type: ignore[attr-defined]
+)
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False)
 
 #: What a value JSON cannot carry raises while encoding (RecursionError: it contains itself, or is nested too deeply).
