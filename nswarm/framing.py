@@ -158,9 +158,9 @@ class FastBoxes:
                 nswarm_event="malformed_boxes",
             )
         tag = box.get(ASK)
-        if tag is not None and self.transport is not None:
-            self.transport.write(
-                serialize(
+        if tag is not None:
+            self.send(
+                amp.AmpBox(
                     {
                         ERROR: tag,
                         ERROR_CODE: amp.UNKNOWN_ERROR_CODE,

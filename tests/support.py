@@ -21,7 +21,7 @@ from nswarm.node.upstream import UpstreamProtocol
 from nswarm.relay.protocol import RelayProtocol
 from nswarm.service import Service
 from nswarm.service_runner import ServiceRunner
-from nswarm.testing.memory import API_KEY, NODE_KEY, SERVICE_KEY, IOPump, connect
+from nswarm.testing.memory import API_KEY, NODE_KEY, SERVICE_KEY, IOPump, connect, settle
 from nswarm.testing.memory import ProtocolProxy as Proxy
 
 __all__ = ["API_KEY", "NODE_KEY", "SERVICE_KEY", "connect"]
@@ -72,9 +72,8 @@ class Cluster:
         self.pumps: list[IOPump] = []
 
     def flush(self) -> None:
-        """Move bytes on every connection until none moves."""
-        while any([pump.pump() for pump in self.pumps]):
-            pass
+        """Move bytes on every connection, and run what is due at the end of the reactor's turn, until none moves."""
+        settle(lambda: self.pumps, self.clock)
 
     def _connect(self, server: Any, client: Any) -> IOPump:
         pump = connect(server, client)

@@ -35,6 +35,7 @@ from nswarm.config import ConfigError, addresses, names
 from nswarm.failures import api_server
 from nswarm.master.master import ApiServerProtocol
 from nswarm.service import Service, implement, subscribe
+from nswarm.testing.memory import settle
 
 from .support import API_KEY, Cluster, failure_of, result_of
 
@@ -124,8 +125,7 @@ class Network:
         return succeed(client)
 
     def flush(self) -> None:
-        while any([pump.pump() for cluster in self.clusters.values() for pump in cluster.pumps]):
-            pass
+        settle(lambda: [pump for cluster in self.clusters.values() for pump in cluster.pumps], self.clock)
 
     def advance(self, seconds: float, steps: int = 1) -> None:
         """Let C{seconds} pass, in C{steps} equal steps, delivering what moves after each."""

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from nswarm import defaults
 from nswarm.boxes import serialize
+from nswarm.relay.turn import WAITING_BYTES, end_of_turn
 from nswarm.sockets import no_delay, write_through
 
 
@@ -39,7 +40,6 @@ class Backpressure:
     name: str
     subscriber_buffer: int
     send_buffer: int
-    close_connection: Any
 
     #: True while events for it count against C{subscriber_buffer}: the transport's buffer is full (the peer is
     #: not reading what is sent to it), or its events are held (it is ejected).
@@ -56,8 +56,9 @@ class Backpressure:
     #: Events written while its buffer was full: lost if the connection closes before it drains.
     events_waiting = 0
     _socket: Any = None
-    #: The socket's write-through (L{nswarm.sockets.WriteThrough}), if it has one.
-    _through: Any = None
+    #: The events written this reactor turn, to go out together at its end (see L{write}), and their bytes.
+    _turn: list[bytes] | None = None
+    _turn_bytes = 0
     _overflowed = False
     _reading_paused = False
     #: Whether it is at its calls-in-flight cap (and not read from).
@@ -78,7 +79,6 @@ class Backpressure:
         # loseConnection calls (AMP's, on a fatal error) would not do.
         socket = write_through(no_delay(self.transport))
         self._socket = socket
-        self._through = getattr(socket, "nswarm_through", None)
         socket.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
@@ -113,6 +113,8 @@ class Backpressure:
 
     def send(self, box: amp.AmpBox) -> None:
         """Send C{box} unless the connection is gone; while the peer is not reading, within C{send_buffer}."""
+        if self._turn is not None:
+            self.write_events()
         if self.transport is not None:
             data = serialize(box)
             if self._full:
@@ -143,8 +145,24 @@ class Backpressure:
         calls in flight, and a busy implementer is not one that stopped
         reading (its callers' answers back up, and those are counted).
         """
+        if self._turn is not None:
+            self.write_events()
         if self.transport is not None:
             self.transport.write(serialize(box))
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        """Write C{box} (AMP's own commands and answers) after the events of this turn."""
+        if self._turn is not None:
+            self.write_events()
+        super().sendBox(box)  # type: ignore[misc]
+
+    def close_connection(self, abort: bool = False) -> None:
+        """Close the connection: after the events of this turn, or (C{abort}) at once, dropping them."""
+        if abort:
+            self._turn = None
+        elif self._turn is not None:
+            self.write_events()
+        super().close_connection(abort)  # type: ignore[misc]
 
     def _buffered(self, size: int) -> None:
         """C{size} more bytes wait for a peer that is not reading: past C{send_buffer}, close the connection."""
@@ -170,28 +188,43 @@ class Backpressure:
     def write(self, data: bytes) -> None:
         """
         Write an already serialised box (an event) unless the connection is
-        gone. Events are not written through to the kernel one by one (see
-        L{nswarm.sockets.write_through}): those of one reactor turn go out
-        together, so that a subscriber wakes once for them all.
+        gone. The events of one reactor turn go out together at its end
+        (L{nswarm.relay.turn}), in one write: a subscriber wakes once for
+        them all, and a TLS connection sends them as one record. Whatever
+        else is written to the connection first writes the events before
+        it, so that its order is kept; past L{WAITING_BYTES} of them they
+        are written at once.
         """
-        if self.transport is not None:
-            if self.paused:
-                self.events_waiting += 1
-                if self._held is not None:
-                    self._held.append(data)
-                    self._held_bytes += len(data)
-                    self.backlog += len(data)
-                    return
-                self._buffered(len(data))
-            through = self._through
-            if through is None:
-                self.transport.write(data)
+        if self.transport is None:
+            return
+        if self.paused:
+            self.events_waiting += 1
+            if self._held is not None:
+                self._held.append(data)
+                self._held_bytes += len(data)
+                self.backlog += len(data)
                 return
-            through.on = False
-            try:
-                self.transport.write(data)
-            finally:
-                through.on = True
+            self._buffered(len(data))
+            if self._overflowed:
+                return
+        waiting = self._turn
+        if waiting is None:
+            self._turn = [data]
+            self._turn_bytes = len(data)
+            end_of_turn(self.clock).wait(self)
+            return
+        waiting.append(data)
+        self._turn_bytes += len(data)
+        if self._turn_bytes > WAITING_BYTES:
+            self.write_events()
+
+    def write_events(self) -> None:
+        """Write the events of this turn that wait (see L{write}) now."""
+        waiting = self._turn
+        if waiting is not None:
+            self._turn = None
+            if self.transport is not None:
+                self.transport.write(waiting[0] if len(waiting) == 1 else b"".join(waiting))
 
     def hold(self) -> None:
         """
@@ -200,6 +233,8 @@ class Backpressure:
         closes: then they are counted as dropped).
         """
         if self._held is None:
+            if self._turn is not None:
+                self.write_events()  # taken before it was ejected
             self._held = []
             self.paused = True
 

@@ -16,6 +16,7 @@ Time moves only when the test says so: C{cluster.advance(seconds)}.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -31,7 +32,7 @@ from nswarm.service import Service
 from nswarm.service_protocol import ServiceProtocol
 from nswarm.service_runner import ServiceRunner
 
-__all__ = ["MemoryCluster", "IOPump", "ProtocolProxy", "connect"]
+__all__ = ["MemoryCluster", "IOPump", "ProtocolProxy", "connect", "settle"]
 
 #: The auth keys of the in-memory cluster's three kinds of connection.
 NODE_KEY = b"node-key-0123456789abcdef"
@@ -55,6 +56,21 @@ class ProtocolProxy:
         return getattr(self._protocol, name)
 
 
+def settle(pumps: Callable[[], Iterable[IOPump]], clock: Clock) -> None:
+    """
+    Move bytes on every pump (C{pumps()}, asked again each round: moving
+    bytes may connect more), and end the reactor's turn (run C{clock}'s
+    calls due now: a relay writes the events of a turn at its end), until
+    nothing moves.
+    """
+    while True:
+        moved = any([pump.pump() for pump in pumps()])
+        if any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
+            clock.advance(0)
+        elif not moved:
+            return
+
+
 class MemoryCluster:
     """A master with nodes, services and API users, all in memory, on one C{twisted.internet.task.Clock}."""
 
@@ -64,9 +80,8 @@ class MemoryCluster:
         self.pumps: list[IOPump] = []
 
     def flush(self) -> None:
-        """Move bytes on every connection until none moves."""
-        while any([pump.pump() for pump in self.pumps]):
-            pass
+        """Move bytes on every connection, and run what is due at the end of the reactor's turn, until none moves."""
+        settle(lambda: self.pumps, self.clock)
 
     def advance(self, seconds: float) -> None:
         """Deliver what is in flight, let C{seconds} pass on the cluster's clock, then deliver what that sent."""
