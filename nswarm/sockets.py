@@ -40,23 +40,21 @@ class WriteThrough:
     """
     The write of one socket transport that hands the data to the kernel at
     once when nothing written before waits in Twisted's buffer (see
-    L{write_through}); while L{on} is False it buffers, as Twisted does.
+    L{write_through}).
     """
 
-    __slots__ = ("on", "_buffered", "_send", "_socket")
+    __slots__ = ("_buffered", "_send", "_socket")
 
     def __init__(self, socket: Any, buffered: Any) -> None:
-        self.on = True
         self._socket = socket
         self._buffered = buffered
         self._send = socket.writeSomeData
 
     def write(self, data: bytes) -> None:
-        """Write C{data}: what the kernel takes now, the rest (or all, while off) into Twisted's buffer."""
+        """Write C{data}: what the kernel takes now, the rest into Twisted's buffer."""
         socket = self._socket
         if (
-            self.on
-            and socket.connected
+            socket.connected
             and not socket.disconnecting
             and not socket._tempDataBuffer
             and socket.offset >= len(socket.dataBuffer)
@@ -78,11 +76,10 @@ def write_through(transport: Any) -> Any:
     is buffered, as before. Twisted's own write waits for the reactor's next
     turn to send, which costs every hop a wakeup: a box forwarded by a relay
     now reaches the next process while the relay reads on, so that the hops
-    of a chain work at once instead of in turns. Returns the socket
-    transport; its C{nswarm_through} (a L{WriteThrough}) turns it off and on
-    (a relay's events are better written a turn's worth at once). A
-    transport that is not one of Twisted's socket connections (one in
-    memory, say) is left as it is.
+    of a chain work at once instead of in turns (a relay's events wait for
+    the turn's end above it: L{nswarm.relay.turn}). Returns the socket
+    transport. A transport that is not one of Twisted's socket connections
+    (one in memory, say) is left as it is.
     """
     socket = _socket_under(transport)
     buffered = getattr(type(socket), "write", None)
@@ -95,7 +92,6 @@ def write_through(transport: Any) -> Any:
         return socket
     through = WriteThrough(socket, buffered)
     socket.write = through.write
-    socket.nswarm_through = through
     return socket
 
 

@@ -67,18 +67,3 @@ def test_what_the_kernel_does_not_take_is_buffered_and_later_writes_wait_behind_
 def test_a_transport_that_is_not_a_socket_is_left_as_it_is() -> None:
     transport = StringTransport()
     assert write_through(transport) is transport and "write" not in vars(transport)
-
-
-def test_while_off_writes_wait_for_the_reactor_as_twisted_does_them(
-    pair: tuple[tcp.Connection, socket.socket, MemoryReactor],
-) -> None:
-    connection, theirs, reactor = pair
-    through = connection.nswarm_through  # type: ignore[attr-defined]
-    through.on = False
-    connection.write(b"one ")
-    connection.write(b"two")
-    through.on = True
-    assert received(theirs) == b"" and reactor.getWriters() == [connection]
-    connection.write(b" three")  # behind what waits, even though on again
-    connection.doWrite()
-    assert received(theirs) == b"one two three"
