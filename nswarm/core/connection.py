@@ -313,30 +313,34 @@ class Connection(MakesRequests, CallsStreams, RunsCalls):
             self._events.append(Answered(tag, value))
 
     def _box_received(self, box: Box) -> None:
-        tag = box.get(wire.ANSWER)
-        if tag is None:
-            tag = box.get(wire.ERROR)
-        if tag is not None:
-            self._answered(tag, box)
-            return
         command = box.get(wire.COMMAND)
+        if command is None:  # an answer or an error (or neither: answered below)
+            tag = box.get(wire.ANSWER)
+            if tag is None:
+                tag = box.get(wire.ERROR)
+            if tag is not None:
+                self._answered(tag, box)
+                return
         ask = box.get(wire.ASK)
-        if command == wire.PART:
+        if command == wire.PUBLISH:
+            if ask is not None:
+                self._send({wire.ANSWER: ask})
+            try:
+                event = box[wire.EVENT].decode("utf-8")
+                payload = box.get(wire.PAYLOAD)
+                if payload is None or len(payload) >= wire.CHUNK:  # missing, or split across keys
+                    payload = get_payload(box, wire.PAYLOAD)
+                value = decode(payload)
+            except (NswarmError, KeyError, UnicodeDecodeError):
+                self.dropped_events += 1
+                return
+            self._events.append(EventReceived(event, value))
+        elif command == wire.PART:
             self._part_received(box)
         elif command == wire.MORE:
             self._more_received(box)
         elif command == wire.CALL:
             self._call_received(box, ask)
-        elif command == wire.PUBLISH:
-            if ask is not None:
-                self._send({wire.ANSWER: ask})
-            try:
-                event = box[wire.EVENT].decode("utf-8")
-                payload = decode(get_payload(box, wire.PAYLOAD))
-            except (NswarmError, KeyError, UnicodeDecodeError):
-                self.dropped_events += 1
-                return
-            self._events.append(EventReceived(event, payload))
         elif command == wire.CANCEL:
             self._cancel_received(box)
         elif command == wire.HEARTBEAT:
