@@ -234,28 +234,32 @@ def calls_until(call: Callable[[], Deferred[Any]], outstanding: int, stop: Defer
     """
     done: Deferred[list[float]] = Deferred()
     answered: list[float] = []
-    state = {"out": 0, "stopping": False}
+    out, stopping = 0, False
 
     def launch() -> None:
-        state["out"] += 1
+        nonlocal out
+        out += 1
         call().addCallbacks(finished, failed)
 
     def finished(_: object) -> None:
+        nonlocal out
         answered.append(time.monotonic())
-        state["out"] -= 1
-        if not state["stopping"]:
+        out -= 1
+        if not stopping:
             launch()
-        elif state["out"] == 0 and not done.called:
+        elif out == 0 and not done.called:
             done.callback(answered)
 
     def failed(failure: Any) -> None:
-        state["out"] -= 1
+        nonlocal out
+        out -= 1
         if not done.called:
             done.errback(failure)
 
     def stopped(result: Any) -> Any:
-        state["stopping"] = True
-        if state["out"] == 0 and not done.called:
+        nonlocal stopping
+        stopping = True
+        if out == 0 and not done.called:
             done.callback(answered)
         return result
 
@@ -927,10 +931,11 @@ async def run_scale(
         after, _ = await run_echo(
             w2, lambda: sides.api.call("echo", text), "S1 W2 without, after", progress, sides.cluster_pids
         )
+        w2_without = round((without["calls/s"] + after["calls/s"]) / 2)
         record["floor"] = {
             "RSS MB": rss_before,
-            "W2 calls/s": round((without["calls/s"] + after["calls/s"]) / 2),
-            "W2 calls/s, registering": round((without["calls/s"] + after["calls/s"]) / 2),
+            "W2 calls/s": w2_without,
+            "W2 calls/s, registering": w2_without,
             "RSS MB, back": rss_after,
         }
         record["nswarm"] = {
