@@ -45,6 +45,7 @@ from chaos_report import (
     window_record,
 )
 from chaos_services import IDEMPOTENT
+from installed import check as check_installed
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.internet.threads import deferToThread
@@ -227,6 +228,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the short scenario (under a minute)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster directory (logs) even if all went well")
     options = parser.parse_args()
+    check_installed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     records: list[dict[str, Any]] = []
 

@@ -36,6 +36,7 @@ from floors import Count, Echo, Event, connect_echo, connect_receiver
 from frontends import ECHO, run_frontends
 from hostile import HOSTILE, Harness, run_hostile
 from hostile import TARGETS as HOSTILE_TARGETS
+from installed import check as check_installed
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.protocols import amp
@@ -1089,6 +1090,7 @@ def main() -> None:
         "--no-frontends", action="store_true", help="skip the asyncio and blocking SDKs' rows after W1-W3"
     )
     options = parser.parse_args()
+    check_installed()
     # SIGTERM before the reactor runs (it installs its own handler) unwinds too, stopping every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_fd_limit()
