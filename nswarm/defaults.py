@@ -125,9 +125,14 @@ LISTEN_BACKLOG = 1024
 #: which it accepts no more until one has: the rest wait in the listen queue. Without a bound, ten thousand nodes
 #: reconnecting at once share the master's CPU until none finishes within its authentication deadline.
 HANDSHAKES_AT_ONCE = 500
-#: Reads of connections not yet authenticated (TLS handshakes, Authenticate) a TLS listener handles per reactor
-#: turn (each costs up to about a millisecond): the open connections' turns stay short while a crowd registers.
+#: Seconds of a reactor turn a TLS listener spends on the reads of connections not yet authenticated (TLS
+#: handshakes, Authenticate; at least one read a turn), and the most such reads a turn: the open connections' turns
+#: stay short while a crowd registers (a read costs from a tenth of a millisecond to several on a busy machine).
+HANDSHAKE_TURN_BUDGET = 0.002
 HANDSHAKE_READS_PER_TURN = 8
+#: Connections a listener accepts per reactor turn (each costs about half a millisecond: its TLS connection and
+#: protocol); the rest wait in the listen backlog for the next turns.
+ACCEPTS_PER_TURN = 4
 #: Seconds a draining master keeps its connections at least, answering new calls Draining: those already on their
 #: way when the drain began are refused (and sent again by the SDK) instead of lost with a closed connection.
 DRAIN_QUIET = 0.2

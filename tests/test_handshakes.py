@@ -51,24 +51,82 @@ class TLS:
         self.log.append((self.name, data))
 
 
+class Timer:
+    """A timer that reads take time on: each read a L{Costly} connection handles advances it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Costly(TLS):
+    """A TLS protocol whose reads each cost C{cost} seconds of C{timer}."""
+
+    def __init__(self, name: str, log: list[tuple[str, bytes]], timer: Timer, cost: float) -> None:
+        super().__init__(name, log)
+        self.timer = timer
+        self.cost = cost
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.timer.now += self.cost
+
+
 def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_came() -> None:
     clock, log = Turns(), []
-    handshakes = Handshakes(clock, per_turn=2)
-    connections = [TLS(name, log) for name in "abc"]
+    handshakes = Handshakes(clock, per_turn=2, timer=lambda: 0.0)
+    connections = [TLS(name, log) for name in "abcd"]
     for connection in connections:
         handshakes.pace(connection)
         connection.dataReceived(connection.name.encode())
         assert not connection.transport.reading  # one read waits per connection: nothing more is read from it
-    assert log == []
+    assert log == [] and len(handshakes) == 4
     clock.turn()
     assert log == [("a", b"a"), ("b", b"b")]
-    assert (
-        connections[0].transport.reading and connections[1].transport.reading and not connections[2].transport.reading
-    )
-    connections[0].dataReceived(b"a2")  # its next read queues behind c's
+    assert [connection.transport.reading for connection in connections] == [True, True, False, False]
     clock.turn()
-    assert log[2:] == [("c", b"c"), ("a", b"a2")]
+    assert log[2:] == [("c", b"c"), ("d", b"d")]
+    assert clock.calls == [] and len(handshakes) == 0
+
+
+def test_a_connection_whose_handshake_has_begun_goes_before_those_that_have_not() -> None:
+    clock, log = Turns(), []
+    handshakes = Handshakes(clock, per_turn=2, timer=lambda: 0.0)
+    connections = [TLS(name, log) for name in "abcd"]
+    for connection in connections:
+        handshakes.pace(connection)
+        connection.dataReceived(connection.name.encode())
+    clock.turn()
+    assert log == [("a", b"a"), ("b", b"b")]
+    connections[1].dataReceived(b"b2")  # b's next read (its certificate, then its Authenticate): before c's first
+    connections[0].dataReceived(b"a2")
+    clock.turn()
+    assert log[2:] == [("b", b"b2"), ("a", b"a2")]
+    connections[0].dataReceived(b"a3")
+    clock.turn()
+    assert log[4:] == [("a", b"a3"), ("c", b"c")]
+    clock.turn()
+    assert log[6:] == [("d", b"d")]
     assert clock.calls == []
+
+
+def test_a_turn_ends_once_its_reads_have_taken_the_budget_and_takes_one_at_least() -> None:
+    clock, log, timer = Turns(), [], Timer()
+    handshakes = Handshakes(clock, per_turn=8, budget=0.002, timer=timer)
+    cheap = [Costly(name, log, timer, 0.0008) for name in "abcd"]
+    dear = Costly("dear", log, timer, 0.005)
+    for connection in [dear, *cheap]:
+        handshakes.pace(connection)
+        connection.dataReceived(connection.name.encode())
+    clock.turn()
+    assert [name for name, _ in log] == ["dear"]  # over the budget alone: it still had its turn
+    clock.turn()
+    assert [name for name, _ in log][1:] == ["a", "b", "c"]  # 0.8 + 0.8 + 0.8 ms: the third crosses 2 ms
+    clock.turn()
+    assert [name for name, _ in log][4:] == ["d"]
+    assert clock.calls == [] and all(connection.transport.reading for connection in [dear, *cheap])
 
 
 def test_an_authenticated_connection_reads_straight_through_and_a_closed_ones_read_is_dropped() -> None:
