@@ -130,9 +130,6 @@ HANDSHAKES_AT_ONCE = 500
 #: stay short while a crowd registers (a read costs from a tenth of a millisecond to several on a busy machine).
 HANDSHAKE_TURN_BUDGET = 0.002
 HANDSHAKE_READS_PER_TURN = 8
-#: Connections a listener accepts per reactor turn (each costs about half a millisecond: its TLS connection and
-#: protocol); the rest wait in the listen backlog for the next turns.
-ACCEPTS_PER_TURN = 4
 #: Seconds a draining master keeps its connections at least, answering new calls Draining: those already on their
 #: way when the drain began are refused (and sent again by the SDK) instead of lost with a closed connection.
 DRAIN_QUIET = 0.2

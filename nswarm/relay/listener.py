@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from nswarm import defaults
 from nswarm.relay.gate import log_refused, source_of
 from nswarm.relay.handshakes import Handshakes
 from nswarm.relay.protocol import RelayFactory
@@ -90,34 +89,11 @@ class GuardedEndpoint:
 
         def listening(port: IListeningPort) -> IListeningPort:
             guards.ports.append(port)  # paused and resumed by the guards (see Guards.opened)
-            accept_few(port)
             if not guards.accepting:
                 port.stopReading()  # type: ignore[attr-defined]
             return port
 
         return self.endpoint.listen(Admission(wrapped, protocolFactory)).addCallback(listening)
-
-
-def accept_few(port: Any, most: int = defaults.ACCEPTS_PER_TURN) -> None:
-    """
-    Let C{port} (a listening TCP or UNIX port) accept at most C{most}
-    connections a reactor turn. Twisted's port accepts as many as it
-    accepted the turn before and 20 more, and each costs the relay about
-    half a millisecond (a TLS connection and its protocol): in a crowd,
-    hundreds in one turn would hold every open connection's calls. The rest
-    wait in the listen backlog for the next turns. A port that is not one of
-    Twisted's socket ports is left as it is.
-    """
-    read = getattr(port, "doRead", None)
-    if read is None or not hasattr(port, "numberAccepts"):
-        return
-
-    def do_read() -> Any:
-        if port.numberAccepts > most:
-            port.numberAccepts = most
-        return read()
-
-    port.doRead = do_read
 
 
 def listening_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> StreamServerEndpointService:
