@@ -74,14 +74,21 @@ class Costly(TLS):
         self.timer.now += self.cost
 
 
-def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_came() -> None:
+def four_first_reads() -> tuple[Turns, Handshakes, list[TLS], list[tuple[str, bytes]]]:
+    """Connections a to d, paced two reads a turn (reads cost no time), each with its first read waiting."""
     clock, log = Turns(), []
     handshakes = Handshakes(clock, per_turn=2, timer=lambda: 0.0)
     connections = [TLS(name, log) for name in "abcd"]
     for connection in connections:
         handshakes.pace(connection)
         connection.dataReceived(connection.name.encode())
-        assert not connection.transport.reading  # one read waits per connection: nothing more is read from it
+    return clock, handshakes, connections, log
+
+
+def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_came() -> None:
+    clock, handshakes, connections, log = four_first_reads()
+    # One read waits per connection: nothing more is read from it.
+    assert not any(connection.transport.reading for connection in connections)
     assert log == [] and len(handshakes) == 4
     clock.turn()
     assert log == [("a", b"a"), ("b", b"b")]
@@ -92,12 +99,7 @@ def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_
 
 
 def test_a_connection_whose_handshake_has_begun_goes_before_those_that_have_not() -> None:
-    clock, log = Turns(), []
-    handshakes = Handshakes(clock, per_turn=2, timer=lambda: 0.0)
-    connections = [TLS(name, log) for name in "abcd"]
-    for connection in connections:
-        handshakes.pace(connection)
-        connection.dataReceived(connection.name.encode())
+    clock, _, connections, log = four_first_reads()
     clock.turn()
     assert log == [("a", b"a"), ("b", b"b")]
     connections[1].dataReceived(b"b2")  # b's next read (its certificate, then its Authenticate): before c's first
