@@ -128,7 +128,7 @@ HANDSHAKES_AT_ONCE = 500
 #: Seconds of a reactor turn a TLS listener spends on the reads of connections not yet authenticated (TLS
 #: handshakes, Authenticate; at least one read a turn), and the most such reads a turn: the open connections' turns
 #: stay short while a crowd registers (a read costs from a tenth of a millisecond to several on a busy machine).
-HANDSHAKE_TURN_BUDGET = 0.002
+HANDSHAKE_TURN_BUDGET = 0.004
 HANDSHAKE_READS_PER_TURN = 8
 #: Seconds a draining master keeps its connections at least, answering new calls Draining: those already on their
 #: way when the drain began are refused (and sent again by the SDK) instead of lost with a closed connection.
