@@ -98,20 +98,44 @@ def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_
     assert clock.calls == [] and len(handshakes) == 0
 
 
-def test_a_connection_whose_handshake_has_begun_goes_before_those_that_have_not() -> None:
+def test_a_connection_whose_handshake_has_begun_goes_before_those_that_have_not_but_one_a_turn() -> None:
     clock, _, connections, log = four_first_reads()
     clock.turn()
     assert log == [("a", b"a"), ("b", b"b")]
-    connections[1].dataReceived(b"b2")  # b's next read (its certificate, then its Authenticate): before c's first
+    connections[1].dataReceived(b"b2")  # b's next read (its certificate, then its Authenticate)
     connections[0].dataReceived(b"a2")
     clock.turn()
-    assert log[2:] == [("b", b"b2"), ("a", b"a2")]
+    assert log[2:] == [("c", b"c"), ("b", b"b2")]  # a new connection's read first, then those begun
+    clock.turn()
+    assert log[4:] == [("d", b"d"), ("a", b"a2")]
     connections[0].dataReceived(b"a3")
+    connections[1].dataReceived(b"b3")
     clock.turn()
-    assert log[4:] == [("a", b"a3"), ("c", b"c")]
-    clock.turn()
-    assert log[6:] == [("d", b"d")]
+    assert log[6:] == [("a", b"a3"), ("b", b"b3")]  # no new one waits: those begun only
     assert clock.calls == []
+
+
+def test_handshakes_kept_going_cannot_hold_new_connections_off() -> None:
+    clock, log = Turns(), []
+    handshakes = Handshakes(clock, per_turn=3, timer=lambda: 0.0)
+    tricklers = [TLS(f"t{number}", log) for number in range(5)]
+    for trickler in tricklers:
+        handshakes.pace(trickler)
+        trickler.dataReceived(b"hello")
+    clock.turn()
+    clock.turn()
+    newcomers = [TLS(f"n{number}", log) for number in range(3)]
+    for newcomer in newcomers:
+        handshakes.pace(newcomer)
+        newcomer.dataReceived(b"hello")
+    for turn in range(3):
+        del log[:]
+        for trickler in tricklers:
+            if trickler.transport.reading:
+                trickler.dataReceived(b"x")  # one more byte of its handshake, as soon as it is read again
+        clock.turn()
+        assert log[0] == (f"n{turn}", b"hello") and len(log) == 3
+    assert all(newcomer.transport.reading for newcomer in newcomers)
 
 
 def test_a_turn_ends_once_its_reads_have_taken_the_budget_and_takes_one_at_least() -> None:

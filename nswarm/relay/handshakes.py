@@ -81,12 +81,15 @@ class Handshakes:
         # finish (and free their slot under the listener's HANDSHAKES_AT_ONCE)
         # before more begin: a crowd then registers a steady stream of nodes,
         # instead of all of them slowly at once, each nearer its deadline.
+        # But a turn's first read is a new connection's, if one waits: peers
+        # that keep their handshakes going (a byte at a time, say) cannot
+        # hold every new connection off until their deadlines.
         self._scheduled = None
         fresh, begun = self.fresh, self.begun
         timer = self.timer
         ends = timer() + self.budget
-        for _ in range(min(self.per_turn, len(fresh) + len(begun))):
-            protocol, data = (begun or fresh).popleft()
+        for handled in range(min(self.per_turn, len(fresh) + len(begun))):
+            protocol, data = (fresh if handled == 0 and fresh else begun or fresh).popleft()
             transport = protocol.transport
             if transport is None or not transport.connected:
                 continue  # it closed while its read waited
