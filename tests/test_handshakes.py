@@ -89,13 +89,13 @@ def test_reads_before_authentication_are_handled_a_few_a_turn_in_the_order_they_
     clock, handshakes, connections, log = four_first_reads()
     # One read waits per connection: nothing more is read from it.
     assert not any(connection.transport.reading for connection in connections)
-    assert log == [] and len(handshakes) == 4
+    assert log == [] and handshakes.waiting() == 4
     clock.turn()
     assert log == [("a", b"a"), ("b", b"b")]
     assert [connection.transport.reading for connection in connections] == [True, True, False, False]
     clock.turn()
     assert log[2:] == [("c", b"c"), ("d", b"d")]
-    assert clock.calls == [] and len(handshakes) == 0
+    assert clock.calls == [] and handshakes.waiting() == 0
 
 
 def test_a_connection_whose_handshake_has_begun_goes_before_those_that_have_not_but_one_a_turn() -> None:

@@ -160,7 +160,7 @@ class Backpressure:
         """Close the connection: after the events of this turn, or (C{abort}) at once, dropping them."""
         if abort:
             self._turn = None
-        elif self._turn is not None:
+        else:
             self.write_events()
         super().close_connection(abort)  # type: ignore[misc]
 
@@ -233,8 +233,7 @@ class Backpressure:
         closes: then they are counted as dropped).
         """
         if self._held is None:
-            if self._turn is not None:
-                self.write_events()  # taken before it was ejected
+            self.write_events()  # taken before it was ejected
             self._held = []
             self.paused = True
 

@@ -72,7 +72,7 @@ class Handshakes:
         """C{protocol}'s connection has authenticated: its reads go straight to it from now on."""
         vars(protocol).pop("dataReceived", None)
 
-    def __len__(self) -> int:
+    def waiting(self) -> int:
         """How many reads wait."""
         return len(self.fresh) + len(self.begun)
 

@@ -54,7 +54,12 @@ class EndOfTurn:
         self._call: Any = None
 
     def wait(self, connection: WritesEvents) -> None:
-        """Call C{connection.write_events()} at the end of this turn (once: a connection asks once a turn)."""
+        """
+        Call C{connection.write_events()} at the end of this turn. A
+        connection asks when its first event of the turn waits; one whose
+        events were written early (something else was written after them)
+        asks again for those that come after, and is called twice.
+        """
         self.waiting.append(connection)
         if self._call is None:
             self._call = self.clock.callLater(0, self._run)
