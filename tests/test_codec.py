@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import json
+import random
+import struct
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -24,6 +29,19 @@ VALUES: list[Any] = [
     {},
     {"args": [1, "x", None], "kwargs": {"deep": [[[{"a": 1.25}]]]}},
     {1: "int keys", None: "null key", 2.5: "float key"},
+    # What orjson (the first encoder) refuses or could write otherwise, so the json module encodes it again:
+    2**64,  # past 64 bits
+    [1, 2**70],
+    collections.OrderedDict(b=1, a=2),  # subclasses of the built-in types
+    collections.Counter("abca"),
+    enum.IntEnum("Level", "LOW HIGH").HIGH,
+    ["null", None],  # a null anywhere in the text
+    "null",
+    {"deep": [[[[[[[[[[None]]]]]]]]]]},
+    [[[]]] * 3,
+    "x" * 100_000,  # a large string, orjson's own case
+    "é" * 40_000 + "\n",
+    [1.0, -0.0, 0.1, 1e16, 1e22, 5e-324, 1.7976931348623157e308],  # floats both write alike
 ]
 
 
@@ -32,6 +50,32 @@ def test_encode_gives_the_json_modules_compact_text(value: Any) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     assert codec.encode(value) == expected
     assert codec.decode(expected) == json.loads(expected)
+
+
+def test_a_value_nested_past_orjsons_depth_encodes_as_the_json_module_does() -> None:
+    value: Any = "leaf"
+    for _ in range(300):
+        value = [value]
+    assert codec.encode(value) == json.dumps(value, separators=(",", ":")).encode()
+
+
+def test_every_float_decodes_to_itself_though_the_exponent_may_be_written_otherwise() -> None:
+    chosen = random.Random(14)
+    floats = [1e-5, 2.5e-5, 1e-7, -7.1850441006303285e-09]
+    while len(floats) < 20_000:
+        number = struct.unpack("<d", chosen.getrandbits(64).to_bytes(8, "little"))[0]
+        if number == number and abs(number) != float("inf"):
+            floats.append(number)
+    encoded = codec.encode(floats)
+    decoded = json.loads(encoded)
+    assert [struct.pack("<d", number) for number in decoded] == [struct.pack("<d", number) for number in floats]
+    assert codec.encode(1e-5) == b"0.00001"  # json.dumps writes 1e-05; both are the same double
+
+
+def test_uuids_and_enums_go_as_their_string_and_their_value() -> None:
+    order = uuid.UUID("6ae69514-f41f-4d45-aa97-bbcc94a4e247")
+    colour = enum.Enum("Colour", {"RED": "red"})
+    assert codec.encode([order, colour.RED]) == b'["6ae69514-f41f-4d45-aa97-bbcc94a4e247","red"]'
 
 
 def test_arguments_round_trip() -> None:
@@ -71,6 +115,9 @@ def test_decode_of_what_is_not_json_is_invalid_request_with_the_json_modules_rea
     [
         (float("nan"), "Out of range float values are not JSON compliant"),
         (float("inf"), "Out of range float values are not JSON compliant"),
+        ([None, float("-inf")], "Out of range float values are not JSON compliant"),  # orjson writes null
+        ({"a": [1, {"b": float("nan")}]}, "Out of range float values are not JSON compliant"),
+        ("\ud800", "surrogates not allowed"),
         (object(), "Object of type object is not JSON serializable"),
         ({1j: 2}, "keys must be str, int, float, bool or None, not complex"),
     ],
