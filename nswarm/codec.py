@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import json.scanner
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -29,6 +30,13 @@ from nswarm.errors import InvalidRequest
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _orjson_dumps = orjson.dumps
 _OrjsonError = orjson.JSONEncodeError
+
+#: Types that hold no float: orjson's text of one has no NaN written as null.
+_FLOATLESS = frozenset({str, int, bool, type(None)})
+
+#: Bytes of text past which a value's members are looked at for floats before the text is searched for a null (19 µs
+#: for 32 KiB: five times orjson's own time).
+_SEARCH_FROM = 4096
 
 # The json module's C encoder and scanner, made once and called directly:
 # JSONEncoder.encode builds a new C encoder per value, and JSONDecoder.decode
@@ -57,13 +65,21 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 
-def _json(value: Any) -> bytes:
+def _json(value: Any, *members: Iterable[Any]) -> bytes:
+    """
+    The JSON of C{value}, from orjson where its text is the json module's.
+    C{members}, what C{value} is made of, are looked at one by one before a
+    long text is searched for a null.
+    """
     try:
         text = _orjson_dumps(value, None, _ORJSON_OPTIONS)
     except _OrjsonError:
         return _json_module(value)
-    # find, not "in": bytes.__contains__ tries its argument as an integer first, at the cost of an exception
-    if text.find(b"null") < 0 or value is None:
+    if (
+        type(value) in _FLOATLESS
+        or (len(text) > _SEARCH_FROM and members and all(type(one) in _FLOATLESS for part in members for one in part))
+        or text.find(b"null") < 0  # find, not "in": bytes.__contains__ tries its argument as an integer first
+    ):
         return text
     return _json_module(value)
 
@@ -100,7 +116,7 @@ def decode(data: bytes) -> Any:
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """A call's arguments as JSON: C{{"args": [...], "kwargs": {...}}}."""
     try:
-        return _json({"args": args, "kwargs": kwargs})
+        return _json({"args": args, "kwargs": kwargs}, args, kwargs.values())
     except _UNENCODABLE as error:
         raise InvalidRequest(f"cannot encode the call's arguments as JSON ({error}): pass JSON-compatible values")
 

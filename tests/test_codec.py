@@ -78,6 +78,25 @@ def test_uuids_and_enums_go_as_their_string_and_their_value() -> None:
     assert codec.encode([order, colour.RED]) == b'["6ae69514-f41f-4d45-aa97-bbcc94a4e247","red"]'
 
 
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        (("x" * 5000, float("nan")), {}),  # long arguments are looked at one by one: a float among them is searched for
+        (("x" * 5000,), {"values": [1.5, float("inf")]}),  # and so is a container
+        (("x" * 5000,), {"big": 2**70, "n": float("-inf")}),
+    ],
+)
+def test_long_arguments_holding_nan_or_infinity_are_invalid_request(args: Any, kwargs: Any) -> None:
+    with pytest.raises(InvalidRequest, match="Out of range float values are not JSON compliant"):
+        codec.encode_arguments(args, kwargs)
+
+
+def test_long_arguments_without_floats_are_the_json_modules_text() -> None:
+    args, kwargs = ("x" * 5000, None, 3, True, "null"), {"name": "é", "none": None}
+    expected = json.dumps({"args": args, "kwargs": kwargs}, separators=(",", ":"), ensure_ascii=False).encode()
+    assert codec.encode_arguments(args, kwargs) == expected
+
+
 def test_arguments_round_trip() -> None:
     data = codec.encode_arguments((1, "two"), {"three": [3]})
     assert data == b'{"args":[1,"two"],"kwargs":{"three":[3]}}'
