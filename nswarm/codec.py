@@ -18,12 +18,13 @@ from nswarm.errors import InvalidRequest
 # Encoding goes through orjson first: it writes a 32 KiB string in a few
 # microseconds where the json module takes about 150 (it looks at each
 # character from Python's string loop), and a small value in a fifth of the
-# time. Where orjson's answer could differ from the json module's, the json
-# module encodes the value again, so that the values accepted and the errors
-# are its own: orjson refuses integers past 64 bits, keys that are not
-# strings, subclasses of the built-in types (passed through to no default)
-# and lone surrogates, and it writes NaN and the infinities as null, so any
-# text with a null in it is encoded again (None alone is taken as it is).
+# json module's time. Where orjson's answer could differ from the json
+# module's, the json module encodes the value again, so that the values
+# accepted and the errors are its own: orjson refuses integers past 64 bits,
+# keys that are not strings, subclasses of the built-in types (passed through
+# to no default) and lone surrogates, and it writes NaN and the infinities as
+# null, so a text with a null in it is encoded again, unless what it encodes
+# holds no float (see _json). Strings are written alike, every code point.
 # Floats come out as the same shortest round-trip digits, with the exponent
 # sometimes written differently (1e-7 for 1e-07, 0.00001 for 1e-05); UUIDs and
 # enums, which the json module refuses, go as their string and their value.

@@ -72,6 +72,13 @@ def test_every_float_decodes_to_itself_though_the_exponent_may_be_written_otherw
     assert codec.encode(1e-5) == b"0.00001"  # json.dumps writes 1e-05; both are the same double
 
 
+def test_every_code_point_is_written_as_the_json_module_writes_it() -> None:
+    points = [chr(point) for point in range(0x110000) if not 0xD800 <= point <= 0xDFFF]
+    for start in range(0, len(points), 8192):
+        text = "".join(points[start : start + 8192])
+        assert codec.encode(text) == json.dumps(text, ensure_ascii=False).encode(), hex(start)
+
+
 def test_uuids_and_enums_go_as_their_string_and_their_value() -> None:
     order = uuid.UUID("6ae69514-f41f-4d45-aa97-bbcc94a4e247")
     colour = enum.Enum("Colour", {"RED": "red"})
