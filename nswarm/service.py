@@ -28,6 +28,7 @@ reconnects, drains and runs C{main}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -62,6 +63,11 @@ class Service(Handlers):
         #: What connects this service to its node, once started.
         self.runner: ServiceRunner | None = None
         self._handlers: Matches[str] = Matches(self.nswarm_events)
+        #: What the service protocol looks an event's handlers up with, once per event: the matcher itself, or
+        #: L{handlers_for} where a subclass overrides it.
+        self._handlers_of: Callable[[str], list[str]] = (
+            self._handlers if type(self).handlers_for is Service.handlers_for else self.handlers_for
+        )
 
     @property
     def service_name(self) -> str:
@@ -74,7 +80,11 @@ class Service(Handlers):
         return self.runner.connection if self.runner is not None else None
 
     def handlers_for(self, event: str) -> list[str]:
-        """The names of the handler attributes whose subscription matches C{event}."""
+        """
+        The names of the handler attributes whose subscription matches
+        C{event}. A subclass may override it, for instance to give one
+        handler the events of patterns it subscribes to after registering.
+        """
         return self._handlers(event)
 
     # -- running -------------------------------------------------------------

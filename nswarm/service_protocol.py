@@ -181,7 +181,7 @@ class ServiceProtocol(ClientProtocol):
         """Run every handler of an event."""
         name, value = event.event, event.payload
         service = self.service
-        for attribute in service._handlers(name):  # the handlers whose subscription matches (handlers_for, inline)
+        for attribute in service._handlers_of(name):  # handlers_for, without its call unless a subclass overrides it
             call_handler(getattr(service, attribute), name, value, self._event_failed, attribute, name)
 
     def _event_failed(self, failure: Failure, handler: str, event: str) -> None:

@@ -178,6 +178,34 @@ def test_event_reaches_every_matching_service_once(cluster: Cluster) -> None:
     assert a1.events_seen[-1] == ("orders.created", [1, 2])
 
 
+class Routed(Service):
+    """A service whose handlers_for gives one handler the events of another's pattern (as bench/pattern_service.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, Any]] = []
+
+    @subscribe("orders.*")
+    def orders(self, event: str, payload: Any) -> None:
+        self.seen.append(("orders", event, payload))
+
+    def special(self, event: str, payload: Any) -> None:
+        self.seen.append(("special", event, payload))
+
+    def handlers_for(self, event: str) -> list[str]:
+        return ["special"] if event == "orders.special" else super().handlers_for(event)
+
+
+def test_a_service_that_overrides_handlers_for_gets_its_events_where_it_says(cluster: Cluster) -> None:
+    node, _, _ = cluster.add_node("a")
+    routed = Routed()
+    cluster.add_service(node, routed)
+    api, _ = cluster.add_api()
+    result_of(cluster.run(api.publish("orders.special", 1)))
+    result_of(cluster.run(api.publish("orders.created", 2)))
+    assert routed.seen == [("special", "orders.special", 1), ("orders", "orders.created", 2)]
+
+
 def test_event_with_no_subscriber_is_accepted(cluster: Cluster) -> None:
     cluster.add_node("a")
     api, _ = cluster.add_api()
