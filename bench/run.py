@@ -613,30 +613,26 @@ async def run_workload(
 
 async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     """Run every workload chosen, appending its record to C{rows} and to L{RESULTS}; print the table."""
+
+    def keep(record: dict[str, Any]) -> None:
+        with open(RESULTS, "a") as results:
+            results.write(json.dumps(record) + "\n")
+        rows.append(record)
+
     progress = Progress(reactor)
     sides = await Sides.connect(reactor, setup)
     try:
         for workload in workloads(options.quick):
             if not options.only or workload.name in options.only:
                 record = await run_workload(reactor, sides, workload, progress, options.quick, options.limit)
-                with open(RESULTS, "a") as results:
-                    results.write(json.dumps(record) + "\n")
-                rows.append(record)
+                keep(record)
                 if workload.name in ECHO and "error" not in record and not options.no_frontends:
                     progress.begin(f"{workload.name} aio, sync", 0)
                     for front in await run_frontends(reactor, setup.cluster, workload, record, frontend_figures):
-                        with open(RESULTS, "a") as results:
-                            results.write(json.dumps(front) + "\n")
-                        rows.append(front)
+                        keep(front)
                     progress.end()
         hostile = [name for name in HOSTILE if not options.only or name in options.only]
         if hostile:  # H4 last of them: it spends the authentications this address may fail on the api port
-
-            def keep(record: dict[str, Any]) -> None:
-                with open(RESULTS, "a") as results:
-                    results.write(json.dumps(record) + "\n")
-                rows.append(record)
-
             # The attackers join the floors' processes, so that they are stopped whatever happens.
             spawned = setup.children.processes if setup.children is not None else []
             harness = Harness(
@@ -644,10 +640,7 @@ async def benchmark(reactor: Any, setup: Setup, options: argparse.Namespace, row
             )
             await run_hostile(reactor, harness, hostile, keep)
         if not options.only or "S1" in options.only:  # after the hostile ones: its nodes leave the master ~600 MB
-            record = await run_scale(reactor, setup, sides, progress, options)
-            with open(RESULTS, "a") as results:
-                results.write(json.dumps(record) + "\n")
-            rows.append(record)
+            keep(await run_scale(reactor, setup, sides, progress, options))
     finally:
         if progress.loop.running:
             progress.loop.stop()
